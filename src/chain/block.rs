@@ -1,0 +1,421 @@
+//! Blocks: hash-linked records of applied transactions, and their canonical encoding.
+//!
+//! A block's `hash` is sha256 over a canonical binary encoding of every other field
+//! ([`Block::compute_hash`]). The encoding is written out by hand (fixed field order,
+//! big-endian integers, length-prefixed strings and bytes, one tag byte per variant) so the
+//! hash never depends on how a JSON library formats numbers or orders keys. The JSON form of a
+//! block is for people and tools; it is decoded and re-hashed when verified.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::tx::{Members, NodeId, Outcome, RenameMode, Reject, RequestId, TxOp};
+use super::StateId;
+
+/// Position of a block in the chain; the genesis block is height 0.
+pub type Height = u64;
+
+/// A sha256 digest, shown and serialized as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of the empty prefix: the genesis block's `prev_hash`.
+    pub const ZERO: Digest = Digest([0; 32]);
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// sha256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..12])
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&text, &mut bytes).map_err(serde::de::Error::custom)?;
+        Ok(Digest(bytes))
+    }
+}
+
+/// A block's hash.
+pub type BlockHash = Digest;
+
+/// A transaction as recorded in a block: the request, the change, and what applying it did.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockTx {
+    /// Who asked (deduplication key).
+    pub request: RequestId,
+    /// The change.
+    pub op: TxOp,
+    /// Whether it was applied, rejected by a precondition, or a duplicate.
+    pub outcome: Outcome,
+}
+
+/// One block of the chain. Made from exactly one consensus log entry.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Block {
+    /// Position in the chain (genesis = 0).
+    pub height: Height,
+    /// Hash of the block before (zero for the genesis).
+    pub prev_hash: BlockHash,
+    /// sha256 of the canonical encoding of every other field.
+    pub hash: BlockHash,
+    /// Consensus term of the log entry the block came from.
+    pub term: u64,
+    /// Consensus log index of that entry.
+    pub index: u64,
+    /// The proposing leader's clock (ms since the epoch), never earlier than the previous block's.
+    pub timestamp_ms: u64,
+    /// The node that proposed the entry.
+    pub proposer: NodeId,
+    /// Digest of the whole tree of states after this block was applied.
+    pub state_root: Digest,
+    /// The transactions, in the order they were applied.
+    pub txs: Vec<BlockTx>,
+}
+
+/// Why a block does not belong where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The stored hash is not the hash of the block's content.
+    #[error("hash mismatch: content hashes to {computed}, block says {stored}")]
+    BadHash { stored: BlockHash, computed: BlockHash },
+    /// `prev_hash` does not name the previous block.
+    #[error("broken link: prev_hash {found} but the previous block is {expected}")]
+    BadPrev { expected: BlockHash, found: BlockHash },
+    /// Heights are not consecutive.
+    #[error("height {found} where {expected} was expected")]
+    BadHeight { expected: Height, found: Height },
+    /// The timestamp runs backwards.
+    #[error("timestamp {found} is earlier than the previous block's {previous}")]
+    BadTimestamp { previous: u64, found: u64 },
+}
+
+impl Block {
+    /// Builds a block on top of `prev` (`None` for the genesis) and computes its hash.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal(
+        prev: Option<(Height, BlockHash)>,
+        term: u64,
+        index: u64,
+        timestamp_ms: u64,
+        proposer: NodeId,
+        state_root: Digest,
+        txs: Vec<BlockTx>,
+    ) -> Block {
+        let (height, prev_hash) = match prev {
+            Some((h, hash)) => (h + 1, hash),
+            None => (0, Digest::ZERO),
+        };
+        let mut block = Block {
+            height,
+            prev_hash,
+            hash: Digest::ZERO,
+            term,
+            index,
+            timestamp_ms,
+            proposer,
+            state_root,
+            txs,
+        };
+        block.hash = block.compute_hash();
+        block
+    }
+
+    /// sha256 over the canonical encoding of every field but `hash`.
+    pub fn compute_hash(&self) -> BlockHash {
+        let mut e = Encoder::new(b"lightchain/block/v1");
+        e.u64(self.height);
+        e.bytes(&self.prev_hash.0);
+        e.u64(self.term);
+        e.u64(self.index);
+        e.u64(self.timestamp_ms);
+        e.u64(self.proposer);
+        e.bytes(&self.state_root.0);
+        e.u64(self.txs.len() as u64);
+        for tx in &self.txs {
+            e.u64(tx.request.node);
+            e.u64(tx.request.incarnation);
+            e.u64(tx.request.seq);
+            encode_op(&mut e, &tx.op);
+            encode_outcome(&mut e, tx.outcome);
+        }
+        e.finish()
+    }
+
+    /// Checks the block's own hash and its link to `prev` (`None`: it must be a genesis).
+    pub fn verify(&self, prev: Option<&Block>) -> Result<(), LinkError> {
+        self.verify_after(prev.map(super::Tip::of))
+    }
+
+    /// [`verify`](Self::verify) given only the previous block's tip.
+    pub fn verify_after(&self, prev: Option<super::Tip>) -> Result<(), LinkError> {
+        let computed = self.compute_hash();
+        if computed != self.hash {
+            return Err(LinkError::BadHash { stored: self.hash, computed });
+        }
+        let (expected_height, expected_prev, previous_ts) = match prev {
+            Some(p) => (p.height + 1, p.hash, p.timestamp_ms),
+            None => (0, Digest::ZERO, 0),
+        };
+        if self.height != expected_height {
+            return Err(LinkError::BadHeight { expected: expected_height, found: self.height });
+        }
+        if self.prev_hash != expected_prev {
+            return Err(LinkError::BadPrev { expected: expected_prev, found: self.prev_hash });
+        }
+        if self.timestamp_ms < previous_ts {
+            return Err(LinkError::BadTimestamp { previous: previous_ts, found: self.timestamp_ms });
+        }
+        Ok(())
+    }
+}
+
+/// Feeds a canonical encoding straight into sha256.
+pub(crate) struct Encoder(Sha256);
+
+impl Encoder {
+    /// Starts an encoding under a domain tag, so digests of different kinds never collide.
+    pub(crate) fn new(domain: &[u8]) -> Self {
+        let mut e = Encoder(Sha256::new());
+        e.bytes(domain);
+        e
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.0.update([v]);
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.0.update(v.to_be_bytes());
+    }
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        self.u64(v.len() as u64);
+        self.0.update(v);
+    }
+    pub(crate) fn id(&mut self, id: &StateId) {
+        self.bytes(id.as_str().as_bytes());
+    }
+    pub(crate) fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+fn encode_op(e: &mut Encoder, op: &TxOp) {
+    match op {
+        TxOp::Put { id, content } => {
+            e.u8(1);
+            e.id(id);
+            e.bytes(content.as_bytes());
+        }
+        TxOp::Append { id, content } => {
+            e.u8(2);
+            e.id(id);
+            e.bytes(content.as_bytes());
+        }
+        TxOp::Create { id, mode, exclusive } => {
+            e.u8(3);
+            e.id(id);
+            e.u64(u64::from(*mode));
+            e.u8(u8::from(*exclusive));
+        }
+        TxOp::Delete { id } => {
+            e.u8(4);
+            e.id(id);
+        }
+        TxOp::Truncate { id, size } => {
+            e.u8(5);
+            e.id(id);
+            e.u64(*size);
+        }
+        TxOp::Rename { from, to, mode } => {
+            e.u8(6);
+            e.id(from);
+            e.id(to);
+            e.u8(match mode {
+                RenameMode::Replace => 0,
+                RenameMode::NoReplace => 1,
+                RenameMode::Exchange => 2,
+            });
+        }
+        TxOp::Mkdir { id, mode } => {
+            e.u8(7);
+            e.id(id);
+            e.u64(u64::from(*mode));
+        }
+        TxOp::Rmdir { id } => {
+            e.u8(8);
+            e.id(id);
+        }
+        TxOp::Chmod { id, mode } => {
+            e.u8(9);
+            e.id(id);
+            e.u64(u64::from(*mode));
+        }
+        TxOp::Membership { members } => {
+            e.u8(10);
+            encode_members(e, members);
+        }
+    }
+}
+
+fn encode_members(e: &mut Encoder, members: &Members) {
+    e.u64(members.configs.len() as u64);
+    for config in &members.configs {
+        e.u64(config.len() as u64);
+        for id in config {
+            e.u64(*id);
+        }
+    }
+    e.u64(members.nodes.len() as u64);
+    for (id, addr) in &members.nodes {
+        e.u64(*id);
+        e.bytes(addr.as_bytes());
+    }
+}
+
+fn encode_outcome(e: &mut Encoder, outcome: Outcome) {
+    match outcome {
+        Outcome::Ok => e.u8(0),
+        Outcome::Duplicate => e.u8(1),
+        Outcome::Rejected(reject) => {
+            e.u8(2);
+            e.u8(match reject {
+                Reject::NotFound => 0,
+                Reject::AlreadyExists => 1,
+                Reject::NotADirectory => 2,
+                Reject::IsADirectory => 3,
+                Reject::NotEmpty => 4,
+                Reject::Invalid => 5,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tx::Content;
+
+    fn tx(seq: u64, op: TxOp) -> BlockTx {
+        BlockTx { request: RequestId { node: 1, incarnation: 7, seq }, op, outcome: Outcome::Ok }
+    }
+
+    fn put(id: &str, content: &str) -> TxOp {
+        TxOp::Put { id: StateId::parse(id).unwrap(), content: Content::from(content.as_bytes()) }
+    }
+
+    fn sample_chain() -> Vec<Block> {
+        let genesis = Block::seal(None, 0, 0, 0, 0, Digest::ZERO, vec![]);
+        let b1 = Block::seal(
+            Some((genesis.height, genesis.hash)),
+            1,
+            2,
+            1000,
+            1,
+            Digest::of(b"root1"),
+            vec![tx(1, put("a", "x")), tx(2, put("b", "y"))],
+        );
+        let b2 = Block::seal(Some((b1.height, b1.hash)), 1, 3, 1000, 1, Digest::of(b"r2"), vec![]);
+        vec![genesis, b1, b2]
+    }
+
+    #[test]
+    fn hashing_is_deterministic_and_survives_json() {
+        let chain = sample_chain();
+        let again = sample_chain();
+        assert_eq!(chain, again);
+        for block in &chain {
+            let json = serde_json::to_string(block).unwrap();
+            let decoded: Block = serde_json::from_str(&json).unwrap();
+            assert_eq!(decoded.compute_hash(), block.hash);
+        }
+    }
+
+    #[test]
+    fn a_valid_chain_verifies() {
+        let chain = sample_chain();
+        chain[0].verify(None).unwrap();
+        chain[1].verify(Some(&chain[0])).unwrap();
+        chain[2].verify(Some(&chain[1])).unwrap();
+    }
+
+    #[test]
+    fn any_changed_field_is_detected() {
+        let chain = sample_chain();
+        let b1 = &chain[1];
+        let mutations: Vec<Box<dyn Fn(&mut Block)>> = vec![
+            Box::new(|b| b.height += 1),
+            Box::new(|b| b.term += 1),
+            Box::new(|b| b.index += 1),
+            Box::new(|b| b.timestamp_ms += 1),
+            Box::new(|b| b.proposer += 1),
+            Box::new(|b| b.state_root.0[0] ^= 1),
+            Box::new(|b| b.prev_hash.0[31] ^= 1),
+            Box::new(|b| b.txs[0].request.seq += 1),
+            Box::new(|b| b.txs[0].outcome = Outcome::Rejected(Reject::NotFound)),
+            Box::new(|b| b.txs[1].op = put("b", "z")),
+            Box::new(|b| b.txs.swap(0, 1)),
+            Box::new(|b| {
+                b.txs.pop();
+            }),
+        ];
+        for (i, mutate) in mutations.iter().enumerate() {
+            let mut changed = b1.clone();
+            mutate(&mut changed);
+            assert!(
+                matches!(changed.verify(Some(&chain[0])), Err(LinkError::BadHash { .. })),
+                "mutation {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn any_changed_byte_of_the_json_is_detected_or_rejected() {
+        let chain = sample_chain();
+        let json = serde_json::to_vec(&chain[1]).unwrap();
+        for i in 0..json.len() {
+            let mut bytes = json.clone();
+            bytes[i] = bytes[i].wrapping_add(1);
+            let Ok(decoded) = serde_json::from_slice::<Block>(&bytes) else { continue };
+            if decoded == chain[1] {
+                continue; // e.g. a changed key name that serde ignores cannot change content
+            }
+            assert!(decoded.verify(Some(&chain[0])).is_err(), "byte {i} changed unnoticed");
+        }
+    }
+
+    #[test]
+    fn broken_links_are_detected() {
+        let chain = sample_chain();
+        let other = Block::seal(None, 0, 0, 0, 9, Digest::ZERO, vec![]);
+        assert!(matches!(chain[1].verify(Some(&other)), Err(LinkError::BadPrev { .. })));
+        assert!(matches!(chain[2].verify(Some(&chain[0])), Err(LinkError::BadHeight { .. })));
+        let early = Block::seal(Some((chain[1].height, chain[1].hash)), 1, 3, 999, 1, Digest::ZERO, vec![]);
+        assert!(matches!(early.verify(Some(&chain[1])), Err(LinkError::BadTimestamp { .. })));
+    }
+}

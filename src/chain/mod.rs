@@ -1,0 +1,20 @@
+//! The chain: state IDs, transactions, blocks, hashing and the tree of states they build.
+//!
+//! Everything here is pure — no clock, no randomness, no I/O, no async — so it is unit-tested
+//! directly and behaves identically on every node. Layers above decide *when* to build a block
+//! (consensus) and *where* to keep it (store); this layer decides what a block is, whether one
+//! is valid, and what applying its transactions does to the tree.
+//!
+//! See `docs/architecture/chain.md`.
+
+mod block;
+mod build;
+mod state_id;
+mod tree;
+mod tx;
+
+pub use build::{apply_batch, replay, LogPosition, ReplayError, Tip};
+pub use block::{Block, BlockHash, BlockTx, Digest, Height, LinkError};
+pub use state_id::{StateId, StateIdError, CONTROL_DIR, MAX_COMPONENT_LEN};
+pub use tree::{ApplyCtx, Change, Entry, EntryKind, InodeNo, Tree, ROOT_INO};
+pub use tx::{Batch, Content, Members, NodeId, Outcome, Reject, RenameMode, RequestId, Transaction, TxOp};

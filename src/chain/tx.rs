@@ -1,0 +1,276 @@
+//! Transactions: what a block carries, and what the leader proposes as one log entry.
+//!
+//! A [`Transaction`] is one filesystem change ([`TxOp`]) plus the [`RequestId`] that makes it
+//! idempotent: the state machine applies a request id at most once, so a forwarded or retried
+//! proposal never changes a state twice. A [`Batch`] is the payload of one consensus log entry:
+//! the transactions the leader packed while the previous entry was in flight (group commit),
+//! stamped with the leader's clock when it was proposed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::StateId;
+
+/// A consensus node's id.
+pub type NodeId = u64;
+
+/// Identifies one proposal across retries and forwarding: which node made it, in which life of
+/// that node's data directory (`incarnation`), and its sequence number there.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The node that accepted the request from an application.
+    pub node: NodeId,
+    /// Random id of that node's data directory, made when it was created.
+    pub incarnation: u64,
+    /// Position of the request among that node's proposals.
+    pub seq: u64,
+}
+
+/// Immutable, cheaply cloned file content. Serialized as a JSON string when it is UTF-8, so
+/// the chain stays readable with `cat`/`jq`, and as `{"base64": "..."}` otherwise.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Content(Arc<[u8]>);
+
+impl Content {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for Content {
+    fn from(v: Vec<u8>) -> Self {
+        Content(v.into())
+    }
+}
+
+impl From<&[u8]> for Content {
+    fn from(v: &[u8]) -> Self {
+        Content(v.into())
+    }
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) if s.len() <= 64 => write!(f, "{s:?}"),
+            _ => write!(f, "<{} bytes>", self.0.len()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ContentRepr {
+    Text(String),
+    Binary { base64: String },
+}
+
+impl Serialize for Content {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => ContentRepr::Text(text.to_owned()).serialize(s),
+            Err(_) => ContentRepr::Binary {
+                base64: base64::engine::general_purpose::STANDARD.encode(&self.0),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ContentRepr::deserialize(d)? {
+            ContentRepr::Text(text) => Ok(Content::from(text.into_bytes())),
+            ContentRepr::Binary { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map(Content::from)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How a rename treats an existing target (`renameat2` flags).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenameMode {
+    /// Plain `rename`: an existing target is replaced.
+    #[default]
+    Replace,
+    /// `RENAME_NOREPLACE`: fail with "exists" if the target exists.
+    NoReplace,
+    /// `RENAME_EXCHANGE`: atomically swap source and target, which must both exist.
+    Exchange,
+}
+
+/// The consensus membership a membership block records: voter sets (one, or two during a
+/// joint change) and the address of every node.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Members {
+    /// Voter configurations; more than one only during a joint-consensus change.
+    pub configs: Vec<BTreeSet<NodeId>>,
+    /// Every member (voter or learner) and the address peers reach it at.
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+/// One change to the tree of states.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxOp {
+    /// Replace a file's content, creating the file if it is missing (its parent must exist).
+    Put { id: StateId, content: Content },
+    /// Add bytes to the end of whatever the file holds when the block is applied.
+    Append { id: StateId, content: Content },
+    /// Create an empty file. With `exclusive`, the file must not exist (`O_EXCL`).
+    Create { id: StateId, mode: u32, exclusive: bool },
+    /// Remove a file.
+    Delete { id: StateId },
+    /// Cut or zero-extend a file to `size` bytes (`truncate(path)`).
+    Truncate { id: StateId, size: u64 },
+    /// Move a file or a whole directory.
+    Rename {
+        from: StateId,
+        to: StateId,
+        #[serde(default)]
+        mode: RenameMode,
+    },
+    /// Create a directory.
+    Mkdir { id: StateId, mode: u32 },
+    /// Remove an empty directory.
+    Rmdir { id: StateId },
+    /// Change permission bits.
+    Chmod { id: StateId, mode: u32 },
+    /// A consensus membership change (also the genesis block's only transaction).
+    Membership { members: Members },
+}
+
+impl TxOp {
+    /// The states this transaction names (for `lightchain log STATE_ID` and for logs).
+    pub fn state_ids(&self) -> Vec<&StateId> {
+        match self {
+            TxOp::Put { id, .. }
+            | TxOp::Append { id, .. }
+            | TxOp::Create { id, .. }
+            | TxOp::Delete { id }
+            | TxOp::Truncate { id, .. }
+            | TxOp::Mkdir { id, .. }
+            | TxOp::Rmdir { id }
+            | TxOp::Chmod { id, .. } => vec![id],
+            TxOp::Rename { from, to, .. } => vec![from, to],
+            TxOp::Membership { .. } => vec![],
+        }
+    }
+
+    /// A short name of the kind of change.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TxOp::Put { .. } => "put",
+            TxOp::Append { .. } => "append",
+            TxOp::Create { .. } => "create",
+            TxOp::Delete { .. } => "delete",
+            TxOp::Truncate { .. } => "truncate",
+            TxOp::Rename { .. } => "rename",
+            TxOp::Mkdir { .. } => "mkdir",
+            TxOp::Rmdir { .. } => "rmdir",
+            TxOp::Chmod { .. } => "chmod",
+            TxOp::Membership { .. } => "membership",
+        }
+    }
+}
+
+/// A change with the request id that makes it idempotent.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Who asked, for deduplication.
+    pub request: RequestId,
+    /// What to change.
+    pub op: TxOp,
+}
+
+/// The payload of one consensus log entry: the transactions of one block.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    /// The leader's clock when it proposed the entry (milliseconds since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// The transactions, applied in this order.
+    pub txs: Vec<Transaction>,
+}
+
+/// Why a transaction's precondition failed when its block was applied. Deterministic: every
+/// node rejects the same transaction for the same reason.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Reject {
+    /// The state, or the directory it should be in, does not exist.
+    #[error("no such state")]
+    NotFound,
+    /// The name is taken (exclusive create, mkdir, no-replace rename).
+    #[error("already exists")]
+    AlreadyExists,
+    /// A path component that must be a directory is a file.
+    #[error("not a directory")]
+    NotADirectory,
+    /// A file operation named a directory.
+    #[error("is a directory")]
+    IsADirectory,
+    /// A directory that must be empty is not.
+    #[error("directory not empty")]
+    NotEmpty,
+    /// The operation makes no sense (a directory moved into itself, the root removed).
+    #[error("invalid operation")]
+    Invalid,
+}
+
+/// What applying a transaction did, recorded in the block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The change was made.
+    Ok,
+    /// A precondition failed; nothing changed.
+    Rejected(Reject),
+    /// The request id was applied before; nothing changed.
+    Duplicate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_json_is_readable_text_or_base64() {
+        let text = Content::from(b"hello\n".to_vec());
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#""hello\n""#);
+        let binary = Content::from(vec![0xff, 0x00]);
+        let json = serde_json::to_string(&binary).unwrap();
+        assert_eq!(json, r#"{"base64":"/wA="}"#);
+        assert_eq!(serde_json::from_str::<Content>(&json).unwrap(), binary);
+        assert_eq!(serde_json::from_str::<Content>(r#""hello\n""#).unwrap(), text);
+    }
+
+    #[test]
+    fn ops_serialize_externally_tagged() {
+        let op = TxOp::Put {
+            id: StateId::parse("greeting").unwrap(),
+            content: Content::from(b"hi".to_vec()),
+        };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi"}}"#);
+        assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);
+        assert!(serde_json::from_str::<TxOp>(r#"{"delete":{"id":"../x"}}"#).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! openraft's log storage over [`RaftLog`](crate::store::raft_log::RaftLog).
+//!
+//! `append` writes the entries at once and hands the fsync to a flusher thread, which fsyncs
+//! once for every append that queued up meanwhile and only then reports them flushed: an entry
+//! counts (is acknowledged to the leader, or committed on a single node) only after fsync.
+//! The vote is saved durably before `save_vote` returns.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
+
+use super::typ::{Entry, LogId, StorageError, Vote};
+use super::{storage_error, TypeConfig};
+use crate::store::raft_log::RaftLog;
+
+const VOTE: &str = "vote.json";
+const COMMITTED: &str = "committed.json";
+const PURGED: &str = "purged.json";
+
+struct Inner {
+    log: RaftLog,
+    last_purged: Option<LogId>,
+}
+
+/// The consensus log store. Clones share the same log (one is openraft's reader).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+    flusher: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    storage_error(subject, verb, e)
+}
+
+impl LogStore {
+    /// Opens the log in `dir` and starts its flusher thread.
+    pub fn open(dir: &Path) -> crate::store::Result<LogStore> {
+        let mut log = RaftLog::open(dir)?;
+        let last_purged: Option<LogId> = log.load_meta(PURGED)?.and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(p) = &last_purged {
+            log.purge_upto(p.index)?;
+        }
+        let (tx, rx) = mpsc::channel::<(File, LogFlushed<TypeConfig>)>();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_loop(rx))
+            .expect("spawn flusher thread");
+        Ok(LogStore { inner: Arc::new(Mutex::new(Inner { log, last_purged })), flusher: tx })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
+        serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+/// Fsyncs once for every batch of appends waiting, then reports them flushed, in order.
+fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        // Segments roll rarely; when they do, the old one was fsynced at the roll, so
+        // syncing the newest handle covers every write in the batch.
+        let result = batch.last().unwrap().0.sync_data();
+        for (_, callback) in batch {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let Some((lo, hi)) = inner.log.bounds() else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for index in lo..=hi {
+            if !range.contains(&index) {
+                if out.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            match inner.log.read(index).map_err(|e| io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e))? {
+                Some(bytes) => out.push(Self::decode(&bytes)?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let last = match inner.log.bounds() {
+            Some((_, hi)) => {
+                let bytes = inner.log.read(hi).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?.expect("bounds are held");
+                Some(*Self::decode(&bytes)?.get_log_id())
+            }
+            None => inner.last_purged,
+        };
+        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let bytes = serde_json::to_vec(vote).expect("vote serializes");
+        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let bytes = inner.log.load_meta(VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+        bytes.map(|b| serde_json::from_slice(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))).transpose()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let bytes = serde_json::to_vec(&committed).expect("log id serializes");
+        inner.log.save_meta_lazy(COMMITTED, &bytes).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let bytes = inner.log.load_meta(COMMITTED).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let handle = {
+            let mut inner = self.inner.lock().unwrap();
+            for entry in entries {
+                let log_id = *entry.get_log_id();
+                let bytes = serde_json::to_vec(&entry).expect("entries serialize");
+                inner.log.append(log_id.index, &bytes).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
+            }
+            inner.log.sync_handle().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
+        };
+        self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.log.truncate_from(log_id.index).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().unwrap();
+        let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
+        inner.log.save_meta(PURGED, &bytes).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner.log.purge_upto(log_id.index).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner.last_purged = Some(log_id);
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Consensus: the openraft glue that turns proposals into an agreed, durable, ordered log and
+//! the log into blocks.
+//!
+//! - [`log_store`]: openraft's log storage over `store::raft_log` — entries and vote are
+//!   fsynced before they count; one fsync may cover many appends.
+//! - [`state_machine`]: applies committed entries in order — one block per application entry,
+//!   none for blank entries, a membership block per membership entry — writes the chain, then
+//!   `states/`, then publishes the new replica to readers.
+//! - [`network`]: how this node reaches its peers.
+//!
+//! This layer never talks to FUSE and never picks an errno; it does not batch proposals
+//! either (openraft makes one entry per `client_write`; group commit is `node`'s job).
+//!
+//! See `docs/architecture/consensus.md`.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{Batch, Height, Outcome};
+
+/// What applying one log entry produced, returned to the proposer by `client_write`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// The block the entry became (`None` for an entry that makes no block).
+    pub height: Option<Height>,
+    /// One outcome per transaction of the batch, in order.
+    pub outcomes: Vec<Outcome>,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of lightchain.
+    pub TypeConfig:
+        D = Batch,
+        R = BatchResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Short names for openraft types instantiated with [`TypeConfig`].
+pub mod typ {
+    use super::TypeConfig;
+
+    /// The Raft handle.
+    pub type Raft = openraft::Raft<TypeConfig>;
+    /// A log id.
+    pub type LogId = openraft::LogId<u64>;
+    /// A vote.
+    pub type Vote = openraft::Vote<u64>;
+    /// A log entry.
+    pub type Entry = openraft::Entry<TypeConfig>;
+    /// A storage error.
+    pub type StorageError = openraft::StorageError<u64>;
+    /// Membership as applied.
+    pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+    /// Snapshot metadata.
+    pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+    /// A snapshot.
+    pub type Snapshot = openraft::Snapshot<TypeConfig>;
+    /// Metrics.
+    pub type RaftMetrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
+}
+
+/// The Raft configuration, chosen for lightchain's workload rather than left at defaults:
+/// AppendEntries may carry 1 MiB states and a follower's fsync, so its deadline (the
+/// heartbeat interval) is generous; elections settle in about two seconds; a snapshot is taken
+/// every few thousand entries so the log stays short.
+pub fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "lightchain".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+}
+
+/// Builds a storage error for openraft from one of ours.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    err: impl std::error::Error + 'static,
+) -> typ::StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&err)).into()
+}

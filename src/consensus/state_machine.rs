@@ -1,0 +1,303 @@
+//! The state machine: committed log entries in, blocks out.
+//!
+//! For each batch of committed entries openraft hands over, in log order:
+//! 1. a normal entry's transactions are applied to the tree (preconditions checked now) and
+//!    sealed into one block; a membership entry makes a block holding one membership
+//!    transaction (the first is the genesis, whose hash names the cluster); a blank entry
+//!    makes no block;
+//! 2. the blocks are appended to `chain/` and fsynced once for the batch;
+//! 3. their changes are mirrored into `states/`;
+//! 4. the applied index is published, waking anyone waiting to read their own write.
+//!
+//! Readers (the filesystem) share the [`Replica`] behind a lock held only for in-memory work.
+//! A failure to write the chain or `states/` is returned to openraft, which stops the node:
+//! a replica that cannot record what it applied must not keep serving.
+//!
+//! At start-up the chain is replayed from the genesis: every block is rebuilt from its
+//! transactions and must come out identical, `states/` is repaired to match, and the applied
+//! position is that of the last block — so a restart re-applies only what the chain lacks.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, RaftSnapshotBuilder, StoredMembership};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::typ::{Entry, SnapshotMeta, StorageError, StoredMembership as Stored};
+use super::{storage_error, BatchResult, TypeConfig};
+use crate::chain::{
+    apply_batch, replay, Block, Change, LogPosition, Members, Outcome, RequestId, Tip, Transaction, Tree, TxOp,
+};
+use crate::store::chain_file::ChainFile;
+use crate::store::identity::Identity;
+use crate::store::states::StatesDir;
+use crate::store::{DataDir, Error as StoreError};
+
+const SNAPSHOT: &str = "snapshot.json";
+
+/// What this node has applied: the tree of states and where the chain stands.
+#[derive(Debug)]
+pub struct Replica {
+    /// The tree of states after the last applied block.
+    pub tree: Tree,
+    /// The last block.
+    pub head: Option<Tip>,
+    /// The last applied log entry (blank entries included).
+    pub last_applied: Option<LogId<u64>>,
+    /// The last applied membership.
+    pub membership: Stored,
+}
+
+/// State shared between the state machine and its readers.
+pub struct Shared {
+    /// The replica; write-locked only while a batch is applied in memory.
+    pub replica: RwLock<Replica>,
+    /// The index of the last applied entry.
+    pub applied_index: watch::Sender<u64>,
+    /// The data directory's identity (the cluster id is filled in by the genesis).
+    pub identity: Mutex<Identity>,
+}
+
+/// openraft's state machine. Clones share everything (one is the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    chain: Arc<Mutex<ChainFile>>,
+    states: Arc<StatesDir>,
+    data: DataDir,
+}
+
+/// The snapshot: where the chain stood. The chain itself is already durable in `chain/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    meta: SnapshotMeta,
+    head: Option<Tip>,
+}
+
+fn membership_of(members: &Members) -> Membership<u64, openraft::BasicNode> {
+    let nodes = members.nodes.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+    Membership::new(members.configs.clone(), nodes.collect::<std::collections::BTreeMap<_, _>>())
+}
+
+fn members_of(membership: &Membership<u64, openraft::BasicNode>) -> Members {
+    Members {
+        configs: membership.get_joint_config().clone(),
+        nodes: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+    }
+}
+
+fn log_id_of(block: &Block) -> LogId<u64> {
+    LogId::new(openraft::CommittedLeaderId::new(block.term, block.proposer), block.index)
+}
+
+/// The cluster id a genesis block gives.
+pub fn cluster_id_of(genesis: &Block) -> String {
+    genesis.hash.to_hex()[..32].to_owned()
+}
+
+impl StateMachineStore {
+    /// Replays `chain/`, repairs `states/`, and returns the state machine.
+    pub fn open(data: &DataDir, identity: Identity) -> Result<StateMachineStore, StoreError> {
+        let mut tree = Tree::new();
+        let mut prev: Option<Tip> = None;
+        let mut membership = Stored::default();
+        let mut genesis_cluster = None;
+        let mut last_block_log_id = None;
+        let chain = ChainFile::open(&data.chain(), |block| {
+            replay(&mut tree, prev, block).map_err(|e| StoreError::Corrupt {
+                path: data.chain(),
+                detail: format!("block {}: {e}", block.height),
+            })?;
+            if block.height == 0 {
+                genesis_cluster = Some(cluster_id_of(block));
+            }
+            if let [tx] = block.txs.as_slice() {
+                if let TxOp::Membership { members } = &tx.op {
+                    membership = StoredMembership::new(Some(log_id_of(block)), membership_of(members));
+                }
+            }
+            prev = Some(Tip::of(block));
+            last_block_log_id = Some(log_id_of(block));
+            Ok(())
+        })?;
+        if let (Some(have), Some(chain_id)) = (&identity.cluster_id, &genesis_cluster) {
+            if have != chain_id {
+                return Err(StoreError::Corrupt {
+                    path: data.identity(),
+                    detail: format!("identity names cluster {have} but the chain's genesis is cluster {chain_id}"),
+                });
+            }
+        }
+        let states = StatesDir::new(data);
+        let repaired = states.repair(&tree)?;
+        if repaired > 0 {
+            tracing::warn!(repaired, "states/ differed from the chain and was repaired");
+        }
+        let head = chain.head();
+        let snapshot = read_manifest(data)?.and_then(|m| m.meta.last_log_id);
+        // Blank entries after the last block make no block but may have been snapshotted.
+        let last_applied = std::cmp::max(last_block_log_id, snapshot);
+        tracing::info!(height = head.map(|h| h.height), states = tree.len() - 1, "chain replayed");
+        let (applied_index, _) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let shared = Arc::new(Shared {
+            replica: RwLock::new(Replica { tree, head, last_applied, membership }),
+            applied_index,
+            identity: Mutex::new(identity),
+        });
+        Ok(StateMachineStore { shared, chain: Arc::new(Mutex::new(chain)), states: Arc::new(states), data: data.clone() })
+    }
+
+    /// The state readers share.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn apply_entry(&self, replica: &mut Replica, chain: &mut ChainFile, entry: Entry, changes: &mut Vec<Change>) -> Result<BatchResult, StoreError> {
+        let log_id = entry.log_id;
+        replica.last_applied = Some(log_id);
+        if replica.head.is_some_and(|h| h.index >= log_id.index) {
+            // Already in the chain (the chain is ahead of what openraft thought was applied).
+            return Ok(BatchResult::default());
+        }
+        let pos = LogPosition { term: log_id.leader_id.term, index: log_id.index, proposer: log_id.leader_id.node_id };
+        let (block, outcomes) = match entry.payload {
+            EntryPayload::Blank => return Ok(BatchResult::default()),
+            EntryPayload::Normal(batch) => {
+                let (block, tx_changes) = apply_batch(&mut replica.tree, replica.head, pos, batch.timestamp_ms, batch.txs);
+                changes.extend(tx_changes);
+                let outcomes = block.txs.iter().map(|t| t.outcome).collect();
+                (block, outcomes)
+            }
+            EntryPayload::Membership(membership) => {
+                let members = members_of(&membership);
+                let request = RequestId { node: 0, incarnation: 0, seq: log_id.index };
+                let tx = Transaction { request, op: TxOp::Membership { members } };
+                let timestamp = replica.head.map_or(0, |h| h.timestamp_ms);
+                let (block, _) = apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
+                replica.membership = StoredMembership::new(Some(log_id), membership);
+                if block.height == 0 {
+                    self.record_cluster_id(&block)?;
+                }
+                (block, vec![Outcome::Ok])
+            }
+        };
+        chain.append(&block)?;
+        replica.head = Some(Tip::of(&block));
+        Ok(BatchResult { height: Some(block.height), outcomes })
+    }
+
+    fn record_cluster_id(&self, genesis: &Block) -> Result<(), StoreError> {
+        let mut identity = self.shared.identity.lock().unwrap();
+        let cluster = cluster_id_of(genesis);
+        tracing::info!(cluster = %cluster, "genesis block applied");
+        identity.cluster_id = Some(cluster);
+        identity.save(&self.data)
+    }
+
+    fn manifest_bytes(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
+        // The chain must be durable before a snapshot lets the log be purged.
+        self.chain.lock().unwrap().sync()?;
+        let replica = self.shared.replica.read().unwrap();
+        let last = replica.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: replica.membership.clone(),
+            snapshot_id: format!("{}-{}", last.map_or(0, |l| l.index), replica.head.map_or(0, |h| h.height)),
+        };
+        let manifest = Manifest { meta: meta.clone(), head: replica.head };
+        Ok((meta, serde_json::to_vec(&manifest).expect("manifest serializes")))
+    }
+}
+
+fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
+    match std::fs::read(data.raft().join(SNAPSHOT)) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
+    storage_error(ErrorSubject::StateMachine, verb, e)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, bytes) = self.manifest_bytes().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Stored), StorageError> {
+        let replica = self.shared.replica.read().unwrap();
+        Ok((replica.last_applied, replica.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut changes = Vec::new();
+        let last_index = {
+            let mut replica = self.shared.replica.write().unwrap();
+            let mut chain = self.chain.lock().unwrap();
+            for entry in entries {
+                let result = self.apply_entry(&mut replica, &mut chain, entry, &mut changes);
+                results.push(result.map_err(|e| sm_err(ErrorVerb::Write, e))?);
+            }
+            chain.sync().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            replica.last_applied.map_or(0, |l| l.index)
+        };
+        {
+            let replica = self.shared.replica.read().unwrap();
+            for change in &changes {
+                self.states.apply(change, &replica.tree).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            }
+        }
+        self.shared.applied_index.send_replace(last_index);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        // A manifest-only snapshot can be installed only by a node whose chain already holds
+        // the snapshot's head; transferring the missing chain segments comes with replication.
+        let manifest: Manifest = serde_json::from_slice(snapshot.get_ref())
+            .map_err(|e| storage_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let mut replica = self.shared.replica.write().unwrap();
+        if manifest.head.is_some() && manifest.head.map(|h| (h.height, h.hash)) != replica.head.map(|h| (h.height, h.hash)) {
+            let detail = format!("snapshot head {:?} is not this node's chain head {:?}", manifest.head, replica.head);
+            return Err(sm_err(ErrorVerb::Write, StoreError::Corrupt { path: self.data.chain(), detail }));
+        }
+        replica.last_applied = meta.last_log_id;
+        replica.membership = meta.last_membership.clone();
+        drop(replica);
+        crate::store::write_durable(&self.data.raft().join(SNAPSHOT), snapshot.get_ref())
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let manifest = read_manifest(&self.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(manifest.map(|m| {
+            let bytes = serde_json::to_vec(&m).expect("manifest serializes");
+            Snapshot { meta: m.meta, snapshot: Box::new(Cursor::new(bytes)) }
+        }))
+    }
+}

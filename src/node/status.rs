@@ -1,0 +1,91 @@
+//! The node's view of itself and the cluster, as `.lightchain/status` and `lightchain status`
+//! show it.
+
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Consensus node id.
+    pub id: u64,
+    /// Address peers reach it at.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// A node's status document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Consensus node id.
+    pub node_id: u64,
+    /// Human name.
+    pub name: String,
+    /// The cluster's id (from its genesis block).
+    pub cluster_id: Option<String>,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// The leader's node id, if known.
+    pub leader: Option<u64>,
+    /// Current consensus term.
+    pub term: u64,
+    /// The members.
+    pub members: Vec<MemberStatus>,
+    /// Height of the last block.
+    pub head_height: Option<u64>,
+    /// Hash of the last block.
+    pub head_hash: Option<String>,
+    /// Height of the last block applied here (equal to `head_height` on this node).
+    pub applied_height: Option<u64>,
+    /// Index of the last consensus log entry applied here.
+    pub applied_index: Option<u64>,
+    /// Number of states (files and directories, the root excluded).
+    pub states: usize,
+    /// Whether the node serves and knows a leader.
+    pub ready: bool,
+    /// The address the node's gRPC server is bound to.
+    pub listen: String,
+    /// How reads are served.
+    pub read_consistency: String,
+}
+
+pub(super) fn build(node: &Node) -> Status {
+    let metrics = node.raft.metrics().borrow().clone();
+    let replica = node.replica();
+    let membership = metrics.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, n)| MemberStatus {
+            id: *id,
+            addr: n.addr.clone(),
+            role: if voters.contains(id) { "voter" } else { "learner" }.to_owned(),
+        })
+        .collect();
+    let role = match metrics.state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    };
+    Status {
+        node_id: node.id(),
+        name: node.config.name.clone(),
+        cluster_id: node.shared.identity.lock().unwrap().cluster_id.clone(),
+        role: role.to_owned(),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        members,
+        head_height: replica.head.map(|h| h.height),
+        head_hash: replica.head.map(|h| h.hash.to_hex()),
+        applied_height: replica.head.map(|h| h.height),
+        applied_index: replica.last_applied.map(|l| l.index),
+        states: replica.tree.len() - 1,
+        ready: metrics.running_state.is_ok() && metrics.current_leader.is_some(),
+        listen: node.config.listen.to_string(),
+        read_consistency: format!("{:?}", node.config.read_consistency).to_lowercase(),
+    }
+}

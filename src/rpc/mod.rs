@@ -1,0 +1,32 @@
+//! gRPC services, generated from `proto/lightchain.proto` and served by tonic.
+//!
+//! - [`admin`]: read-only status for operators (`lightchain status --addr`).
+//!
+//! [`serve`] takes an already bound listener and a shutdown future (so tests and the CLI can
+//! bind port 0 and learn the address first); it stops accepting when the future completes.
+//! Services translate between protobuf and the Node API; they hold no state of their own.
+//!
+//! See `docs/architecture/rpc.md`.
+
+pub mod admin;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::Node;
+
+/// Generated protobuf and gRPC types.
+pub mod pb {
+    tonic::include_proto!("lightchain.v1");
+}
+
+/// Serves every service on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(node)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,226 @@
+//! `chain/`: the blocks, as JSON lines in segment files named by their first height.
+//!
+//! Appends go to the newest segment and become durable at [`ChainFile::sync`], which the
+//! state machine calls once per applied batch of entries (and before a snapshot lets the
+//! consensus log be purged). A crash can leave a torn last line; it was never synced, its
+//! entry is still in the consensus log, and [`ChainFile::open`] cuts it off (logged) so the
+//! entry is applied again. A bad line anywhere else is corruption and stops the start-up.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use super::{sync_dir, Error, IoContext, Result};
+use crate::chain::{Block, Height};
+
+/// Blocks per segment file.
+const BLOCKS_PER_SEGMENT: u64 = 10_000;
+
+/// The head of the chain: the last block's position.
+pub use crate::chain::Tip as Head;
+
+/// The append side of `chain/`.
+pub struct ChainFile {
+    dir: PathBuf,
+    segment: Option<(Height, File)>,
+    pending: Vec<u8>,
+    head: Option<Head>,
+    synced_dir: bool,
+}
+
+fn segment_name(first: Height) -> String {
+    format!("{first:020}.jsonl")
+}
+
+/// The segment files of `dir`, in height order, with their first heights.
+pub fn segments(dir: &Path) -> Result<Vec<(Height, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let path = entry.ctx("list", dir)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(stem) = name.strip_suffix(".jsonl") else { continue };
+        if let Ok(first) = stem.parse::<Height>() {
+            out.push((first, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One line of a segment, decoded.
+pub struct ReadBlock {
+    /// The block.
+    pub block: Block,
+    /// The segment it is in.
+    pub path: PathBuf,
+}
+
+/// Reads every block in order, calling `f` on each. A line that does not parse is an error
+/// unless it is the torn last line of the last segment: then `Ok(Some(offset))` tells where
+/// the good part of that file ends.
+pub fn read_all(dir: &Path, mut f: impl FnMut(ReadBlock) -> Result<()>) -> Result<Option<(PathBuf, u64)>> {
+    let segs = segments(dir)?;
+    let last = segs.len().saturating_sub(1);
+    for (i, (_, path)) in segs.iter().enumerate() {
+        let file = File::open(path).ctx("open", path)?;
+        let mut reader = BufReader::new(file);
+        let mut offset = 0u64;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).ctx("read", path)?;
+            if n == 0 {
+                break;
+            }
+            let complete = line.last() == Some(&b'\n');
+            match serde_json::from_slice::<Block>(&line) {
+                Ok(block) if complete => f(ReadBlock { block, path: path.clone() })?,
+                result => {
+                    let at_tail = i == last && reader.fill_buf().ctx("read", path)?.is_empty();
+                    if at_tail {
+                        return Ok(Some((path.clone(), offset)));
+                    }
+                    let detail = match result {
+                        Err(e) => format!("unreadable block at byte {offset}: {e}"),
+                        Ok(_) => format!("unterminated block at byte {offset}"),
+                    };
+                    return Err(Error::Corrupt { path: path.clone(), detail });
+                }
+            }
+            offset += n as u64;
+        }
+    }
+    Ok(None)
+}
+
+impl ChainFile {
+    /// Opens `chain/`, replaying every block through `f`, cutting a torn tail.
+    pub fn open(dir: &Path, mut f: impl FnMut(&Block) -> Result<()>) -> Result<ChainFile> {
+        let mut head = None;
+        let torn = read_all(dir, |read| {
+            f(&read.block)?;
+            head = Some(Head::of(&read.block));
+            Ok(())
+        })?;
+        if let Some((path, offset)) = torn {
+            tracing::warn!(file = %path.display(), offset, "cutting a torn block left by a crash; its entry is applied again");
+            let file = OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
+            file.set_len(offset).ctx("truncate", &path)?;
+            file.sync_all().ctx("fsync", &path)?;
+        }
+        let segment = match segments(dir)?.pop() {
+            Some((first, path)) => Some((first, OpenOptions::new().append(true).open(&path).ctx("open", &path)?)),
+            None => None,
+        };
+        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true })
+    }
+
+    /// The last appended block, synced or not.
+    pub fn head(&self) -> Option<Head> {
+        self.head
+    }
+
+    /// Queues a block for the next [`sync`](Self::sync). Blocks must come in height order.
+    pub fn append(&mut self, block: &Block) -> Result<()> {
+        if block.height % BLOCKS_PER_SEGMENT == 0 || self.segment.is_none() {
+            self.roll(block.height)?;
+        }
+        serde_json::to_writer(&mut self.pending, block).expect("blocks serialize");
+        self.pending.push(b'\n');
+        self.head = Some(Head::of(block));
+        Ok(())
+    }
+
+    fn roll(&mut self, first: Height) -> Result<()> {
+        self.flush_pending()?;
+        if let Some((_, file)) = &self.segment {
+            let path = self.dir.join("current segment");
+            file.sync_data().ctx("fsync", &path)?;
+        }
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new().create(true).append(true).open(&path).ctx("create", &path)?;
+        self.segment = Some((first, file));
+        self.synced_dir = false;
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (first, file) = self.segment.as_mut().expect("append rolls a segment first");
+        let path = self.dir.join(segment_name(*first));
+        file.write_all(&self.pending).ctx("write", &path)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes queued blocks and fsyncs them (and a new segment's name).
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush_pending()?;
+        if let Some((first, file)) = &self.segment {
+            let path = self.dir.join(segment_name(*first));
+            file.sync_data().ctx("fsync", &path)?;
+        }
+        if !self.synced_dir {
+            sync_dir(&self.dir)?;
+            self.synced_dir = true;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Digest;
+
+    fn chain(n: u64) -> Vec<Block> {
+        let mut out: Vec<Block> = Vec::new();
+        for i in 0..n {
+            let prev = out.last().map(|b| (b.height, b.hash));
+            out.push(Block::seal(prev, 1, i, i, 1, Digest::ZERO, vec![]));
+        }
+        out
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_torn_tails_are_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocks = chain(5);
+        let mut file = ChainFile::open(tmp.path(), |_| Ok(())).unwrap();
+        for b in &blocks {
+            file.append(b).unwrap();
+        }
+        file.sync().unwrap();
+        drop(file);
+        let seg = tmp.path().join(segment_name(0));
+        let mut raw = OpenOptions::new().append(true).open(&seg).unwrap();
+        raw.write_all(b"{\"height\":5,\"prev").unwrap();
+        let mut seen = Vec::new();
+        let file = ChainFile::open(tmp.path(), |b| {
+            seen.push(b.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, blocks);
+        assert_eq!(file.head().unwrap().height, 4);
+        assert!(std::fs::read(&seg).unwrap().ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut file = ChainFile::open(tmp.path(), |_| Ok(())).unwrap();
+        for b in &chain(3) {
+            file.append(b).unwrap();
+        }
+        file.sync().unwrap();
+        let seg = tmp.path().join(segment_name(0));
+        let text = std::fs::read_to_string(&seg).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "garbage";
+        std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
+        assert!(matches!(ChainFile::open(tmp.path(), |_| Ok(())), Err(Error::Corrupt { .. })));
+    }
+}

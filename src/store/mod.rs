@@ -1,0 +1,127 @@
+//! The backing directory: everything lightchain keeps on disk, in files people can read.
+//!
+//! ```text
+//! DATA/identity.json   node id, incarnation, cluster id
+//! DATA/chain/          blocks as JSON lines, one segment file per 10,000 blocks
+//! DATA/states/         the current tree of states as plain files (derived; repaired at start)
+//! DATA/raft/           consensus log segments, vote, committed index, snapshot manifest
+//! DATA/tmp/            scratch space for crash-safe replace-by-rename
+//! ```
+//!
+//! This layer knows files and bytes, not consensus: it never imports openraft, and it never
+//! decides what a block means (that is `chain`). Its invariants: a write that is acknowledged
+//! as durable was fsynced (file and, for new names, the directory); a file in `states/` is
+//! replaced by rename, so a reader never sees it torn; nothing under `states/` is the source
+//! of truth — the chain is, and [`states::StatesDir::repair`] makes `states/` match it.
+//!
+//! See `docs/architecture/store.md`.
+
+pub mod chain_file;
+pub mod identity;
+pub mod raft_log;
+pub mod states;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A failure of the backing directory. Never deterministic: another node may not have it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's content is not what lightchain writes.
+    #[error("{path}: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        detail: String,
+    },
+}
+
+/// Result alias of this layer.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attaches the operation and path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io { op, path: path.to_owned(), source })
+    }
+}
+
+/// The paths of a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    /// The data directory itself.
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// Creates the directory layout if it is missing.
+    pub fn create(root: &Path) -> Result<DataDir> {
+        let dir = DataDir { root: root.to_owned() };
+        for sub in [dir.root.clone(), dir.chain(), dir.states(), dir.raft(), dir.tmp()] {
+            std::fs::create_dir_all(&sub).ctx("create directory", &sub)?;
+        }
+        Ok(dir)
+    }
+
+    /// Opens an existing directory without creating anything (for `log`, `verify`).
+    pub fn open_existing(root: &Path) -> Result<DataDir> {
+        let dir = DataDir { root: root.to_owned() };
+        std::fs::metadata(dir.chain()).ctx("open chain directory", &dir.chain())?;
+        Ok(dir)
+    }
+
+    /// `chain/`
+    pub fn chain(&self) -> PathBuf {
+        self.root.join("chain")
+    }
+    /// `states/`
+    pub fn states(&self) -> PathBuf {
+        self.root.join("states")
+    }
+    /// `raft/`
+    pub fn raft(&self) -> PathBuf {
+        self.root.join("raft")
+    }
+    /// `tmp/`
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// `identity.json`
+    pub fn identity(&self) -> PathBuf {
+        self.root.join("identity.json")
+    }
+}
+
+/// Replaces `path` with `bytes` crash-safely: write a temporary file beside it, fsync it,
+/// rename it over `path`, fsync the directory. After it returns, the new content survives
+/// power loss; before, either the old or the new content is there, never a mix.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).ctx("create", &tmp)?;
+    file.write_all(bytes).ctx("write", &tmp)?;
+    file.sync_all().ctx("fsync", &tmp)?;
+    std::fs::rename(&tmp, path).ctx("rename", path)?;
+    sync_dir(path.parent().expect("a file has a directory"))
+}
+
+/// Fsyncs a directory, making names created or removed in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
+}
