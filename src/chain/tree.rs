@@ -353,6 +353,7 @@ impl Tree {
                 }
             }
             TxOp::Delete { id } => {
+                self.check_parent(id)?;
                 self.file(id)?;
                 self.remove(id);
                 self.touch_dir(&id.parent().expect("a file is never the root"), ctx);
@@ -380,7 +381,7 @@ impl Tree {
                 Ok(vec![Change::MadeDir(id.clone())])
             }
             TxOp::Rmdir { id } => {
-                let parent = id.parent().ok_or(Reject::Invalid)?;
+                let parent = self.check_parent(id)?;
                 match self.entries.get(id) {
                     None => return Err(Reject::NotFound),
                     Some(e) if !e.is_dir() => return Err(Reject::NotADirectory),
@@ -436,6 +437,7 @@ impl Tree {
         if from.is_root() || to.is_root() {
             return Err(Reject::Invalid);
         }
+        self.check_parent(from)?;
         let source = self.entries.get(from).ok_or(Reject::NotFound)?;
         let source_is_dir = source.is_dir();
         let to_parent = self.check_parent(to)?;

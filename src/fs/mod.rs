@@ -1,1 +1,632 @@
-//! placeholder
+//! The filesystem semantics of DESIGN §1.2 over the Node API — without fuser types.
+//!
+//! Every operation is a method named after the FUSE call it serves, taking and returning
+//! plain values, so the semantics are tested without a kernel mount; [`fuse`] is the thin
+//! adapter that moves requests in and replies out. Operations that wait for consensus or a
+//! read index are `async`; the adapter never blocks a FUSE thread on them.
+//!
+//! The write path: an open for writing gets a handle that buffers the whole new content in
+//! memory (from the committed content, or empty with `O_TRUNC`); `flush` (every `close`) and
+//! `fsync` of a dirty handle commit it as one `put` (or `append` for `O_APPEND` handles) and
+//! return only once the block is applied here. A handle whose write or commit failed is
+//! spoiled: later writes and commits fail with the same error. `release` never commits.
+//!
+//! Reads serve a snapshot taken at `open`. In linearizable mode an open (except an `O_TRUNC`
+//! one) and a lookup that finds nothing first wait for a read index, and the kernel is told
+//! to cache nothing; in local mode the replica is served as it is, with long TTLs and kept
+//! page caches.
+//!
+//! Must not: hold a lock across an `.await`, pick an errno anywhere but [`error`], or touch
+//! the backing directory (that is the state machine's job).
+//!
+//! See `docs/architecture/fs.md` and `docs/SEMANTICS.md`.
+
+pub mod error;
+pub mod fuse;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use error::FsError;
+
+use crate::chain::{Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO};
+use crate::node::{Node, ReadConsistency};
+
+/// Inode of the read-only control directory `.lightchain/`.
+pub const CONTROL_INO: u64 = u64::MAX - 1;
+/// Inode of `.lightchain/status`.
+pub const STATUS_INO: u64 = u64::MAX - 2;
+/// The status file's name.
+const STATUS_NAME: &str = "status";
+
+/// How long the kernel may cache entries and attributes in local read mode.
+const LOCAL_TTL: Duration = Duration::from_secs(10);
+
+/// File or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+/// Attributes of a state, as `stat` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Time of the block that last changed it.
+    pub mtime: SystemTime,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner (the mounting user).
+    pub uid: u32,
+    /// Group (the mounting user's).
+    pub gid: u32,
+}
+
+/// What `open`/`create` tell the kernel about a new handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// Bypass the page cache (for files whose size changes under it).
+    pub direct_io: bool,
+    /// Keep the page cache from earlier opens.
+    pub keep_cache: bool,
+    /// The kernel need not send `flush` on close (read-only handles).
+    pub no_flush: bool,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// The handle, for `ftruncate`.
+    pub fh: Option<u64>,
+}
+
+/// One directory entry of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: Kind,
+    /// Name within the directory.
+    pub name: String,
+}
+
+/// Receives directory entries; returns true when it is full.
+pub trait DirReplier {
+    /// Adds one entry; `offset` is where the next listing call resumes.
+    fn add(&mut self, ino: u64, offset: u64, kind: Kind, name: &str) -> bool;
+}
+
+/// Settings of the filesystem layer.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Largest content a state may have (`--max-state-size`).
+    pub max_state_size: u64,
+    /// Owner shown for every state.
+    pub uid: u32,
+    /// Group shown for every state.
+    pub gid: u32,
+}
+
+/// An open file.
+enum Handle {
+    /// Read-only: the content at open.
+    Read(Content),
+    /// Open for writing.
+    Write(WriteHandle),
+}
+
+struct WriteHandle {
+    /// The state's inode (the state may be renamed while open).
+    ino: u64,
+    /// `O_APPEND`: `buffer` holds only bytes to add, `base` what was there at open.
+    append: bool,
+    base: Content,
+    /// The new content (or, when appending, the bytes not yet committed).
+    buffer: Vec<u8>,
+    /// Changed since the last commit.
+    dirty: bool,
+    /// Bumped by every change, to tell whether a commit covered the latest one.
+    version: u64,
+    /// The error that spoiled this handle.
+    spoiled: Option<FsError>,
+}
+
+impl WriteHandle {
+    fn content(&self) -> Vec<u8> {
+        if self.append {
+            [self.base.as_bytes(), &self.buffer].concat()
+        } else {
+            self.buffer.clone()
+        }
+    }
+}
+
+/// The filesystem.
+pub struct Fs {
+    node: Arc<Node>,
+    config: FsConfig,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+fn mtime_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl Fs {
+    /// A filesystem over `node`.
+    pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
+        Fs { node, config, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+    }
+
+    /// The node below.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn local_reads(&self) -> bool {
+        self.node.config().read_consistency == ReadConsistency::Local
+    }
+
+    /// How long the kernel may cache entries and attributes.
+    pub fn ttl(&self) -> Duration {
+        if self.local_reads() {
+            LOCAL_TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn attr_of(&self, entry: &Entry) -> Attr {
+        let (kind, nlink) = if entry.is_dir() { (Kind::Dir, 2) } else { (Kind::File, 1) };
+        Attr {
+            ino: entry.ino,
+            kind,
+            size: entry.size(),
+            perm: entry.mode as u16,
+            mtime: mtime_of(entry.mtime_ms),
+            nlink,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    fn control_attr(&self, ino: u64) -> Attr {
+        let (kind, perm, size, nlink) = if ino == CONTROL_INO {
+            (Kind::Dir, 0o555, 0, 2)
+        } else {
+            (Kind::File, 0o444, self.status_bytes().len() as u64, 1)
+        };
+        let mtime = self.node.replica().head.map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
+        Attr { ino, kind, size, perm, mtime, nlink, uid: self.config.uid, gid: self.config.gid }
+    }
+
+    fn status_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(&self.node.status()).expect("status serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// The state ID of inode `ino`.
+    fn id_of(&self, ino: u64) -> Result<StateId, FsError> {
+        if ino == ROOT_INO {
+            return Ok(StateId::root());
+        }
+        if ino == CONTROL_INO || ino == STATUS_INO {
+            return Err(FsError::ReadOnly);
+        }
+        let replica = self.node.replica();
+        replica.tree.id_of(ino).cloned().ok_or(FsError::Precondition(crate::chain::Reject::NotFound))
+    }
+
+    /// The ID of `name` in directory `parent`; the control directory is read-only.
+    fn child_id(&self, parent: u64, name: &[u8]) -> Result<StateId, FsError> {
+        self.id_of(parent)?.child(name).map_err(FsError::from)
+    }
+
+    fn entry_attr(&self, id: &StateId) -> Option<Attr> {
+        self.node.replica().tree.get(id).map(|e| self.attr_of(e))
+    }
+
+    fn not_found() -> FsError {
+        FsError::Precondition(crate::chain::Reject::NotFound)
+    }
+
+    fn logged<T>(&self, op: &str, state: &dyn std::fmt::Display, result: Result<T, FsError>) -> Result<T, FsError> {
+        if let Err(e) = &result {
+            if !e.is_expected() {
+                tracing::warn!(op, state = %state, errno = e.errno(), error = %e, "operation failed");
+            }
+        }
+        result
+    }
+
+    /// `lookup`: the attributes of `name` in `parent`. A miss is confirmed against a read
+    /// index in linearizable mode before it is answered.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        if parent == ROOT_INO && name == CONTROL_DIR.as_bytes() {
+            return Ok(self.control_attr(CONTROL_INO));
+        }
+        if parent == CONTROL_INO {
+            return match name == STATUS_NAME.as_bytes() {
+                true => Ok(self.control_attr(STATUS_INO)),
+                false => Err(Self::not_found()),
+            };
+        }
+        let id = match self.child_id(parent, name) {
+            Ok(id) => id,
+            // A name that cannot be a state is simply not there, unless it is too long.
+            Err(FsError::InvalidName(e)) if e != crate::chain::StateIdError::TooLong => return Err(Self::not_found()),
+            Err(e) => return Err(e),
+        };
+        if let Some(attr) = self.entry_attr(&id) {
+            return Ok(attr);
+        }
+        self.node.read_barrier().await?;
+        self.entry_attr(&id).ok_or_else(Self::not_found)
+    }
+
+    /// `getattr`. With a handle open for writing, the size is that of its buffer.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+        if ino == CONTROL_INO || ino == STATUS_INO {
+            return Ok(self.control_attr(ino));
+        }
+        let id = self.id_of(ino)?;
+        let mut attr = self.entry_attr(&id).ok_or_else(Self::not_found)?;
+        if let Some(handle) = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned()) {
+            if let Handle::Write(w) = &*handle.lock().unwrap() {
+                attr.size = if w.append { (w.base.len() + w.buffer.len()) as u64 } else { w.buffer.len() as u64 };
+            }
+        }
+        Ok(attr)
+    }
+
+    fn insert_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(handle)));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>, FsError> {
+        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// `open`: a snapshot for reading, or a write buffer.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if ino == STATUS_INO {
+            if writable {
+                return self.logged("open", &".lightchain/status", Err(FsError::ReadOnly));
+            }
+            let fh = self.insert_handle(Handle::Read(Content::from(self.status_bytes())));
+            return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
+        }
+        let id = self.id_of(ino)?;
+        let truncate = flags & libc::O_TRUNC != 0;
+        if !(writable && truncate) {
+            // An O_TRUNC open discards the content, so it need not see the newest version.
+            let barrier = self.node.read_barrier().await.map_err(FsError::from);
+            self.logged("open", &id, barrier)?;
+        }
+        self.open_id(ino, &id, flags)
+    }
+
+    fn open_id(&self, ino: u64, id: &StateId, flags: i32) -> Result<Opened, FsError> {
+        let content = {
+            let replica = self.node.replica();
+            match replica.tree.get(id).map(|e| &e.kind) {
+                None => return Err(Self::not_found()),
+                Some(EntryKind::Dir) => return Err(FsError::Precondition(crate::chain::Reject::IsADirectory)),
+                Some(EntryKind::File(content)) => content.clone(),
+            }
+        };
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            let fh = self.insert_handle(Handle::Read(content));
+            return Ok(Opened { fh, direct_io: false, keep_cache: self.local_reads(), no_flush: true });
+        }
+        let truncate = flags & libc::O_TRUNC != 0;
+        let append = flags & libc::O_APPEND != 0 && !truncate;
+        let handle = WriteHandle {
+            ino,
+            append,
+            buffer: if truncate || append { Vec::new() } else { content.as_bytes().to_vec() },
+            dirty: truncate && !content.is_empty(),
+            base: content,
+            version: 0,
+            spoiled: None,
+        };
+        let fh = self.insert_handle(Handle::Write(handle));
+        Ok(Opened { fh, direct_io: false, keep_cache: false, no_flush: false })
+    }
+
+    /// `create`: commits the new file (with `O_EXCL`, on condition that it does not exist)
+    /// before answering, then opens it.
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> Result<(Attr, Opened), FsError> {
+        let id = self.child_id(parent, name);
+        let id = self.logged("create", &String::from_utf8_lossy(name), id)?;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive };
+        let committed = self.node.propose(op).await.map_err(FsError::from);
+        self.logged("create", &id, committed)?;
+        let ino = self.entry_attr(&id).ok_or_else(Self::not_found)?.ino;
+        let opened = self.open_id(ino, &id, flags)?;
+        let attr = self.entry_attr(&id).ok_or_else(Self::not_found)?;
+        Ok((attr, opened))
+    }
+
+    /// `read` from the handle's snapshot or buffer.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let handle = self.handle(fh)?;
+        let handle = handle.lock().unwrap();
+        let slice = |bytes: &[u8]| {
+            let start = (offset as usize).min(bytes.len());
+            let end = start.saturating_add(size as usize).min(bytes.len());
+            bytes[start..end].to_vec()
+        };
+        Ok(match &*handle {
+            Handle::Read(content) => slice(content.as_bytes()),
+            Handle::Write(w) if w.append => slice(&w.content()),
+            Handle::Write(w) => slice(&w.buffer),
+        })
+    }
+
+    /// `write` into the handle's buffer. Over the size limit: `EFBIG`, and the handle is spoiled.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let handle = self.handle(fh)?;
+        let mut handle = handle.lock().unwrap();
+        let Handle::Write(w) = &mut *handle else { return Err(FsError::BadHandle) };
+        if let Some(e) = &w.spoiled {
+            return Err(e.clone());
+        }
+        let new_len = if w.append {
+            (w.base.len() + w.buffer.len() + data.len()) as u64
+        } else {
+            w.buffer.len().max(offset as usize + data.len()) as u64
+        };
+        if new_len > self.config.max_state_size {
+            let e = FsError::TooBig(self.config.max_state_size);
+            w.spoiled = Some(e.clone());
+            let state = self.node.replica().tree.id_of(w.ino).cloned();
+            return self.logged("write", &format!("{state:?}"), Err(e));
+        }
+        if w.append {
+            w.buffer.extend_from_slice(data);
+        } else {
+            let end = offset as usize + data.len();
+            if w.buffer.len() < end {
+                w.buffer.resize(end, 0);
+            }
+            w.buffer[offset as usize..end].copy_from_slice(data);
+        }
+        w.dirty = true;
+        w.version += 1;
+        Ok(data.len() as u32)
+    }
+
+    /// `flush` (every `close`): commits a dirty handle and waits until it is applied.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let handle = self.handle(fh)?;
+        let (op, version, sent) = {
+            let h = handle.lock().unwrap();
+            let Handle::Write(w) = &*h else { return Ok(()) };
+            if let Some(e) = &w.spoiled {
+                return Err(e.clone());
+            }
+            if !w.dirty {
+                return Ok(());
+            }
+            let Some(id) = self.node.replica().tree.id_of(w.ino).cloned() else {
+                // Removed while open: like an unlinked file, its data goes nowhere.
+                return Ok(());
+            };
+            let content = Content::from(w.buffer.clone());
+            let op = if w.append { TxOp::Append { id, content } } else { TxOp::Put { id, content } };
+            (op, w.version, w.buffer.len())
+        };
+        let id = op.state_ids()[0].clone();
+        let result = self.node.propose(op).await.map_err(FsError::from);
+        let mut h = handle.lock().unwrap();
+        let Handle::Write(w) = &mut *h else { unreachable!("a handle keeps its kind") };
+        match result {
+            Ok(_) if w.append => {
+                let committed: Vec<u8> = w.buffer.drain(..sent).collect();
+                w.base = Content::from([w.base.as_bytes(), &committed].concat());
+                w.dirty = !w.buffer.is_empty();
+                Ok(())
+            }
+            Ok(_) => {
+                w.dirty = w.version != version;
+                Ok(())
+            }
+            Err(e) => {
+                w.spoiled = Some(e.clone());
+                drop(h);
+                self.logged("commit", &id, Err(e))
+            }
+        }
+    }
+
+    /// `fsync`: the same commit as `flush`.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush(fh).await
+    }
+
+    /// `release`: forgets the handle. Never commits.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// `setattr`: `ftruncate` edits the handle; `truncate(path)` and `chmod` are transactions;
+    /// times are accepted and ignored (a state's mtime is its block's time); a different owner
+    /// is refused.
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr, FsError> {
+        if ino == CONTROL_INO || ino == STATUS_INO {
+            if set.mode.is_some() || set.size.is_some() || set.uid.is_some() || set.gid.is_some() {
+                return self.logged("setattr", &".lightchain", Err(FsError::ReadOnly));
+            }
+            return Ok(self.control_attr(ino));
+        }
+        let id = self.id_of(ino)?;
+        if set.uid.is_some_and(|u| u != self.config.uid) || set.gid.is_some_and(|g| g != self.config.gid) {
+            return self.logged("chown", &id, Err(FsError::NotPermitted));
+        }
+        if let Some(size) = set.size {
+            if size > self.config.max_state_size {
+                return self.logged("truncate", &id, Err(FsError::TooBig(self.config.max_state_size)));
+            }
+            match set.fh.map(|fh| self.handle(fh)).transpose()? {
+                Some(handle) => self.truncate_handle(&handle, size)?,
+                None => {
+                    let committed = self.node.propose(TxOp::Truncate { id: id.clone(), size }).await;
+                    self.logged("truncate", &id, committed.map_err(FsError::from))?;
+                }
+            }
+        }
+        if let Some(mode) = set.mode {
+            let committed = self.node.propose(TxOp::Chmod { id: id.clone(), mode: mode & 0o7777 }).await;
+            self.logged("chmod", &id, committed.map_err(FsError::from))?;
+        }
+        self.getattr(ino, set.fh)
+    }
+
+    fn truncate_handle(&self, handle: &Mutex<Handle>, size: u64) -> Result<(), FsError> {
+        let mut h = handle.lock().unwrap();
+        let Handle::Write(w) = &mut *h else { return Err(FsError::BadHandle) };
+        if let Some(e) = &w.spoiled {
+            return Err(e.clone());
+        }
+        if w.append {
+            // Truncating an append-only handle rewrites the whole content.
+            w.buffer = w.content();
+            w.append = false;
+        }
+        w.buffer.resize(size as usize, 0);
+        w.dirty = true;
+        w.version += 1;
+        Ok(())
+    }
+
+    /// `mkdir`.
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr, FsError> {
+        let id = self.child_id(parent, name);
+        let id = self.logged("mkdir", &String::from_utf8_lossy(name), id)?;
+        let committed = self.node.propose(TxOp::Mkdir { id: id.clone(), mode: mode & !umask & 0o7777 }).await;
+        self.logged("mkdir", &id, committed.map_err(FsError::from))?;
+        self.entry_attr(&id).ok_or_else(Self::not_found)
+    }
+
+    /// `unlink`.
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        let id = self.child_id(parent, name);
+        let id = self.logged("unlink", &String::from_utf8_lossy(name), id)?;
+        let committed = self.node.propose(TxOp::Delete { id: id.clone() }).await;
+        self.logged("unlink", &id, committed.map(drop).map_err(FsError::from))
+    }
+
+    /// `rmdir`.
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        let id = self.child_id(parent, name);
+        let id = self.logged("rmdir", &String::from_utf8_lossy(name), id)?;
+        let committed = self.node.propose(TxOp::Rmdir { id: id.clone() }).await;
+        self.logged("rmdir", &id, committed.map(drop).map_err(FsError::from))
+    }
+
+    /// `rename`, honouring `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), FsError> {
+        let ids = self.child_id(parent, name).and_then(|from| Ok((from, self.child_id(new_parent, new_name)?)));
+        let (from, to) = self.logged("rename", &String::from_utf8_lossy(name), ids)?;
+        let mode = match flags {
+            0 => RenameMode::Replace,
+            f if f == libc::RENAME_NOREPLACE => RenameMode::NoReplace,
+            f if f == libc::RENAME_EXCHANGE => RenameMode::Exchange,
+            _ => return self.logged("rename", &from, Err(FsError::InvalidArgument)),
+        };
+        let committed = self.node.propose(TxOp::Rename { from: from.clone(), to, mode }).await;
+        self.logged("rename", &from, committed.map(drop).map_err(FsError::from))
+    }
+
+    /// `opendir`: takes a snapshot of the listing, so `readdir` pages stay consistent.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let mut entries = vec![
+            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
+            DirEntry { ino: ROOT_INO, kind: Kind::Dir, name: "..".into() },
+        ];
+        if ino == CONTROL_INO {
+            entries.push(DirEntry { ino: STATUS_INO, kind: Kind::File, name: STATUS_NAME.into() });
+        } else {
+            let id = self.id_of(ino)?;
+            self.node.read_barrier().await?;
+            let replica = self.node.replica();
+            match replica.tree.get(&id) {
+                None => return Err(Self::not_found()),
+                Some(e) if !e.is_dir() => return Err(FsError::Precondition(crate::chain::Reject::NotADirectory)),
+                Some(_) => {}
+            }
+            if let Some(parent) = id.parent().and_then(|p| replica.tree.get(&p)) {
+                entries[1].ino = parent.ino;
+            }
+            if id.is_root() {
+                entries.push(DirEntry { ino: CONTROL_INO, kind: Kind::Dir, name: CONTROL_DIR.into() });
+            }
+            for (child, entry) in replica.tree.children(&id) {
+                let kind = if entry.is_dir() { Kind::Dir } else { Kind::File };
+                entries.push(DirEntry { ino: entry.ino, kind, name: child.name().to_owned() });
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// `readdir`: entries of the `opendir` snapshot from `offset` on.
+    pub fn readdir(&self, fh: u64, offset: u64, replier: &mut dyn DirReplier) -> Result<(), FsError> {
+        let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            if replier.add(entry.ino, i as u64 + 1, entry.kind, &entry.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `releasedir`.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Refuses what lightchain does not support (links, special files, xattrs).
+    pub fn unsupported(&self, op: &str) -> FsError {
+        tracing::debug!(op, "unsupported operation");
+        match op {
+            "link" | "symlink" | "mknod" => FsError::NotPermitted,
+            _ => FsError::NotSupported,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
