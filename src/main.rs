@@ -1,1 +1,5 @@
-fn main() {}
+//! The `lightchain` binary: see [`lightchain::cli`].
+
+fn main() -> std::process::ExitCode {
+    lightchain::cli::main()
+}

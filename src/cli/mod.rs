@@ -1,1 +1,184 @@
-//! placeholder
+//! The command line: flags (each with an environment twin), logging, and the four commands.
+//!
+//! - `mount`: runs a node and serves its filesystem until SIGINT/SIGTERM ([`mount`]).
+//! - `status`: asks a running node for its view over gRPC ([`status`]).
+//! - `log`: prints the chain, or one state's history, from the data directory ([`history`]).
+//! - `verify`: rebuilds every block from its transactions and checks `states/` ([`verify`]).
+//!
+//! `log` and `verify` read the data directory directly and work whether or not a node runs.
+//!
+//! See `docs/architecture/cli.md`.
+
+mod history;
+mod mount;
+mod status;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::node::ReadConsistency;
+
+/// A FUSE filesystem that is a small replicated blockchain.
+#[derive(Debug, Parser)]
+#[command(name = "lightchain", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the filesystem at MOUNTPOINT until SIGINT/SIGTERM.
+    Mount(MountArgs),
+    /// Show a running node's view of the cluster; exit 0 only when it is healthy.
+    Status {
+        /// The node's gRPC address.
+        #[arg(long, env = "LIGHTCHAIN_ADDR", default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the history of the chain, or of one state.
+    Log {
+        /// Only transactions that touch this state (a path relative to the mount).
+        state: Option<String>,
+        /// The data directory.
+        #[arg(long, env = "LIGHTCHAIN_DATA")]
+        data: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every block's hash, link and content, and states/ against the chain.
+    Verify {
+        /// The data directory.
+        #[arg(long, env = "LIGHTCHAIN_DATA")]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Flags of `lightchain mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Where to mount the filesystem (created if missing).
+    pub mountpoint: PathBuf,
+    /// The data directory [default: $XDG_DATA_HOME/lightchain or ~/.local/share/lightchain].
+    #[arg(long, env = "LIGHTCHAIN_DATA")]
+    pub data: Option<PathBuf>,
+    /// Address of the gRPC server (port 0 picks a free port).
+    #[arg(long, env = "LIGHTCHAIN_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Address peers reach this node at [default: the bound listen address].
+    #[arg(long, env = "LIGHTCHAIN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A human name for logs and status [default: the host name].
+    #[arg(long, env = "LIGHTCHAIN_NAME")]
+    pub name: Option<String>,
+    /// How opens are served: linearizable, or from the local replica.
+    #[arg(long, env = "LIGHTCHAIN_READ_CONSISTENCY", value_enum, default_value = "linearizable")]
+    pub read_consistency: ReadConsistency,
+    /// How long a commit or a linearizable read may wait (e.g. 10s, 500ms).
+    #[arg(long, env = "LIGHTCHAIN_COMMIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub commit_timeout: Duration,
+    /// Largest content of one state (e.g. 1048576, 1MiB, 64KiB).
+    #[arg(long, env = "LIGHTCHAIN_MAX_STATE_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_state_size: u64,
+    /// Let other users than the mounting one use the mount.
+    #[arg(long, env = "LIGHTCHAIN_ALLOW_OTHER")]
+    pub allow_other: bool,
+}
+
+/// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit '{unit}' in '{s}' (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `1MiB`, `64KiB`, `1M`, `64K`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("'{s}' is not a size like 1MiB"))?;
+    let factor = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("unknown unit '{unit}' in '{s}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// The data directory: the flag (or `$LIGHTCHAIN_DATA`), else `$XDG_DATA_HOME/lightchain`,
+/// else `~/.local/share/lightchain`.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir;
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("lightchain");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/lightchain")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fuser=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Runs the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Mount(args) => mount::run(args),
+        Command::Status { addr, json } => status::run(&addr, json),
+        Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
+        Command::Verify { data } => verify::run(&data_dir(data)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("1TB").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `lightchain mount`: start a node, serve gRPC and the filesystem, stop cleanly on a signal.
+//!
+//! Start-up order: open the data directory and start consensus, bind and serve gRPC, wait for
+//! a leader, replace a dead FUSE mount left by a crash, mount, log `ready`. Shutdown order
+//! (SIGINT/SIGTERM, or the mount going away): fail every pending commit (`EIO` to the apps
+//! waiting in `close`), stop consensus, unmount, stop gRPC, exit 0.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{data_dir, MountArgs};
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{Fs, FsConfig};
+use crate::node::{Config, Node};
+use crate::store::DataDir;
+
+/// How long to wait for a leader at start-up before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) fn run(args: MountArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lightchain").build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: MountArgs) -> Result<(), String> {
+    let data_path = data_dir(args.data.clone());
+    let data = DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let config = Config {
+        name: args.name.clone().unwrap_or_else(host_name),
+        listen,
+        advertise: args.advertise.clone().unwrap_or_else(|| listen.to_string()),
+        commit_timeout: args.commit_timeout,
+        read_consistency: args.read_consistency,
+    };
+    let node = Node::start(&data, config).await.map_err(|e| format!("cannot start the node: {e}"))?;
+
+    let (stop_rpc, rpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rpc = tokio::spawn(crate::rpc::serve(listener, node.clone(), async {
+        let _ = rpc_stopped.await;
+    }));
+
+    if !node.wait_ready(READY_TIMEOUT).await {
+        node.shutdown().await;
+        return Err(format!("no leader within {READY_TIMEOUT:?}"));
+    }
+
+    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    let fs = Arc::new(Fs::new(
+        node.clone(),
+        // SAFETY: getuid/getgid have no preconditions.
+        FsConfig { max_state_size: args.max_state_size, uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } },
+    ));
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        MountOption::FSName("lightchain".into()),
+        MountOption::Subtype("lightchain".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    options.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    options.n_threads = Some(2);
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let session = fuser::Session::new(adapter, &mountpoint, &options)
+        .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
+    let session = session.spawn().map_err(|e| format!("cannot start serving the mount: {e}"))?;
+    let status = node.status();
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        data = %data_path.display(),
+        listen = %listen,
+        node_id = status.node_id,
+        head = ?status.head_height,
+        "lightchain ready"
+    );
+
+    wait_for_stop(&session).await;
+    tracing::info!("stopping: failing pending commits, then unmounting");
+    node.shutdown().await;
+    if !session.guard.is_finished() {
+        if let Err(e) = session.umount_and_join() {
+            tracing::warn!(error = %e, "unmount failed; detaching the mount lazily");
+            lazy_unmount(&mountpoint);
+        }
+    }
+    let _ = stop_rpc.send(());
+    let _ = rpc.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM, or for the mount to go away (someone ran `umount`).
+async fn wait_for_stop(session: &fuser::BackgroundSession) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = tick.tick() => {
+                if session.guard.is_finished() {
+                    tracing::warn!("the mount went away");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Creates the mountpoint if missing and replaces a dead FUSE mount left by a crash.
+/// Any other mount there is left alone, with an error.
+fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("mountpoint {} is not a directory", path.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
+            match mount_type(&absolute) {
+                Some(fstype) if fstype.starts_with("fuse") => {
+                    tracing::warn!(mountpoint = %absolute.display(), "replacing a dead FUSE mount left by a crashed node");
+                    lazy_unmount(&absolute);
+                }
+                other => {
+                    return Err(format!(
+                        "mountpoint {} is not connected and is not a FUSE mount ({other:?}); not touching it",
+                        absolute.display()
+                    ))
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))?;
+        }
+        Err(e) => return Err(format!("mountpoint {}: {e}", path.display())),
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))
+}
+
+/// The filesystem type mounted exactly at `path`, from `/proc/self/mountinfo`.
+fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = fields.get(4)?.replace("\\040", " ");
+        let separator = fields.iter().position(|f| *f == "-")?;
+        (mount_point == wanted).then(|| fields.get(separator + 1).map(|s| s.to_string()))?
+    })
+}
+
+fn lazy_unmount(path: &Path) {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return };
+    // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        tracing::warn!(mountpoint = %path.display(), error = %std::io::Error::last_os_error(), "lazy unmount failed");
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "lightchain".into(), |s| s.trim().to_owned())
+}

@@ -1,0 +1,40 @@
+//! `lightchain status`: a running node's view of the cluster, over gRPC.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub(super) fn run(addr: &str, json: bool) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = match runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5))) {
+        Ok(status) => status,
+        Err(message) => {
+            eprintln!("lightchain status: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else {
+        println!("node       {} ({}) at {}", status.node_id, status.name, status.listen);
+        println!("cluster    {}", status.cluster_id.as_deref().unwrap_or("-"));
+        println!("role       {} (term {})", status.role, status.term);
+        println!("leader     {}", status.leader.map_or("none".into(), |l| l.to_string()));
+        println!(
+            "head       height {} hash {}",
+            status.head_height.map_or("-".into(), |h| h.to_string()),
+            status.head_hash.as_deref().unwrap_or("-")
+        );
+        println!("states     {}", status.states);
+        println!("ready      {}", status.ready);
+        println!("members");
+        for m in &status.members {
+            let leader = if Some(m.id) == status.leader { " (leader)" } else { "" };
+            println!("  {:<20} {:<22} {}{}", m.id, m.addr, m.role, leader);
+        }
+    }
+    if status.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
