@@ -246,16 +246,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut results = Vec::new();
         let mut changes = Vec::new();
+        let mut chain = self.chain.lock().unwrap();
         let last_index = {
+            // Readers wait for this lock, so it covers in-memory work only, never an fsync.
             let mut replica = self.shared.replica.write().unwrap();
-            let mut chain = self.chain.lock().unwrap();
             for entry in entries {
                 let result = self.apply_entry(&mut replica, &mut chain, entry, &mut changes);
                 results.push(result.map_err(|e| sm_err(ErrorVerb::Write, e))?);
             }
-            chain.sync().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             replica.last_applied.map_or(0, |l| l.index)
         };
+        chain.sync().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(chain);
         {
             let replica = self.shared.replica.read().unwrap();
             for change in &changes {

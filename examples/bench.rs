@@ -1,0 +1,194 @@
+//! Benchmarks lightchain through real mounts of the real binary and prints figures.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example bench
+//! ```
+//!
+//! Measures, on a single-node cluster: write latency (`open`+`write`+`close` of a 100-byte
+//! state) with 1 writer, throughput and latency with 32 concurrent writers, linearizable and
+//! local hot reads (`open`+`read`+`close`) through the mount beside the same read of the plain
+//! file in `states/`, a 1 MiB read both ways, and, as the floor, a plain
+//! `open`+`write`+`fsync`+`close` on the same disk. Compare figures within one run.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A running `lightchain mount`, stopped (and unmounted) on drop.
+struct Mounted {
+    child: Child,
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+    data: PathBuf,
+}
+
+impl Mounted {
+    fn start(binary: &Path, extra: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mnt, data) = (dir.path().join("mnt"), dir.path().join("data"));
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let child = Command::new(binary)
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lightchain");
+        let mounted = Mounted { child, _dir: dir, mnt, data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = std::fs::read_to_string(mounted.mnt.join(".lightchain/status")).unwrap_or_default();
+            if status.contains("\"ready\": true") {
+                return mounted;
+            }
+            assert!(Instant::now() < deadline, "lightchain did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        if let Ok(path) = CString::new(self.mnt.as_os_str().as_bytes()) {
+            // SAFETY: valid C string; a failure (already unmounted) is fine.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// open(O_WRONLY|O_CREAT|O_TRUNC) + write + close, checking close's result (the commit).
+fn write_state(path: &Path, data: &[u8]) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain syscalls on a valid path and buffer.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
+        assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
+        assert_eq!(libc::write(fd, data.as_ptr().cast(), data.len()), data.len() as isize);
+        assert_eq!(libc::close(fd), 0, "close (commit) of {} failed: {}", path.display(), std::io::Error::last_os_error());
+    }
+}
+
+fn write_fsync_plain(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_all(path: &Path, buf: &mut Vec<u8>) {
+    buf.clear();
+    std::fs::File::open(path).unwrap().read_to_end(buf).unwrap();
+}
+
+struct Figures(Vec<Duration>);
+
+impl Figures {
+    fn time(n: usize, mut f: impl FnMut(usize)) -> Figures {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let start = Instant::now();
+            f(i);
+            samples.push(start.elapsed());
+        }
+        Figures(samples)
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut s = self.0.clone();
+        s.sort();
+        s[((s.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn line(&self, what: &str) {
+        println!("{what:<58} p50 {:>9.1} µs   p99 {:>9.1} µs", us(self.pct(0.5)), us(self.pct(0.99)));
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn concurrent_writes(mnt: &Path, writers: usize, run_for: Duration) -> (f64, Figures) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (stop, mnt) = (stop.clone(), mnt.to_owned());
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let path = mnt.join(format!("c{w}"));
+                let data = [b'x'; 100];
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    write_state(&path, &data);
+                    samples.push(start.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    std::thread::sleep(run_for);
+    stop.store(true, Ordering::Relaxed);
+    let samples: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    (samples.len() as f64 / run_for.as_secs_f64(), Figures(samples))
+}
+
+fn main() {
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("lightchain");
+    if !binary.exists() {
+        eprintln!("{} is missing: run `cargo build --release` first", binary.display());
+        std::process::exit(2);
+    }
+    let data_100 = [b'a'; 100];
+    println!("lightchain benchmark — single-node cluster, 100-byte states unless noted\n");
+
+    let plain = tempfile::tempdir().unwrap();
+    Figures::time(500, |i| write_fsync_plain(&plain.path().join(format!("p{}", i % 50)), &data_100))
+        .line("floor: plain open+write+fsync+close (same disk)");
+
+    let node = Mounted::start(&binary, &[]);
+    for i in 0..50 {
+        write_state(&node.mnt.join(format!("w{i}")), &data_100);
+    }
+    Figures::time(2000, |i| write_state(&node.mnt.join(format!("w{}", i % 50)), &data_100))
+        .line("write, 1 writer (open+write+close)");
+    let (rate, figures) = concurrent_writes(&node.mnt, 32, Duration::from_secs(5));
+    figures.line(&format!("write, 32 writers: {rate:>8.0} writes/s"));
+    let mut buf = Vec::new();
+    Figures::time(5000, |_| read_all(&node.mnt.join("w1"), &mut buf)).line("linearizable read (open+read+close) through the mount");
+    let height: String = std::fs::read_to_string(node.mnt.join(".lightchain/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("head_height"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    println!("{:<58} {height}", "chain after the write runs:");
+    drop(node);
+
+    let node = Mounted::start(&binary, &["--read-consistency", "local"]);
+    write_state(&node.mnt.join("hot"), &data_100);
+    let big = vec![b'b'; 1 << 20];
+    write_state(&node.mnt.join("big"), &big);
+    let plain_hot = node.data.join("states/hot");
+    let plain_big = node.data.join("states/big");
+    for _ in 0..100 {
+        read_all(&node.mnt.join("hot"), &mut buf);
+        read_all(&plain_hot, &mut buf);
+    }
+    Figures::time(20_000, |_| read_all(&node.mnt.join("hot"), &mut buf)).line("hot read, local mode, through the mount");
+    Figures::time(20_000, |_| read_all(&plain_hot, &mut buf)).line("hot read of the plain file in states/");
+    Figures::time(500, |_| read_all(&node.mnt.join("big"), &mut buf)).line("1 MiB read, local mode, through the mount");
+    Figures::time(500, |_| read_all(&plain_big, &mut buf)).line("1 MiB read of the plain file in states/");
+    assert_eq!(buf.len(), 1 << 20);
+}
