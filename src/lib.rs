@@ -6,8 +6,9 @@
 //! - [`store`]: the backing directory: identity, chain segments, `states/`, repair.
 //! - [`consensus`]: openraft glue — log storage, the state machine that turns entries into
 //!   blocks, the network.
-//! - [`rpc`]: gRPC services generated from `proto/`.
-//! - [`node`]: the Node API — propose, read, status — over consensus.
+//! - [`rpc`]: gRPC services generated from `proto/`, answering through handler traits.
+//! - [`node`]: the Node API — propose, read, status — over consensus; implements the rpc
+//!   handlers.
 //! - [`fs`]: filesystem semantics over the Node API, and the thin fuser adapter.
 //! - [`cli`]: flags, start-up, signals.
 //!

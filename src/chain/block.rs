@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::tx::{Members, NodeId, Outcome, RenameMode, Reject, RequestId, TxOp};
+use super::tx::{Members, NodeId, Outcome, Reject, RenameMode, RequestId, TxOp};
 use super::StateId;
 
 /// Position of a block in the chain; the genesis block is height 0.
@@ -105,10 +105,16 @@ pub struct Block {
 pub enum LinkError {
     /// The stored hash is not the hash of the block's content.
     #[error("hash mismatch: content hashes to {computed}, block says {stored}")]
-    BadHash { stored: BlockHash, computed: BlockHash },
+    BadHash {
+        stored: BlockHash,
+        computed: BlockHash,
+    },
     /// `prev_hash` does not name the previous block.
     #[error("broken link: prev_hash {found} but the previous block is {expected}")]
-    BadPrev { expected: BlockHash, found: BlockHash },
+    BadPrev {
+        expected: BlockHash,
+        found: BlockHash,
+    },
     /// Heights are not consecutive.
     #[error("height {found} where {expected} was expected")]
     BadHeight { expected: Height, found: Height },
@@ -178,20 +184,32 @@ impl Block {
     pub fn verify_after(&self, prev: Option<super::Tip>) -> Result<(), LinkError> {
         let computed = self.compute_hash();
         if computed != self.hash {
-            return Err(LinkError::BadHash { stored: self.hash, computed });
+            return Err(LinkError::BadHash {
+                stored: self.hash,
+                computed,
+            });
         }
         let (expected_height, expected_prev, previous_ts) = match prev {
             Some(p) => (p.height + 1, p.hash, p.timestamp_ms),
             None => (0, Digest::ZERO, 0),
         };
         if self.height != expected_height {
-            return Err(LinkError::BadHeight { expected: expected_height, found: self.height });
+            return Err(LinkError::BadHeight {
+                expected: expected_height,
+                found: self.height,
+            });
         }
         if self.prev_hash != expected_prev {
-            return Err(LinkError::BadPrev { expected: expected_prev, found: self.prev_hash });
+            return Err(LinkError::BadPrev {
+                expected: expected_prev,
+                found: self.prev_hash,
+            });
         }
         if self.timestamp_ms < previous_ts {
-            return Err(LinkError::BadTimestamp { previous: previous_ts, found: self.timestamp_ms });
+            return Err(LinkError::BadTimestamp {
+                previous: previous_ts,
+                found: self.timestamp_ms,
+            });
         }
         Ok(())
     }
@@ -237,7 +255,11 @@ fn encode_op(e: &mut Encoder, op: &TxOp) {
             e.id(id);
             e.bytes(content.as_bytes());
         }
-        TxOp::Create { id, mode, exclusive } => {
+        TxOp::Create {
+            id,
+            mode,
+            exclusive,
+        } => {
             e.u8(3);
             e.id(id);
             e.u64(u64::from(*mode));
@@ -322,11 +344,22 @@ mod tests {
     use crate::chain::tx::Content;
 
     fn tx(seq: u64, op: TxOp) -> BlockTx {
-        BlockTx { request: RequestId { node: 1, incarnation: 7, seq }, op, outcome: Outcome::Ok }
+        BlockTx {
+            request: RequestId {
+                node: 1,
+                incarnation: 7,
+                seq,
+            },
+            op,
+            outcome: Outcome::Ok,
+        }
     }
 
     fn put(id: &str, content: &str) -> TxOp {
-        TxOp::Put { id: StateId::parse(id).unwrap(), content: Content::from(content.as_bytes()) }
+        TxOp::Put {
+            id: StateId::parse(id).unwrap(),
+            content: Content::from(content.as_bytes()),
+        }
     }
 
     fn sample_chain() -> Vec<Block> {
@@ -340,7 +373,15 @@ mod tests {
             Digest::of(b"root1"),
             vec![tx(1, put("a", "x")), tx(2, put("b", "y"))],
         );
-        let b2 = Block::seal(Some((b1.height, b1.hash)), 1, 3, 1000, 1, Digest::of(b"r2"), vec![]);
+        let b2 = Block::seal(
+            Some((b1.height, b1.hash)),
+            1,
+            3,
+            1000,
+            1,
+            Digest::of(b"r2"),
+            vec![],
+        );
         vec![genesis, b1, b2]
     }
 
@@ -368,7 +409,8 @@ mod tests {
     fn any_changed_field_is_detected() {
         let chain = sample_chain();
         let b1 = &chain[1];
-        let mutations: Vec<Box<dyn Fn(&mut Block)>> = vec![
+        type Mutation = Box<dyn Fn(&mut Block)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|b| b.height += 1),
             Box::new(|b| b.term += 1),
             Box::new(|b| b.index += 1),
@@ -388,7 +430,10 @@ mod tests {
             let mut changed = b1.clone();
             mutate(&mut changed);
             assert!(
-                matches!(changed.verify(Some(&chain[0])), Err(LinkError::BadHash { .. })),
+                matches!(
+                    changed.verify(Some(&chain[0])),
+                    Err(LinkError::BadHash { .. })
+                ),
                 "mutation {i} went unnoticed"
             );
         }
@@ -401,11 +446,16 @@ mod tests {
         for i in 0..json.len() {
             let mut bytes = json.clone();
             bytes[i] = bytes[i].wrapping_add(1);
-            let Ok(decoded) = serde_json::from_slice::<Block>(&bytes) else { continue };
+            let Ok(decoded) = serde_json::from_slice::<Block>(&bytes) else {
+                continue;
+            };
             if decoded == chain[1] {
                 continue; // e.g. a changed key name that serde ignores cannot change content
             }
-            assert!(decoded.verify(Some(&chain[0])).is_err(), "byte {i} changed unnoticed");
+            assert!(
+                decoded.verify(Some(&chain[0])).is_err(),
+                "byte {i} changed unnoticed"
+            );
         }
     }
 
@@ -413,9 +463,26 @@ mod tests {
     fn broken_links_are_detected() {
         let chain = sample_chain();
         let other = Block::seal(None, 0, 0, 0, 9, Digest::ZERO, vec![]);
-        assert!(matches!(chain[1].verify(Some(&other)), Err(LinkError::BadPrev { .. })));
-        assert!(matches!(chain[2].verify(Some(&chain[0])), Err(LinkError::BadHeight { .. })));
-        let early = Block::seal(Some((chain[1].height, chain[1].hash)), 1, 3, 999, 1, Digest::ZERO, vec![]);
-        assert!(matches!(early.verify(Some(&chain[1])), Err(LinkError::BadTimestamp { .. })));
+        assert!(matches!(
+            chain[1].verify(Some(&other)),
+            Err(LinkError::BadPrev { .. })
+        ));
+        assert!(matches!(
+            chain[2].verify(Some(&chain[0])),
+            Err(LinkError::BadHeight { .. })
+        ));
+        let early = Block::seal(
+            Some((chain[1].height, chain[1].hash)),
+            1,
+            3,
+            999,
+            1,
+            Digest::ZERO,
+            vec![],
+        );
+        assert!(matches!(
+            early.verify(Some(&chain[1])),
+            Err(LinkError::BadTimestamp { .. })
+        ));
     }
 }

@@ -136,7 +136,11 @@ pub enum TxOp {
     /// Add bytes to the end of whatever the file holds when the block is applied.
     Append { id: StateId, content: Content },
     /// Create an empty file. With `exclusive`, the file must not exist (`O_EXCL`).
-    Create { id: StateId, mode: u32, exclusive: bool },
+    Create {
+        id: StateId,
+        mode: u32,
+        exclusive: bool,
+    },
     /// Remove a file.
     Delete { id: StateId },
     /// Cut or zero-extend a file to `size` bytes (`truncate(path)`).
@@ -259,7 +263,10 @@ mod tests {
         let json = serde_json::to_string(&binary).unwrap();
         assert_eq!(json, r#"{"base64":"/wA="}"#);
         assert_eq!(serde_json::from_str::<Content>(&json).unwrap(), binary);
-        assert_eq!(serde_json::from_str::<Content>(r#""hello\n""#).unwrap(), text);
+        assert_eq!(
+            serde_json::from_str::<Content>(r#""hello\n""#).unwrap(),
+            text
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ use crate::store::DataDir;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn run(args: MountArgs) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lightchain").build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lightchain")
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -44,8 +47,11 @@ pub(super) fn run(args: MountArgs) -> ExitCode {
 
 async fn serve(args: MountArgs) -> Result<(), String> {
     let data_path = data_dir(args.data.clone());
-    let data = DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let data = DataDir::create(&data_path)
+        .map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let config = Config {
         name: args.name.clone().unwrap_or_else(host_name),
@@ -54,7 +60,9 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         commit_timeout: args.commit_timeout,
         read_consistency: args.read_consistency,
     };
-    let node = Node::start(&data, config).await.map_err(|e| format!("cannot start the node: {e}"))?;
+    let node = Node::start(&data, config)
+        .await
+        .map_err(|e| format!("cannot start the node: {e}"))?;
 
     let (stop_rpc, rpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let rpc = tokio::spawn(crate::rpc::serve(listener, node.clone(), async {
@@ -70,7 +78,11 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     let fs = Arc::new(Fs::new(
         node.clone(),
         // SAFETY: getuid/getgid have no preconditions.
-        FsConfig { max_state_size: args.max_state_size, uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } },
+        FsConfig {
+            max_state_size: args.max_state_size,
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        },
     ));
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -79,12 +91,18 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
-    options.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    options.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     options.n_threads = Some(2);
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
-    let session = session.spawn().map_err(|e| format!("cannot start serving the mount: {e}"))?;
+    let session = session
+        .spawn()
+        .map_err(|e| format!("cannot start serving the mount: {e}"))?;
     let status = node.status();
     tracing::info!(
         mountpoint = %mountpoint.display(),
@@ -112,7 +130,10 @@ async fn serve(args: MountArgs) -> Result<(), String> {
 
 /// Waits for SIGINT or SIGTERM, or for the mount to go away (someone ran `umount`).
 async fn wait_for_stop(session: &fuser::BackgroundSession) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -132,10 +153,24 @@ async fn wait_for_stop(session: &fuser::BackgroundSession) {
 }
 
 /// Creates the mountpoint if missing and replaces a dead FUSE mount left by a crash.
-/// Any other mount there is left alone, with an error.
+/// Any other mount exactly at the mountpoint — a live one, or one that is not FUSE — is
+/// left alone, with an error. (A mountpoint *inside* another mount, as in a shared volume
+/// in Kubernetes, is the normal case and is fine.)
 fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) if meta.is_dir() => {
+            let absolute = std::fs::canonicalize(path)
+                .map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
+            if let Some(fstype) = mount_type(&absolute) {
+                // A live mount: another lightchain (fuse) or something that is not ours.
+                // Mounting on top would hide it; leave it alone.
+                return Err(format!(
+                    "mountpoint {} already has a live {fstype} mount; not mounting on top of it \
+                     (stop whatever serves it, or choose another mountpoint)",
+                    absolute.display()
+                ));
+            }
+        }
         Ok(_) => return Err(format!("mountpoint {} is not a directory", path.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
@@ -153,7 +188,8 @@ fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))?;
+            std::fs::create_dir_all(path)
+                .map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))?;
         }
         Err(e) => return Err(format!("mountpoint {}: {e}", path.display())),
     }
@@ -173,7 +209,9 @@ fn mount_type(path: &Path) -> Option<String> {
 }
 
 fn lazy_unmount(path: &Path) {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return };
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
     // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
     if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
         tracing::warn!(mountpoint = %path.display(), error = %std::io::Error::last_os_error(), "lazy unmount failed");
@@ -181,5 +219,6 @@ fn lazy_unmount(path: &Path) {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "lightchain".into(), |s| s.trim().to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "lightchain".into(), |s| s.trim().to_owned())
 }

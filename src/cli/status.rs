@@ -3,9 +3,20 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::node::Status;
+
 pub(super) fn run(addr: &str, json: bool) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let status = match runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5))) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fetched = runtime.block_on(crate::rpc::admin::fetch_status(
+        addr,
+        Duration::from_secs(5),
+    ));
+    let status: Status = match fetched.and_then(|json| {
+        serde_json::from_str(&json).map_err(|e| format!("{addr}: bad status document: {e}"))
+    }) {
         Ok(status) => status,
         Err(message) => {
             eprintln!("lightchain status: {message}");
@@ -13,12 +24,21 @@ pub(super) fn run(addr: &str, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
     } else {
-        println!("node       {} ({}) at {}", status.node_id, status.name, status.listen);
+        println!(
+            "node       {} ({}) at {}",
+            status.node_id, status.name, status.listen
+        );
         println!("cluster    {}", status.cluster_id.as_deref().unwrap_or("-"));
         println!("role       {} (term {})", status.role, status.term);
-        println!("leader     {}", status.leader.map_or("none".into(), |l| l.to_string()));
+        println!(
+            "leader     {}",
+            status.leader.map_or("none".into(), |l| l.to_string())
+        );
         println!(
             "head       height {} hash {}",
             status.head_height.map_or("-".into(), |h| h.to_string()),
@@ -28,7 +48,11 @@ pub(super) fn run(addr: &str, json: bool) -> ExitCode {
         println!("ready      {}", status.ready);
         println!("members");
         for m in &status.members {
-            let leader = if Some(m.id) == status.leader { " (leader)" } else { "" };
+            let leader = if Some(m.id) == status.leader {
+                " (leader)"
+            } else {
+                ""
+            };
             println!("  {:<20} {:<22} {}{}", m.id, m.addr, m.role, leader);
         }
     }

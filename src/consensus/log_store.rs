@@ -5,6 +5,9 @@
 //! counts (is acknowledged to the leader, or committed on a single node) only after fsync.
 //! The vote is saved durably before `save_vote` returns.
 
+// openraft's trait methods fix the (large) error type; boxing it here would only convert back.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::fs::File;
 use std::ops::RangeBounds;
@@ -35,7 +38,11 @@ pub struct LogStore {
     flusher: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
 }
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     storage_error(subject, verb, e)
 }
 
@@ -43,7 +50,9 @@ impl LogStore {
     /// Opens the log in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> crate::store::Result<LogStore> {
         let mut log = RaftLog::open(dir)?;
-        let last_purged: Option<LogId> = log.load_meta(PURGED)?.and_then(|b| serde_json::from_slice(&b).ok());
+        let last_purged: Option<LogId> = log
+            .load_meta(PURGED)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(p) = &last_purged {
             log.purge_upto(p.index)?;
         }
@@ -52,7 +61,10 @@ impl LogStore {
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(rx))
             .expect("spawn flusher thread");
-        Ok(LogStore { inner: Arc::new(Mutex::new(Inner { log, last_purged })), flusher: tx })
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(Inner { log, last_purged })),
+            flusher: tx,
+        })
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
@@ -84,7 +96,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let inner = self.inner.lock().unwrap();
-        let Some((lo, hi)) = inner.log.bounds() else { return Ok(Vec::new()) };
+        let Some((lo, hi)) = inner.log.bounds() else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for index in lo..=hi {
             if !range.contains(&index) {
@@ -93,7 +107,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 break;
             }
-            match inner.log.read(index).map_err(|e| io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e))? {
+            match inner.log.read(index).map_err(|e| {
+                io_err(
+                    ErrorSubject::Log(LogId::new(Default::default(), index)),
+                    ErrorVerb::Read,
+                    e,
+                )
+            })? {
                 Some(bytes) => out.push(Self::decode(&bytes)?),
                 None => break,
             }
@@ -109,12 +129,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let inner = self.inner.lock().unwrap();
         let last = match inner.log.bounds() {
             Some((_, hi)) => {
-                let bytes = inner.log.read(hi).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?.expect("bounds are held");
+                let bytes = inner
+                    .log
+                    .read(hi)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                    .expect("bounds are held");
                 Some(*Self::decode(&bytes)?.get_log_id())
             }
             None => inner.last_purged,
         };
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -124,28 +151,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
-        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        inner
+            .log
+            .save_meta(VOTE, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let inner = self.inner.lock().unwrap();
-        let bytes = inner.log.load_meta(VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-        bytes.map(|b| serde_json::from_slice(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))).transpose()
+        let bytes = inner
+            .log
+            .load_meta(VOTE)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+            })
+            .transpose()
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(&committed).expect("log id serializes");
-        inner.log.save_meta_lazy(COMMITTED, &bytes).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        inner
+            .log
+            .save_meta_lazy(COMMITTED, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let inner = self.inner.lock().unwrap();
-        let bytes = inner.log.load_meta(COMMITTED).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
+        let bytes = inner
+            .log
+            .load_meta(COMMITTED)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -155,24 +205,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for entry in entries {
                 let log_id = *entry.get_log_id();
                 let bytes = serde_json::to_vec(&entry).expect("entries serialize");
-                inner.log.append(log_id.index, &bytes).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
+                inner
+                    .log
+                    .append(log_id.index, &bytes)
+                    .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
             }
-            inner.log.sync_handle().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
+            inner
+                .log
+                .sync_handle()
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
         };
-        self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
+        self.flusher
+            .send((handle, callback))
+            .expect("flusher thread lives as long as the store");
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().unwrap();
-        inner.log.truncate_from(log_id.index).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+        inner
+            .log
+            .truncate_from(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
-        inner.log.save_meta(PURGED, &bytes).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
-        inner.log.purge_upto(log_id.index).map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner
+            .log
+            .save_meta(PURGED, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner
+            .log
+            .purge_upto(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
         inner.last_purged = Some(log_id);
         Ok(())
     }

@@ -21,14 +21,17 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, RaftSnapshotBuilder, StoredMembership};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, RaftSnapshotBuilder, StoredMembership,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::typ::{Entry, SnapshotMeta, StorageError, StoredMembership as Stored};
 use super::{storage_error, BatchResult, TypeConfig};
 use crate::chain::{
-    apply_batch, replay, Block, Change, LogPosition, Members, Outcome, RequestId, Tip, Transaction, Tree, TxOp,
+    apply_batch, replay, Block, Change, LogPosition, Members, Outcome, RequestId, Tip, Transaction,
+    Tree, TxOp,
 };
 use crate::store::chain_file::ChainFile;
 use crate::store::identity::Identity;
@@ -77,19 +80,31 @@ struct Manifest {
 }
 
 fn membership_of(members: &Members) -> Membership<u64, openraft::BasicNode> {
-    let nodes = members.nodes.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
-    Membership::new(members.configs.clone(), nodes.collect::<std::collections::BTreeMap<_, _>>())
+    let nodes = members
+        .nodes
+        .iter()
+        .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+    Membership::new(
+        members.configs.clone(),
+        nodes.collect::<std::collections::BTreeMap<_, _>>(),
+    )
 }
 
 fn members_of(membership: &Membership<u64, openraft::BasicNode>) -> Members {
     Members {
         configs: membership.get_joint_config().clone(),
-        nodes: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+        nodes: membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect(),
     }
 }
 
 fn log_id_of(block: &Block) -> LogId<u64> {
-    LogId::new(openraft::CommittedLeaderId::new(block.term, block.proposer), block.index)
+    LogId::new(
+        openraft::CommittedLeaderId::new(block.term, block.proposer),
+        block.index,
+    )
 }
 
 /// The cluster id a genesis block gives.
@@ -115,7 +130,8 @@ impl StateMachineStore {
             }
             if let [tx] = block.txs.as_slice() {
                 if let TxOp::Membership { members } = &tx.op {
-                    membership = StoredMembership::new(Some(log_id_of(block)), membership_of(members));
+                    membership =
+                        StoredMembership::new(Some(log_id_of(block)), membership_of(members));
                 }
             }
             prev = Some(Tip::of(block));
@@ -139,14 +155,28 @@ impl StateMachineStore {
         let snapshot = read_manifest(data)?.and_then(|m| m.meta.last_log_id);
         // Blank entries after the last block make no block but may have been snapshotted.
         let last_applied = std::cmp::max(last_block_log_id, snapshot);
-        tracing::info!(height = head.map(|h| h.height), states = tree.len() - 1, "chain replayed");
+        tracing::info!(
+            height = head.map(|h| h.height),
+            states = tree.len() - 1,
+            "chain replayed"
+        );
         let (applied_index, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared {
-            replica: RwLock::new(Replica { tree, head, last_applied, membership }),
+            replica: RwLock::new(Replica {
+                tree,
+                head,
+                last_applied,
+                membership,
+            }),
             applied_index,
             identity: Mutex::new(identity),
         });
-        Ok(StateMachineStore { shared, chain: Arc::new(Mutex::new(chain)), states: Arc::new(states), data: data.clone() })
+        Ok(StateMachineStore {
+            shared,
+            chain: Arc::new(Mutex::new(chain)),
+            states: Arc::new(states),
+            data: data.clone(),
+        })
     }
 
     /// The state readers share.
@@ -154,28 +184,53 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn apply_entry(&self, replica: &mut Replica, chain: &mut ChainFile, entry: Entry, changes: &mut Vec<Change>) -> Result<BatchResult, StoreError> {
+    fn apply_entry(
+        &self,
+        replica: &mut Replica,
+        chain: &mut ChainFile,
+        entry: Entry,
+        changes: &mut Vec<Change>,
+    ) -> Result<BatchResult, StoreError> {
         let log_id = entry.log_id;
         replica.last_applied = Some(log_id);
         if replica.head.is_some_and(|h| h.index >= log_id.index) {
             // Already in the chain (the chain is ahead of what openraft thought was applied).
             return Ok(BatchResult::default());
         }
-        let pos = LogPosition { term: log_id.leader_id.term, index: log_id.index, proposer: log_id.leader_id.node_id };
+        let pos = LogPosition {
+            term: log_id.leader_id.term,
+            index: log_id.index,
+            proposer: log_id.leader_id.node_id,
+        };
         let (block, outcomes) = match entry.payload {
             EntryPayload::Blank => return Ok(BatchResult::default()),
             EntryPayload::Normal(batch) => {
-                let (block, tx_changes) = apply_batch(&mut replica.tree, replica.head, pos, batch.timestamp_ms, batch.txs);
+                let (block, tx_changes) = apply_batch(
+                    &mut replica.tree,
+                    replica.head,
+                    pos,
+                    batch.timestamp_ms,
+                    batch.txs,
+                );
                 changes.extend(tx_changes);
                 let outcomes = block.txs.iter().map(|t| t.outcome).collect();
                 (block, outcomes)
             }
             EntryPayload::Membership(membership) => {
                 let members = members_of(&membership);
-                let request = RequestId { node: 0, incarnation: 0, seq: log_id.index };
-                let tx = Transaction { request, op: TxOp::Membership { members } };
+                // Node 0 is consensus itself; seq 0 would read as already seen.
+                let request = RequestId {
+                    node: 0,
+                    incarnation: 0,
+                    seq: log_id.index + 1,
+                };
+                let tx = Transaction {
+                    request,
+                    op: TxOp::Membership { members },
+                };
                 let timestamp = replica.head.map_or(0, |h| h.timestamp_ms);
-                let (block, _) = apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
+                let (block, _) =
+                    apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
                 replica.membership = StoredMembership::new(Some(log_id), membership);
                 if block.height == 0 {
                     self.record_cluster_id(&block)?;
@@ -185,7 +240,10 @@ impl StateMachineStore {
         };
         chain.append(&block)?;
         replica.head = Some(Tip::of(&block));
-        Ok(BatchResult { height: Some(block.height), outcomes })
+        Ok(BatchResult {
+            height: Some(block.height),
+            outcomes,
+        })
     }
 
     fn record_cluster_id(&self, genesis: &Block) -> Result<(), StoreError> {
@@ -204,10 +262,20 @@ impl StateMachineStore {
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: replica.membership.clone(),
-            snapshot_id: format!("{}-{}", last.map_or(0, |l| l.index), replica.head.map_or(0, |h| h.height)),
+            snapshot_id: format!(
+                "{}-{}",
+                last.map_or(0, |l| l.index),
+                replica.head.map_or(0, |h| h.height)
+            ),
         };
-        let manifest = Manifest { meta: meta.clone(), head: replica.head };
-        Ok((meta, serde_json::to_vec(&manifest).expect("manifest serializes")))
+        let manifest = Manifest {
+            meta: meta.clone(),
+            head: replica.head,
+        };
+        Ok((
+            meta,
+            serde_json::to_vec(&manifest).expect("manifest serializes"),
+        ))
     }
 }
 
@@ -224,10 +292,15 @@ fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, bytes) = self.manifest_bytes().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let (meta, bytes) = self
+            .manifest_bytes()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -261,7 +334,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let replica = self.shared.replica.read().unwrap();
             for change in &changes {
-                self.states.apply(change, &replica.tree).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                self.states
+                    .apply(change, &replica.tree)
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             }
         }
         self.shared.applied_index.send_replace(last_index);
@@ -276,22 +351,44 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         // A manifest-only snapshot can be installed only by a node whose chain already holds
         // the snapshot's head; transferring the missing chain segments comes with replication.
-        let manifest: Manifest = serde_json::from_slice(snapshot.get_ref())
-            .map_err(|e| storage_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let manifest: Manifest = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
+            storage_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
         let mut replica = self.shared.replica.write().unwrap();
-        if manifest.head.is_some() && manifest.head.map(|h| (h.height, h.hash)) != replica.head.map(|h| (h.height, h.hash)) {
-            let detail = format!("snapshot head {:?} is not this node's chain head {:?}", manifest.head, replica.head);
-            return Err(sm_err(ErrorVerb::Write, StoreError::Corrupt { path: self.data.chain(), detail }));
+        if manifest.head.is_some()
+            && manifest.head.map(|h| (h.height, h.hash)) != replica.head.map(|h| (h.height, h.hash))
+        {
+            let detail = format!(
+                "snapshot head {:?} is not this node's chain head {:?}",
+                manifest.head, replica.head
+            );
+            return Err(sm_err(
+                ErrorVerb::Write,
+                StoreError::Corrupt {
+                    path: self.data.chain(),
+                    detail,
+                },
+            ));
         }
         replica.last_applied = meta.last_log_id;
         replica.membership = meta.last_membership.clone();
         drop(replica);
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), snapshot.get_ref())
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        self.shared
+            .applied_index
+            .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
     }
 
@@ -299,7 +396,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let manifest = read_manifest(&self.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         Ok(manifest.map(|m| {
             let bytes = serde_json::to_vec(&m).expect("manifest serializes");
-            Snapshot { meta: m.meta, snapshot: Box::new(Cursor::new(bytes)) }
+            Snapshot {
+                meta: m.meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            }
         }))
     }
 }

@@ -14,9 +14,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -116,10 +117,13 @@ impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(async move { fs.lookup(parent.0, &n).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.lookup(parent.0, &n).await },
+            move |r| match r {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -149,37 +153,77 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let ttl = fs.ttl();
-        let set = SetAttr { mode, uid, gid, size, fh: fh.map(|f| f.0) };
-        self.run(async move { fs.setattr(ino.0, set).await }, move |r| match r {
-            Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            fh: fh.map(|f| f.0),
+        };
+        self.run(
+            async move { fs.setattr(ino.0, set).await },
+            move |r| match r {
+                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn mknod(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&self.fs.unsupported("mknod")));
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(async move { fs.mkdir(parent.0, &n, mode, umask).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.mkdir(parent.0, &n, mode, umask).await },
+            move |r| match r {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (fs, n) = (self.fs.clone(), name(n));
-        self.run(async move { fs.unlink(parent.0, &n).await }, move |r| empty(reply, r));
+        self.run(async move { fs.unlink(parent.0, &n).await }, move |r| {
+            empty(reply, r)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (fs, n) = (self.fs.clone(), name(n));
-        self.run(async move { fs.rmdir(parent.0, &n).await }, move |r| empty(reply, r));
+        self.run(async move { fs.rmdir(parent.0, &n).await }, move |r| {
+            empty(reply, r)
+        });
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link: &OsStr, _target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&self.fs.unsupported("symlink")));
     }
 
@@ -194,21 +238,35 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (fs, n, new_name) = (self.fs.clone(), name(n), name(new_name));
-        self.run(async move { fs.rename(parent.0, &n, new_parent.0, &new_name, flags.bits()).await }, move |r| {
-            empty(reply, r)
-        });
+        self.run(
+            async move {
+                fs.rename(parent.0, &n, new_parent.0, &new_name, flags.bits())
+                    .await
+            },
+            move |r| empty(reply, r),
+        );
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _new_parent: INodeNo, _new_name: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _new_parent: INodeNo,
+        _new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&self.fs.unsupported("link")));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.run(async move { fs.open(ino.0, flags.0).await }, move |r| match r {
-            Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.open(ino.0, flags.0).await },
+            move |r| match r {
+                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn read(
@@ -246,9 +304,18 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let fs = self.fs.clone();
-        self.run(async move { fs.flush(fh.0).await }, move |r| empty(reply, r));
+        self.run(async move { fs.flush(fh.0).await }, move |r| {
+            empty(reply, r)
+        });
     }
 
     fn release(
@@ -265,9 +332,18 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let fs = self.fs.clone();
-        self.run(async move { fs.fsync(fh.0).await }, move |r| empty(reply, r));
+        self.run(async move { fs.fsync(fh.0).await }, move |r| {
+            empty(reply, r)
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -278,19 +354,40 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.fs.readdir(fh.0, offset, &mut Directory(&mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Directory changes are committed before their calls return: nothing is pending.
         reply.ok();
     }
@@ -300,11 +397,27 @@ impl fuser::Filesystem for FuseAdapter {
         reply.statfs(1 << 24, 1 << 23, 1 << 23, files, 1 << 20, 4096, 255, 4096);
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(errno(&self.fs.unsupported("setxattr")));
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(errno(&self.fs.unsupported("getxattr")));
     }
 
@@ -321,16 +434,43 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(errno(&self.fs.unsupported("removexattr")));
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(async move { fs.create(parent.0, &n, mode, umask, flags).await }, move |r| match r {
-            Ok((attr, o)) => reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.create(parent.0, &n, mode, umask, flags).await },
+            move |r| match r {
+                Ok((attr, o)) => reply.created(
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    open_flags(&o),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: u64, _length: u64, _mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(errno(&self.fs.unsupported("fallocate")));
     }
 }
@@ -341,4 +481,3 @@ fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
         Err(e) => reply.error(errno(&e)),
     }
 }
-

@@ -130,7 +130,14 @@ pub struct FsConfig {
     pub gid: u32,
 }
 
-/// An open file.
+/// An open file: its attributes at open (served while the state is gone, as for an
+/// unlinked file that is still open) and its content.
+struct OpenFile {
+    attr: Attr,
+    handle: Handle,
+}
+
+/// An open file's content.
 enum Handle {
     /// Read-only: the content at open.
     Read(Content),
@@ -155,6 +162,14 @@ struct WriteHandle {
 }
 
 impl WriteHandle {
+    fn content_len(&self) -> usize {
+        if self.append {
+            self.base.len() + self.buffer.len()
+        } else {
+            self.buffer.len()
+        }
+    }
+
     fn content(&self) -> Vec<u8> {
         if self.append {
             [self.base.as_bytes(), &self.buffer].concat()
@@ -168,7 +183,7 @@ impl WriteHandle {
 pub struct Fs {
     node: Arc<Node>,
     config: FsConfig,
-    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
@@ -180,7 +195,13 @@ fn mtime_of(ms: u64) -> SystemTime {
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
-        Fs { node, config, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+        Fs {
+            node,
+            config,
+            handles: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
     }
 
     /// The node below.
@@ -202,7 +223,11 @@ impl Fs {
     }
 
     fn attr_of(&self, entry: &Entry) -> Attr {
-        let (kind, nlink) = if entry.is_dir() { (Kind::Dir, 2) } else { (Kind::File, 1) };
+        let (kind, nlink) = if entry.is_dir() {
+            (Kind::Dir, 2)
+        } else {
+            (Kind::File, 1)
+        };
         Attr {
             ino: entry.ino,
             kind,
@@ -221,8 +246,21 @@ impl Fs {
         } else {
             (Kind::File, 0o444, self.status_bytes().len() as u64, 1)
         };
-        let mtime = self.node.replica().head.map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
-        Attr { ino, kind, size, perm, mtime, nlink, uid: self.config.uid, gid: self.config.gid }
+        let mtime = self
+            .node
+            .replica()
+            .head
+            .map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
+        Attr {
+            ino,
+            kind,
+            size,
+            perm,
+            mtime,
+            nlink,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
     }
 
     fn status_bytes(&self) -> Vec<u8> {
@@ -240,7 +278,11 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let replica = self.node.replica();
-        replica.tree.id_of(ino).cloned().ok_or(FsError::Precondition(crate::chain::Reject::NotFound))
+        replica
+            .tree
+            .id_of(ino)
+            .cloned()
+            .ok_or(FsError::Precondition(crate::chain::Reject::NotFound))
     }
 
     /// The ID of `name` in directory `parent`; the control directory is read-only.
@@ -256,7 +298,12 @@ impl Fs {
         FsError::Precondition(crate::chain::Reject::NotFound)
     }
 
-    fn logged<T>(&self, op: &str, state: &dyn std::fmt::Display, result: Result<T, FsError>) -> Result<T, FsError> {
+    fn logged<T>(
+        &self,
+        op: &str,
+        state: &dyn std::fmt::Display,
+        result: Result<T, FsError>,
+    ) -> Result<T, FsError> {
         if let Err(e) = &result {
             if !e.is_expected() {
                 tracing::warn!(op, state = %state, errno = e.errno(), error = %e, "operation failed");
@@ -280,7 +327,9 @@ impl Fs {
         let id = match self.child_id(parent, name) {
             Ok(id) => id,
             // A name that cannot be a state is simply not there, unless it is too long.
-            Err(FsError::InvalidName(e)) if e != crate::chain::StateIdError::TooLong => return Err(Self::not_found()),
+            Err(FsError::InvalidName(e)) if e != crate::chain::StateIdError::TooLong => {
+                return Err(Self::not_found())
+            }
             Err(e) => return Err(e),
         };
         if let Some(attr) = self.entry_attr(&id) {
@@ -295,24 +344,37 @@ impl Fs {
         if ino == CONTROL_INO || ino == STATUS_INO {
             return Ok(self.control_attr(ino));
         }
-        let id = self.id_of(ino)?;
-        let mut attr = self.entry_attr(&id).ok_or_else(Self::not_found)?;
-        if let Some(handle) = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned()) {
-            if let Handle::Write(w) = &*handle.lock().unwrap() {
-                attr.size = if w.append { (w.base.len() + w.buffer.len()) as u64 } else { w.buffer.len() as u64 };
-            }
-        }
+        let current = self.id_of(ino).ok().and_then(|id| self.entry_attr(&id));
+        let Some(open) = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned()) else {
+            return current.ok_or_else(Self::not_found);
+        };
+        let open = open.lock().unwrap();
+        // An open file stays stat-able after its state is removed, like an unlinked file, and
+        // its size is that of what the handle reads: the snapshot, or the write buffer.
+        let mut attr = current.unwrap_or_else(|| open.attr.clone());
+        attr.size = match &open.handle {
+            Handle::Write(w) => w.content_len() as u64,
+            Handle::Read(content) => content.len() as u64,
+        };
         Ok(attr)
     }
 
-    fn insert_handle(&self, handle: Handle) -> u64 {
+    fn insert_handle(&self, attr: Attr, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(handle)));
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle })));
         fh
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>, FsError> {
-        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
+    fn handle(&self, fh: u64) -> Result<Arc<Mutex<OpenFile>>, FsError> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     /// `open`: a snapshot for reading, or a write buffer.
@@ -322,8 +384,16 @@ impl Fs {
             if writable {
                 return self.logged("open", &".lightchain/status", Err(FsError::ReadOnly));
             }
-            let fh = self.insert_handle(Handle::Read(Content::from(self.status_bytes())));
-            return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
+            let fh = self.insert_handle(
+                self.control_attr(STATUS_INO),
+                Handle::Read(Content::from(self.status_bytes())),
+            );
+            return Ok(Opened {
+                fh,
+                direct_io: true,
+                keep_cache: false,
+                no_flush: true,
+            });
         }
         let id = self.id_of(ino)?;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -336,40 +406,75 @@ impl Fs {
     }
 
     fn open_id(&self, ino: u64, id: &StateId, flags: i32) -> Result<Opened, FsError> {
-        let content = {
+        let (content, attr) = {
             let replica = self.node.replica();
-            match replica.tree.get(id).map(|e| &e.kind) {
+            match replica.tree.get(id) {
                 None => return Err(Self::not_found()),
-                Some(EntryKind::Dir) => return Err(FsError::Precondition(crate::chain::Reject::IsADirectory)),
-                Some(EntryKind::File(content)) => content.clone(),
+                Some(Entry {
+                    kind: EntryKind::Dir,
+                    ..
+                }) => return Err(FsError::Precondition(crate::chain::Reject::IsADirectory)),
+                Some(
+                    entry @ Entry {
+                        kind: EntryKind::File(content),
+                        ..
+                    },
+                ) => (content.clone(), self.attr_of(entry)),
             }
         };
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
-            let fh = self.insert_handle(Handle::Read(content));
-            return Ok(Opened { fh, direct_io: false, keep_cache: self.local_reads(), no_flush: true });
+            let fh = self.insert_handle(attr, Handle::Read(content));
+            return Ok(Opened {
+                fh,
+                direct_io: false,
+                keep_cache: self.local_reads(),
+                no_flush: true,
+            });
         }
         let truncate = flags & libc::O_TRUNC != 0;
         let append = flags & libc::O_APPEND != 0 && !truncate;
         let handle = WriteHandle {
             ino,
             append,
-            buffer: if truncate || append { Vec::new() } else { content.as_bytes().to_vec() },
+            buffer: if truncate || append {
+                Vec::new()
+            } else {
+                content.as_bytes().to_vec()
+            },
             dirty: truncate && !content.is_empty(),
             base: content,
             version: 0,
             spoiled: None,
         };
-        let fh = self.insert_handle(Handle::Write(handle));
-        Ok(Opened { fh, direct_io: false, keep_cache: false, no_flush: false })
+        let fh = self.insert_handle(attr, Handle::Write(handle));
+        // Direct I/O: every write reaches the buffer, and the kernel refuses a shared writable
+        // mmap (ENODEV), whose stores would bypass flush and never be committed.
+        Ok(Opened {
+            fh,
+            direct_io: true,
+            keep_cache: false,
+            no_flush: false,
+        })
     }
 
     /// `create`: commits the new file (with `O_EXCL`, on condition that it does not exist)
     /// before answering, then opens it.
-    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> Result<(Attr, Opened), FsError> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(Attr, Opened), FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("create", &String::from_utf8_lossy(name), id)?;
         let exclusive = flags & libc::O_EXCL != 0;
-        let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive };
+        let op = TxOp::Create {
+            id: id.clone(),
+            mode: mode & !umask & 0o7777,
+            exclusive,
+        };
         let committed = self.node.propose(op).await.map_err(FsError::from);
         self.logged("create", &id, committed)?;
         let ino = self.entry_attr(&id).ok_or_else(Self::not_found)?.ino;
@@ -381,13 +486,13 @@ impl Fs {
     /// `read` from the handle's snapshot or buffer.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handle = self.handle(fh)?;
-        let handle = handle.lock().unwrap();
+        let open = handle.lock().unwrap();
         let slice = |bytes: &[u8]| {
             let start = (offset as usize).min(bytes.len());
             let end = start.saturating_add(size as usize).min(bytes.len());
             bytes[start..end].to_vec()
         };
-        Ok(match &*handle {
+        Ok(match &open.handle {
             Handle::Read(content) => slice(content.as_bytes()),
             Handle::Write(w) if w.append => slice(&w.content()),
             Handle::Write(w) => slice(&w.buffer),
@@ -397,8 +502,10 @@ impl Fs {
     /// `write` into the handle's buffer. Over the size limit: `EFBIG`, and the handle is spoiled.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let handle = self.handle(fh)?;
-        let mut handle = handle.lock().unwrap();
-        let Handle::Write(w) = &mut *handle else { return Err(FsError::BadHandle) };
+        let mut open = handle.lock().unwrap();
+        let Handle::Write(w) = &mut open.handle else {
+            return Err(FsError::BadHandle);
+        };
         if let Some(e) = &w.spoiled {
             return Err(e.clone());
         }
@@ -431,8 +538,10 @@ impl Fs {
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
         let (op, version, sent) = {
-            let h = handle.lock().unwrap();
-            let Handle::Write(w) = &*h else { return Ok(()) };
+            let open = handle.lock().unwrap();
+            let Handle::Write(w) = &open.handle else {
+                return Ok(());
+            };
             if let Some(e) = &w.spoiled {
                 return Err(e.clone());
             }
@@ -444,13 +553,19 @@ impl Fs {
                 return Ok(());
             };
             let content = Content::from(w.buffer.clone());
-            let op = if w.append { TxOp::Append { id, content } } else { TxOp::Put { id, content } };
+            let op = if w.append {
+                TxOp::Append { id, content }
+            } else {
+                TxOp::Put { id, content }
+            };
             (op, w.version, w.buffer.len())
         };
         let id = op.state_ids()[0].clone();
         let result = self.node.propose(op).await.map_err(FsError::from);
-        let mut h = handle.lock().unwrap();
-        let Handle::Write(w) = &mut *h else { unreachable!("a handle keeps its kind") };
+        let mut open = handle.lock().unwrap();
+        let Handle::Write(w) = &mut open.handle else {
+            unreachable!("a handle keeps its kind")
+        };
         match result {
             Ok(_) if w.append => {
                 let committed: Vec<u8> = w.buffer.drain(..sent).collect();
@@ -464,7 +579,7 @@ impl Fs {
             }
             Err(e) => {
                 w.spoiled = Some(e.clone());
-                drop(h);
+                drop(open);
                 self.logged("commit", &id, Err(e))
             }
         }
@@ -491,31 +606,51 @@ impl Fs {
             return Ok(self.control_attr(ino));
         }
         let id = self.id_of(ino)?;
-        if set.uid.is_some_and(|u| u != self.config.uid) || set.gid.is_some_and(|g| g != self.config.gid) {
+        if set.uid.is_some_and(|u| u != self.config.uid)
+            || set.gid.is_some_and(|g| g != self.config.gid)
+        {
             return self.logged("chown", &id, Err(FsError::NotPermitted));
         }
         if let Some(size) = set.size {
             if size > self.config.max_state_size {
-                return self.logged("truncate", &id, Err(FsError::TooBig(self.config.max_state_size)));
+                return self.logged(
+                    "truncate",
+                    &id,
+                    Err(FsError::TooBig(self.config.max_state_size)),
+                );
             }
             match set.fh.map(|fh| self.handle(fh)).transpose()? {
                 Some(handle) => self.truncate_handle(&handle, size)?,
                 None => {
-                    let committed = self.node.propose(TxOp::Truncate { id: id.clone(), size }).await;
+                    let committed = self
+                        .node
+                        .propose(TxOp::Truncate {
+                            id: id.clone(),
+                            size,
+                        })
+                        .await;
                     self.logged("truncate", &id, committed.map_err(FsError::from))?;
                 }
             }
         }
         if let Some(mode) = set.mode {
-            let committed = self.node.propose(TxOp::Chmod { id: id.clone(), mode: mode & 0o7777 }).await;
+            let committed = self
+                .node
+                .propose(TxOp::Chmod {
+                    id: id.clone(),
+                    mode: mode & 0o7777,
+                })
+                .await;
             self.logged("chmod", &id, committed.map_err(FsError::from))?;
         }
         self.getattr(ino, set.fh)
     }
 
-    fn truncate_handle(&self, handle: &Mutex<Handle>, size: u64) -> Result<(), FsError> {
-        let mut h = handle.lock().unwrap();
-        let Handle::Write(w) = &mut *h else { return Err(FsError::BadHandle) };
+    fn truncate_handle(&self, handle: &Mutex<OpenFile>, size: u64) -> Result<(), FsError> {
+        let mut open = handle.lock().unwrap();
+        let Handle::Write(w) = &mut open.handle else {
+            return Err(FsError::BadHandle);
+        };
         if let Some(e) = &w.spoiled {
             return Err(e.clone());
         }
@@ -531,10 +666,22 @@ impl Fs {
     }
 
     /// `mkdir`.
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr, FsError> {
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Result<Attr, FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("mkdir", &String::from_utf8_lossy(name), id)?;
-        let committed = self.node.propose(TxOp::Mkdir { id: id.clone(), mode: mode & !umask & 0o7777 }).await;
+        let committed = self
+            .node
+            .propose(TxOp::Mkdir {
+                id: id.clone(),
+                mode: mode & !umask & 0o7777,
+            })
+            .await;
         self.logged("mkdir", &id, committed.map_err(FsError::from))?;
         self.entry_attr(&id).ok_or_else(Self::not_found)
     }
@@ -556,8 +703,17 @@ impl Fs {
     }
 
     /// `rename`, honouring `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
-    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), FsError> {
-        let ids = self.child_id(parent, name).and_then(|from| Ok((from, self.child_id(new_parent, new_name)?)));
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), FsError> {
+        let ids = self
+            .child_id(parent, name)
+            .and_then(|from| Ok((from, self.child_id(new_parent, new_name)?)));
         let (from, to) = self.logged("rename", &String::from_utf8_lossy(name), ids)?;
         let mode = match flags {
             0 => RenameMode::Replace,
@@ -565,36 +721,69 @@ impl Fs {
             f if f == libc::RENAME_EXCHANGE => RenameMode::Exchange,
             _ => return self.logged("rename", &from, Err(FsError::InvalidArgument)),
         };
-        let committed = self.node.propose(TxOp::Rename { from: from.clone(), to, mode }).await;
+        let committed = self
+            .node
+            .propose(TxOp::Rename {
+                from: from.clone(),
+                to,
+                mode,
+            })
+            .await;
         self.logged("rename", &from, committed.map(drop).map_err(FsError::from))
     }
 
     /// `opendir`: takes a snapshot of the listing, so `readdir` pages stay consistent.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let mut entries = vec![
-            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
-            DirEntry { ino: ROOT_INO, kind: Kind::Dir, name: "..".into() },
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: ROOT_INO,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
         ];
         if ino == CONTROL_INO {
-            entries.push(DirEntry { ino: STATUS_INO, kind: Kind::File, name: STATUS_NAME.into() });
+            entries.push(DirEntry {
+                ino: STATUS_INO,
+                kind: Kind::File,
+                name: STATUS_NAME.into(),
+            });
         } else {
             let id = self.id_of(ino)?;
             self.node.read_barrier().await?;
             let replica = self.node.replica();
             match replica.tree.get(&id) {
                 None => return Err(Self::not_found()),
-                Some(e) if !e.is_dir() => return Err(FsError::Precondition(crate::chain::Reject::NotADirectory)),
+                Some(e) if !e.is_dir() => {
+                    return Err(FsError::Precondition(crate::chain::Reject::NotADirectory))
+                }
                 Some(_) => {}
             }
             if let Some(parent) = id.parent().and_then(|p| replica.tree.get(&p)) {
                 entries[1].ino = parent.ino;
             }
             if id.is_root() {
-                entries.push(DirEntry { ino: CONTROL_INO, kind: Kind::Dir, name: CONTROL_DIR.into() });
+                entries.push(DirEntry {
+                    ino: CONTROL_INO,
+                    kind: Kind::Dir,
+                    name: CONTROL_DIR.into(),
+                });
             }
             for (child, entry) in replica.tree.children(&id) {
-                let kind = if entry.is_dir() { Kind::Dir } else { Kind::File };
-                entries.push(DirEntry { ino: entry.ino, kind, name: child.name().to_owned() });
+                let kind = if entry.is_dir() {
+                    Kind::Dir
+                } else {
+                    Kind::File
+                };
+                entries.push(DirEntry {
+                    ino: entry.ino,
+                    kind,
+                    name: child.name().to_owned(),
+                });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -603,8 +792,19 @@ impl Fs {
     }
 
     /// `readdir`: entries of the `opendir` snapshot from `offset` on.
-    pub fn readdir(&self, fh: u64, offset: u64, replier: &mut dyn DirReplier) -> Result<(), FsError> {
-        let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        replier: &mut dyn DirReplier,
+    ) -> Result<(), FsError> {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             if replier.add(entry.ino, i as u64 + 1, entry.kind, &entry.name) {
                 break;

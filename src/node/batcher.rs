@@ -44,13 +44,19 @@ pub struct Applied {
 
 fn content_len(tx: &Transaction) -> usize {
     match &tx.op {
-        crate::chain::TxOp::Put { content, .. } | crate::chain::TxOp::Append { content, .. } => content.len(),
+        crate::chain::TxOp::Put { content, .. } | crate::chain::TxOp::Append { content, .. } => {
+            content.len()
+        }
         _ => 0,
     }
 }
 
 /// Runs until the queue closes or shutdown is signalled.
-pub async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Proposal>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    raft: Raft,
+    mut queue: mpsc::UnboundedReceiver<Proposal>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut last_ts = 0u64;
     let mut carry: Option<Proposal> = None;

@@ -109,7 +109,9 @@ pub struct Node {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Node {
@@ -128,27 +130,53 @@ impl Node {
         let log_store = LogStore::open(&data.raft())?;
         let state_machine = StateMachineStore::open(data, identity.clone())?;
         let shared = state_machine.shared();
-        let raft_config = Arc::new(crate::consensus::raft_config().validate().map_err(|e| StartError::Consensus(e.to_string()))?);
-        let raft = Raft::new(identity.node_id, raft_config, Network, log_store, state_machine)
+        let raft_config = Arc::new(
+            crate::consensus::raft_config()
+                .validate()
+                .map_err(|e| StartError::Consensus(e.to_string()))?,
+        );
+        let raft = Raft::new(
+            identity.node_id,
+            raft_config,
+            Network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Consensus(e.to_string()))?;
+        let fresh = !raft
+            .is_initialized()
             .await
             .map_err(|e| StartError::Consensus(e.to_string()))?;
-        let fresh = !raft.is_initialized().await.map_err(|e| StartError::Consensus(e.to_string()))?;
         if fresh {
             let members = Members {
                 configs: vec![[identity.node_id].into()],
                 nodes: [(identity.node_id, config.advertise.clone())].into(),
             };
             tracing::info!(?members, "initializing a new cluster");
-            let nodes: std::collections::BTreeMap<u64, BasicNode> =
-                members.nodes.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-            raft.initialize(nodes).await.map_err(|e| StartError::Consensus(e.to_string()))?;
+            let nodes: std::collections::BTreeMap<u64, BasicNode> = members
+                .nodes
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            raft.initialize(nodes)
+                .await
+                .map_err(|e| StartError::Consensus(e.to_string()))?;
         }
         let (proposals, queue) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         // Sequence numbers start from the clock so they keep growing across restarts of the
         // same data directory (its incarnation stays the same).
         let next_seq = AtomicU64::new(now_ms() * 1000);
-        let node = Arc::new(Node { raft: raft.clone(), shared, config, identity, next_seq, proposals, shutdown });
+        let node = Arc::new(Node {
+            raft: raft.clone(),
+            shared,
+            config,
+            identity,
+            next_seq,
+            proposals,
+            shutdown,
+        });
         tokio::spawn(batcher::run(raft, queue, node.shutdown.subscribe()));
         Ok(node)
     }
@@ -176,7 +204,10 @@ impl Node {
             return Err(Error::ShuttingDown);
         }
         self.proposals
-            .send(batcher::Proposal { tx: Transaction { request, op }, reply })
+            .send(batcher::Proposal {
+                tx: Transaction { request, op },
+                reply,
+            })
             .map_err(|_| Error::ShuttingDown)?;
         let timeout = self.config.commit_timeout;
         let applied = tokio::select! {
@@ -188,7 +219,9 @@ impl Node {
             _ = shutdown.wait_for(|stop| *stop) => return Err(Error::ShuttingDown),
         };
         match applied.outcome {
-            Outcome::Ok | Outcome::Duplicate => Ok(Committed { height: applied.height }),
+            Outcome::Ok | Outcome::Duplicate => Ok(Committed {
+                height: applied.height,
+            }),
             Outcome::Rejected(reject) => Err(Error::Rejected(reject)),
         }
     }
@@ -225,7 +258,10 @@ impl Node {
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut metrics = self.raft.metrics();
         let ready = async move {
-            metrics.wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some()).await.is_ok()
+            metrics
+                .wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some())
+                .await
+                .is_ok()
         };
         tokio::time::timeout(timeout, ready).await.unwrap_or(false)
     }
@@ -235,6 +271,11 @@ impl Node {
         status::build(self)
     }
 
+    /// The status document as JSON.
+    pub fn status_json(&self) -> String {
+        serde_json::to_string(&self.status()).expect("status serializes")
+    }
+
     /// Fails every pending and future proposal with [`Error::ShuttingDown`] and stops
     /// consensus.
     pub async fn shutdown(&self) {
@@ -242,5 +283,11 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "consensus did not stop cleanly");
         }
+    }
+}
+
+impl crate::rpc::admin::AdminHandler for Node {
+    fn status_json(&self) -> String {
+        Node::status_json(self)
     }
 }

@@ -61,7 +61,12 @@ pub(super) fn build(node: &Node) -> Status {
         .map(|(id, n)| MemberStatus {
             id: *id,
             addr: n.addr.clone(),
-            role: if voters.contains(id) { "voter" } else { "learner" }.to_owned(),
+            role: if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            }
+            .to_owned(),
         })
         .collect();
     let role = match metrics.state {

@@ -4,7 +4,8 @@
 //!
 //! [`serve`] takes an already bound listener and a shutdown future (so tests and the CLI can
 //! bind port 0 and learn the address first); it stops accepting when the future completes.
-//! Services translate between protobuf and the Node API; they hold no state of their own.
+//! Services translate between protobuf and handler traits that the node implements (so this
+//! layer does not depend on `node`); they hold no state of their own.
 //!
 //! See `docs/architecture/rpc.md`.
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::node::Node;
+use admin::AdminHandler;
 
 /// Generated protobuf and gRPC types.
 pub mod pb {
@@ -24,9 +25,15 @@ pub mod pb {
 }
 
 /// Serves every service on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<dyn AdminHandler>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(node)))
+        .add_service(pb::admin_server::AdminServer::new(
+            admin::AdminService::new(admin),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

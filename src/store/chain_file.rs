@@ -37,8 +37,12 @@ pub fn segments(dir: &Path) -> Result<Vec<(Height, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).ctx("list", dir)? {
         let path = entry.ctx("list", dir)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(stem) = name.strip_suffix(".jsonl") else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
         if let Ok(first) = stem.parse::<Height>() {
             out.push((first, path));
         }
@@ -58,7 +62,10 @@ pub struct ReadBlock {
 /// Reads every block in order, calling `f` on each. A line that does not parse is an error
 /// unless it is the torn last line of the last segment: then `Ok(Some(offset))` tells where
 /// the good part of that file ends.
-pub fn read_all(dir: &Path, mut f: impl FnMut(ReadBlock) -> Result<()>) -> Result<Option<(PathBuf, u64)>> {
+pub fn read_all(
+    dir: &Path,
+    mut f: impl FnMut(ReadBlock) -> Result<()>,
+) -> Result<Option<(PathBuf, u64)>> {
     let segs = segments(dir)?;
     let last = segs.len().saturating_sub(1);
     for (i, (_, path)) in segs.iter().enumerate() {
@@ -74,7 +81,10 @@ pub fn read_all(dir: &Path, mut f: impl FnMut(ReadBlock) -> Result<()>) -> Resul
             }
             let complete = line.last() == Some(&b'\n');
             match serde_json::from_slice::<Block>(&line) {
-                Ok(block) if complete => f(ReadBlock { block, path: path.clone() })?,
+                Ok(block) if complete => f(ReadBlock {
+                    block,
+                    path: path.clone(),
+                })?,
                 result => {
                     let at_tail = i == last && reader.fill_buf().ctx("read", path)?.is_empty();
                     if at_tail {
@@ -84,7 +94,10 @@ pub fn read_all(dir: &Path, mut f: impl FnMut(ReadBlock) -> Result<()>) -> Resul
                         Err(e) => format!("unreadable block at byte {offset}: {e}"),
                         Ok(_) => format!("unterminated block at byte {offset}"),
                     };
-                    return Err(Error::Corrupt { path: path.clone(), detail });
+                    return Err(Error::Corrupt {
+                        path: path.clone(),
+                        detail,
+                    });
                 }
             }
             offset += n as u64;
@@ -104,15 +117,30 @@ impl ChainFile {
         })?;
         if let Some((path, offset)) = torn {
             tracing::warn!(file = %path.display(), offset, "cutting a torn block left by a crash; its entry is applied again");
-            let file = OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .ctx("open", &path)?;
             file.set_len(offset).ctx("truncate", &path)?;
             file.sync_all().ctx("fsync", &path)?;
         }
         let segment = match segments(dir)?.pop() {
-            Some((first, path)) => Some((first, OpenOptions::new().append(true).open(&path).ctx("open", &path)?)),
+            Some((first, path)) => Some((
+                first,
+                OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .ctx("open", &path)?,
+            )),
             None => None,
         };
-        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true })
+        Ok(ChainFile {
+            dir: dir.to_owned(),
+            segment,
+            pending: Vec::new(),
+            head,
+            synced_dir: true,
+        })
     }
 
     /// The last appended block, synced or not.
@@ -122,7 +150,7 @@ impl ChainFile {
 
     /// Queues a block for the next [`sync`](Self::sync). Blocks must come in height order.
     pub fn append(&mut self, block: &Block) -> Result<()> {
-        if block.height % BLOCKS_PER_SEGMENT == 0 || self.segment.is_none() {
+        if block.height.is_multiple_of(BLOCKS_PER_SEGMENT) || self.segment.is_none() {
             self.roll(block.height)?;
         }
         serde_json::to_writer(&mut self.pending, block).expect("blocks serialize");
@@ -138,7 +166,11 @@ impl ChainFile {
             file.sync_data().ctx("fsync", &path)?;
         }
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new().create(true).append(true).open(&path).ctx("create", &path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ctx("create", &path)?;
         self.segment = Some((first, file));
         self.synced_dir = false;
         Ok(())
@@ -221,6 +253,9 @@ mod tests {
         let mut lines: Vec<&str> = text.lines().collect();
         lines[1] = "garbage";
         std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
-        assert!(matches!(ChainFile::open(tmp.path(), |_| Ok(())), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            ChainFile::open(tmp.path(), |_| Ok(())),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

@@ -30,7 +30,10 @@ impl Identity {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Corrupt { path: path.clone(), detail: e.to_string() }),
+                .map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx("read", &path),
         }
@@ -38,7 +41,11 @@ impl Identity {
 
     /// Makes a new identity for a new directory.
     pub fn generate(node_id: NodeId) -> Identity {
-        Identity { node_id, incarnation: rand::random::<u64>() >> 1, cluster_id: None }
+        Identity {
+            node_id,
+            incarnation: rand::random::<u64>() >> 1,
+            cluster_id: None,
+        }
     }
 
     /// Writes `identity.json` durably.

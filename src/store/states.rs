@@ -34,7 +34,11 @@ pub struct StatesDir {
 impl StatesDir {
     /// Uses the `states/` and `tmp/` of a data directory.
     pub fn new(dir: &DataDir) -> StatesDir {
-        StatesDir { root: dir.states(), tmp: dir.tmp(), counter: AtomicU64::new(0) }
+        StatesDir {
+            root: dir.states(),
+            tmp: dir.tmp(),
+            counter: AtomicU64::new(0),
+        }
     }
 
     fn path(&self, id: &StateId) -> PathBuf {
@@ -44,7 +48,9 @@ impl StatesDir {
     /// Mirrors one change of an applied block. `tree` is the tree after the block.
     pub fn apply(&self, change: &Change, tree: &Tree) -> Result<()> {
         match change {
-            Change::Wrote(id) | Change::ModeChanged(id) | Change::MadeDir(id) => self.write_state(id, tree),
+            Change::Wrote(id) | Change::ModeChanged(id) | Change::MadeDir(id) => {
+                self.write_state(id, tree)
+            }
             Change::Removed(id) => remove_file(&self.path(id)),
             Change::RemovedDir(id) => remove_tree(&self.path(id)),
             Change::Renamed { from, to } => {
@@ -75,7 +81,9 @@ impl StatesDir {
 
     /// Writes one state as the tree has it (file by temp + rename; directory created).
     fn write_state(&self, id: &StateId, tree: &Tree) -> Result<()> {
-        let Some(entry) = tree.get(id) else { return Ok(()) };
+        let Some(entry) = tree.get(id) else {
+            return Ok(());
+        };
         let path = self.path(id);
         let perms = Permissions::from_mode(entry.mode);
         match &entry.kind {
@@ -100,7 +108,11 @@ impl StatesDir {
     }
 
     fn write_subtree(&self, top: &StateId, tree: &Tree) -> Result<()> {
-        let ids: Vec<StateId> = tree.iter().map(|(id, _)| id.clone()).filter(|id| id.is_within(top)).collect();
+        let ids: Vec<StateId> = tree
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| id.is_within(top))
+            .collect();
         for id in ids {
             self.write_state(&id, tree)?;
         }
@@ -116,7 +128,9 @@ impl StatesDir {
             }
             let path = self.path(id);
             let fresh = match (std::fs::symlink_metadata(&path), &entry.kind) {
-                (Ok(meta), EntryKind::Dir) => meta.is_dir() && meta.permissions().mode() & 0o7777 == entry.mode,
+                (Ok(meta), EntryKind::Dir) => {
+                    meta.is_dir() && meta.permissions().mode() & 0o7777 == entry.mode
+                }
                 (Ok(meta), EntryKind::File(content)) => {
                     meta.is_file()
                         && meta.permissions().mode() & 0o7777 == entry.mode
@@ -136,8 +150,14 @@ impl StatesDir {
     fn find_extra(&self, dir: &Path, tree: &Tree, out: &mut Vec<Mismatch>) -> Result<()> {
         for entry in std::fs::read_dir(dir).ctx("list", dir)? {
             let path = entry.ctx("list", dir)?.path();
-            let rel = path.strip_prefix(&self.root).expect("below root").to_owned();
-            let known = rel.to_str().and_then(|s| StateId::parse(s).ok()).and_then(|id| tree.get(&id).map(|e| e.is_dir()));
+            let rel = path
+                .strip_prefix(&self.root)
+                .expect("below root")
+                .to_owned();
+            let known = rel
+                .to_str()
+                .and_then(|s| StateId::parse(s).ok())
+                .and_then(|id| tree.get(&id).map(|e| e.is_dir()));
             match known {
                 None => out.push(Mismatch::Extra(rel)),
                 Some(true) if path.is_dir() => self.find_extra(&path, tree, out)?,
@@ -181,7 +201,11 @@ fn remove_file(path: &Path) -> Result<()> {
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
-    let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    let result = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
     match result {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
         _ => Ok(()),
@@ -194,8 +218,21 @@ mod tests {
     use crate::chain::{ApplyCtx, Content, RenameMode, RequestId, Transaction, TxOp};
 
     fn apply(tree: &mut Tree, states: &StatesDir, seq: u64, op: TxOp) {
-        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
-        let (_, changes) = tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
+        let tx = Transaction {
+            request: RequestId {
+                node: 1,
+                incarnation: 1,
+                seq,
+            },
+            op,
+        };
+        let (_, changes) = tree.apply(
+            &ApplyCtx {
+                height: seq,
+                timestamp_ms: seq,
+            },
+            &tx,
+        );
         for c in &changes {
             states.apply(c, tree).unwrap();
         }
@@ -211,11 +248,53 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         let states = StatesDir::new(&dir);
         let mut tree = Tree::new();
-        apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755 });
-        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
-        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
-        apply(&mut tree, &states, 4, TxOp::Rename { from: sid("d"), to: sid("e"), mode: RenameMode::Replace });
-        apply(&mut tree, &states, 5, TxOp::Rename { from: sid("g"), to: sid("e/f"), mode: RenameMode::Exchange });
+        apply(
+            &mut tree,
+            &states,
+            1,
+            TxOp::Mkdir {
+                id: sid("d"),
+                mode: 0o755,
+            },
+        );
+        apply(
+            &mut tree,
+            &states,
+            2,
+            TxOp::Put {
+                id: sid("d/f"),
+                content: Content::from(&b"hi"[..]),
+            },
+        );
+        apply(
+            &mut tree,
+            &states,
+            3,
+            TxOp::Put {
+                id: sid("g"),
+                content: Content::from(&b"g"[..]),
+            },
+        );
+        apply(
+            &mut tree,
+            &states,
+            4,
+            TxOp::Rename {
+                from: sid("d"),
+                to: sid("e"),
+                mode: RenameMode::Replace,
+            },
+        );
+        apply(
+            &mut tree,
+            &states,
+            5,
+            TxOp::Rename {
+                from: sid("g"),
+                to: sid("e/f"),
+                mode: RenameMode::Exchange,
+            },
+        );
         assert_eq!(std::fs::read(dir.states().join("e/f")).unwrap(), b"g");
         assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
         assert!(states.compare(&tree).unwrap().is_empty());

@@ -167,7 +167,9 @@ impl Node {
 
     /// The address the node bound, as reported by its status.
     pub fn listen_addr(&self) -> String {
-        self.listen.clone().expect("node has not reported its listen address yet")
+        self.listen
+            .clone()
+            .expect("node has not reported its listen address yet")
     }
 
     /// Whether the child is still running (does not reap it).
@@ -180,7 +182,10 @@ impl Node {
 
     /// Spawns `lightchain mount` with the node's options (does not wait for readiness).
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "spawn: the previous child was not reaped");
+        assert!(
+            self.child.is_none(),
+            "spawn: the previous child was not reaped"
+        );
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -190,7 +195,10 @@ impl Node {
         use std::io::Write;
         writeln!(log, "===== test harness: start #{} =====", self.starts).unwrap();
 
-        let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut cmd = Command::new(BIN);
         cmd.arg("mount")
             .arg(self.mount())
@@ -209,6 +217,15 @@ impl Node {
         }
         cmd.args(&self.opts.extra);
         clean_env(&mut cmd);
+        // If the test process dies without running `Drop` (e.g. killed by a timeout), take the node with it.
+        // (The signal fires when the spawning thread exits; nodes live and die within one test thread.)
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         cmd.env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -254,7 +271,12 @@ impl Node {
                 None => last = "read of .lightchain/status hung for 10 s".into(),
                 Some(Err(e)) => last = format!("read error: {e}"),
                 Some(Ok(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
-                    Err(e) => last = format!("unparseable JSON ({e}): {}", String::from_utf8_lossy(&bytes)),
+                    Err(e) => {
+                        last = format!(
+                            "unparseable JSON ({e}): {}",
+                            String::from_utf8_lossy(&bytes)
+                        )
+                    }
                     Ok(v) if v["ready"] == Value::Bool(true) => {
                         let listen = v["listen"]
                             .as_str()
@@ -282,19 +304,28 @@ impl Node {
             .expect("read of .lightchain/status hung for 10 s")
             .expect("read .lightchain/status");
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!("status is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "status is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
         })
     }
 
     /// `head_height` from the status.
     pub fn head_height(&self) -> u64 {
         let s = self.status_json();
-        s["head_height"].as_u64().unwrap_or_else(|| panic!("status has no numeric head_height: {s}"))
+        s["head_height"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status has no numeric head_height: {s}"))
     }
 
     /// Sends `sig` to the child.
     pub fn signal(&self, sig: i32) {
-        let pid = self.pid.lock().unwrap().expect("signal: node is not running");
+        let pid = self
+            .pid
+            .lock()
+            .unwrap()
+            .expect("signal: node is not running");
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
     }
@@ -310,7 +341,10 @@ impl Node {
     pub fn sigterm(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!("node did not exit within 30 s of SIGTERM\n{}", self.log_tail(100))
+            panic!(
+                "node did not exit within 30 s of SIGTERM\n{}",
+                self.log_tail(100)
+            )
         })
     }
 
@@ -318,14 +352,21 @@ impl Node {
     pub fn sigint(&mut self) -> ExitStatus {
         self.signal(libc::SIGINT);
         self.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!("node did not exit within 30 s of SIGINT\n{}", self.log_tail(100))
+            panic!(
+                "node did not exit within 30 s of SIGINT\n{}",
+                self.log_tail(100)
+            )
         })
     }
 
     /// Stops the node with SIGTERM and asserts a clean exit.
     pub fn stop(&mut self) {
         let status = self.sigterm();
-        assert!(status.success(), "node exited with {status:?} after SIGTERM\n{}", self.log_tail(100));
+        assert!(
+            status.success(),
+            "node exited with {status:?} after SIGTERM\n{}",
+            self.log_tail(100)
+        );
     }
 
     /// Waits for the child to exit (up to `timeout`) and reaps it.
@@ -354,7 +395,10 @@ impl Node {
     /// Starts the node again on the same data directory and mountpoint, without unmounting anything first:
     /// after a `kill9` the binary must replace the dead FUSE mount itself (DESIGN §1.1).
     pub fn restart(&mut self) {
-        assert!(!self.is_running(), "restart: the node is still running; stop or kill it first");
+        assert!(
+            !self.is_running(),
+            "restart: the node is still running; stop or kill it first"
+        );
         if self.child.is_some() {
             self.reap();
         }
@@ -431,7 +475,10 @@ impl Node {
         self.chain_text()
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("chain line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("chain line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -467,6 +514,13 @@ impl Drop for Node {
                     break;
                 }
             }
+        }
+        // A panic inside the node is a bug even when the test's own assertions passed.
+        if !thread::panicking() && self.log().contains("panicked at") {
+            panic!(
+                "the lightchain node panicked during this test\n{}",
+                self.log_tail(80)
+            );
         }
         if thread::panicking() || self.watchdog_fired.load(Ordering::SeqCst) {
             if self.watchdog_fired.load(Ordering::SeqCst) {
@@ -506,7 +560,10 @@ fn exited_nowait(pid: i32) -> bool {
 
 /// Runs `f` on a thread; `None` if it did not finish within `timeout` (the thread is left behind; the
 /// harness watchdog or `Drop` eventually unblocks it by killing the node).
-pub fn with_timeout<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub fn with_timeout<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());
@@ -516,7 +573,9 @@ pub fn with_timeout<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T 
 
 /// Runs `cmd` with piped stdout/stderr, killing it after `timeout`.
 pub fn run_command(mut cmd: Command, timeout: Duration) -> (ExitStatus, String, String) {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
     let mut out = child.stdout.take().unwrap();
@@ -574,7 +633,9 @@ pub fn assert_ok(run: &(ExitStatus, String, String), what: &str) {
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let want = path.to_str().unwrap().replace(' ', "\\040");
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 /// The `/proc/mounts` line for `path`, if mounted.
@@ -585,6 +646,17 @@ pub fn mount_line(path: &Path) -> Option<String> {
         .lines()
         .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
         .map(str::to_string)
+}
+
+/// Every `/proc/mounts` line for `path` (more than one if mounts are stacked).
+pub fn mount_lines(path: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    let want = path.to_str().unwrap().replace(' ', "\\040");
+    mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .map(str::to_string)
+        .collect()
 }
 
 // ----- raw syscalls: every result observed -----
@@ -714,25 +786,43 @@ pub fn write_with_flags(path: &Path, flags: i32, content: &[u8]) -> Result<(), S
 /// Replaces (or creates) `path` with `content` and asserts that open, write and close all returned 0.
 #[track_caller]
 pub fn put(path: &Path, content: &[u8]) {
-    if let Err(step) = write_with_flags(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, content) {
-        panic!("put {}: {step:?} ({})", path.display(), errno_name(step.errno()));
+    if let Err(step) = write_with_flags(
+        path,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        content,
+    ) {
+        panic!(
+            "put {}: {step:?} ({})",
+            path.display(),
+            errno_name(step.errno())
+        );
     }
 }
 
 /// Appends with `O_APPEND` and asserts success.
 #[track_caller]
 pub fn append(path: &Path, content: &[u8]) {
-    if let Err(step) = write_with_flags(path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, content) {
-        panic!("append {}: {step:?} ({})", path.display(), errno_name(step.errno()));
+    if let Err(step) = write_with_flags(
+        path,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        content,
+    ) {
+        panic!(
+            "append {}: {step:?} ({})",
+            path.display(),
+            errno_name(step.errno())
+        );
     }
 }
 
 /// Reads a file through `File` (open + read + close).
 #[track_caller]
 pub fn read(path: &Path) -> Vec<u8> {
-    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {} for reading: {e}", path.display()));
+    let mut f =
+        File::open(path).unwrap_or_else(|e| panic!("open {} for reading: {e}", path.display()));
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    f.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     buf
 }
 
@@ -765,7 +855,11 @@ pub fn secs_from_now(t: SystemTime) -> f64 {
 pub fn mentions_block(text: &str, height: u64) -> bool {
     let needle = format!("block {height}");
     text.match_indices(&needle).any(|(i, _)| {
-        !text[i + needle.len()..].chars().next().map(|c| c.is_ascii_digit()).unwrap_or(false)
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .map(|c| c.is_ascii_digit())
+            .unwrap_or(false)
     })
 }
 
@@ -774,7 +868,9 @@ pub fn json_contains_str(v: &Value, s: &str) -> bool {
     match v {
         Value::String(x) => x.contains(s),
         Value::Array(a) => a.iter().any(|x| json_contains_str(x, s)),
-        Value::Object(o) => o.iter().any(|(k, x)| k.contains(s) || json_contains_str(x, s)),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, x)| k.contains(s) || json_contains_str(x, s)),
         _ => false,
     }
 }
