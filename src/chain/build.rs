@@ -45,14 +45,15 @@ pub struct LogPosition {
     pub proposer: NodeId,
 }
 
-/// Applies `txs` to `tree` and seals the block they make on top of `prev`.
+/// Applies `txs` to `tree` and seals the block they make on top of `prev`. Each change comes
+/// with the node that asked for it (to tell local changes from remote ones).
 pub fn apply_batch(
     tree: &mut Tree,
     prev: Option<Tip>,
     pos: LogPosition,
     timestamp_ms: u64,
     txs: Vec<Transaction>,
-) -> (Block, Vec<Change>) {
+) -> (Block, Vec<(NodeId, Change)>) {
     let timestamp_ms = timestamp_ms.max(prev.map_or(0, |p| p.timestamp_ms));
     let height = prev.map_or(0, |p| p.height + 1);
     let ctx = ApplyCtx {
@@ -63,7 +64,7 @@ pub fn apply_batch(
     let mut block_txs = Vec::with_capacity(txs.len());
     for tx in txs {
         let (outcome, tx_changes) = tree.apply(&ctx, &tx);
-        changes.extend(tx_changes);
+        changes.extend(tx_changes.into_iter().map(|c| (tx.request.node, c)));
         block_txs.push(BlockTx {
             request: tx.request,
             op: tx.op,
@@ -109,7 +110,7 @@ pub fn replay(
     tree: &mut Tree,
     prev: Option<Tip>,
     block: &Block,
-) -> Result<Vec<Change>, ReplayError> {
+) -> Result<Vec<(NodeId, Change)>, ReplayError> {
     block.verify_after(prev)?;
     let txs = block
         .txs

@@ -76,6 +76,13 @@ pub struct MountArgs {
     /// Address peers reach this node at [default: the bound listen address].
     #[arg(long, env = "LIGHTCHAIN_ADVERTISE")]
     pub advertise: Option<String>,
+    /// A member of a static cluster (HOST:PORT); give every node the same full list (this
+    /// node's own address may be in it). Repeat the flag or separate addresses by commas.
+    #[arg(long = "peer", env = "LIGHTCHAIN_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Take a snapshot every this many log entries (the log before it can then be purged).
+    #[arg(long, env = "LIGHTCHAIN_SNAPSHOT_EVERY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_every: u64,
     /// A human name for logs and status [default: the host name].
     #[arg(long, env = "LIGHTCHAIN_NAME")]
     pub name: Option<String>,

@@ -59,15 +59,12 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         advertise: args.advertise.clone().unwrap_or_else(|| listen.to_string()),
         commit_timeout: args.commit_timeout,
         read_consistency: args.read_consistency,
+        peers: args.peers.clone(),
+        snapshot_every: args.snapshot_every,
     };
-    let node = Node::start(&data, config)
+    let node = Node::start(&data, config, listener)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
-
-    let (stop_rpc, rpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rpc = tokio::spawn(crate::rpc::serve(listener, node.clone(), async {
-        let _ = rpc_stopped.await;
-    }));
 
     if !node.wait_ready(READY_TIMEOUT).await {
         node.shutdown().await;
@@ -122,8 +119,6 @@ async fn serve(args: MountArgs) -> Result<(), String> {
             lazy_unmount(&mountpoint);
         }
     }
-    let _ = stop_rpc.send(());
-    let _ = rpc.await;
     tracing::info!("stopped");
     Ok(())
 }

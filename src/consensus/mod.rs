@@ -6,7 +6,9 @@
 //! - [`state_machine`]: applies committed entries in order — one block per application entry,
 //!   none for blank entries, a membership block per membership entry — writes the chain, then
 //!   `states/`, then publishes the new replica to readers.
-//! - [`network`]: how this node reaches its peers.
+//! - [`network`]: how this node reaches its peers (openraft's RPCs over gRPC, streamed
+//!   snapshots that carry the blocks a follower lacks).
+//! - [`raft_service`]: the gRPC service that feeds peers' messages into openraft.
 //!
 //! This layer never talks to FUSE and never picks an errno; it does not batch proposals
 //! either (openraft makes one entry per `client_write`; group commit is `node`'s job).
@@ -15,9 +17,8 @@
 
 pub mod log_store;
 pub mod network;
+pub mod raft_service;
 pub mod state_machine;
-
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +41,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = state_machine::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -71,8 +72,8 @@ pub mod typ {
 /// The Raft configuration, chosen for lightchain's workload rather than left at defaults:
 /// AppendEntries may carry 1 MiB states and a follower's fsync, so its deadline (the
 /// heartbeat interval) is generous; elections settle in about two seconds; a snapshot is taken
-/// every few thousand entries so the log stays short.
-pub fn raft_config() -> openraft::Config {
+/// every `snapshot_every` entries so the log stays short.
+pub fn raft_config(snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "lightchain".into(),
         heartbeat_interval: 250,
@@ -80,8 +81,11 @@ pub fn raft_config() -> openraft::Config {
         election_timeout_max: 2000,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        // Keep a fifth of a snapshot interval: a follower that fell a little behind catches up
+        // from the log; one further behind gets a snapshot (which carries the chain).
+        max_in_snapshot_log_to_keep: snapshot_every / 5,
+        purge_batch_size: 1,
         ..Default::default()
     }
 }

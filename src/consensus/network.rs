@@ -1,71 +1,297 @@
-//! How this node reaches its peers for consensus.
+//! How this node reaches its peers for consensus: openraft's RPCs over gRPC.
 //!
-//! A single-node cluster never sends a consensus RPC: it is its own majority. Multi-node
-//! replication over gRPC (append entries, vote, streamed snapshots) plugs in here; until
-//! then every peer is reported unreachable, which openraft treats like a peer that is down.
+//! [`Network`] hands openraft one [`PeerClient`] per target; each takes a clone of the
+//! shared lazily connecting channel to that peer (never dialling inside openraft's core),
+//! stamps every request with this node's metadata and the deadline openraft gives, and admits
+//! the answer's metadata before believing it. openraft's messages travel JSON-encoded.
+//!
+//! Snapshots are streamed, and carry the chain: the client asks the follower how far its
+//! chain goes (`Cluster.Hello`), then sends the snapshot manifest followed by every block the
+//! follower lacks, read from `chain/`. The cost of a transfer is the missing history, never
+//! the whole of it.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::TypeConfig;
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::pb::raft_client::RaftClient;
+use crate::rpc::pb::{HelloRequest, RaftMessage, SnapshotChunk};
+use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
+
+/// Blocks of JSON per snapshot chunk, at most (bytes).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The header of a streamed snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHeader {
+    /// The leader's vote.
+    pub vote: Vote<u64>,
+    /// Where the chain stood.
+    pub manifest: super::state_machine::Manifest,
+}
 
 /// Hands out one client per peer.
-#[derive(Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network {
+    channels: Channels,
+    guard: Arc<dyn PeerGuard>,
+    chain_dir: PathBuf,
+}
+
+impl Network {
+    /// A network over shared channels; snapshots are read from `chain_dir`.
+    pub fn new(channels: Channels, guard: Arc<dyn PeerGuard>, chain_dir: PathBuf) -> Network {
+        Network {
+            channels,
+            guard,
+            chain_dir,
+        }
+    }
+}
 
 /// A client for one peer.
 pub struct PeerClient {
     target: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("node {0} is not reachable: this build replicates within a single node only")]
-struct NoPeers(u64);
-
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
-        RPCError::Network(NetworkError::new(&NoPeers(self.target)))
-    }
+    addr: String,
+    channels: Channels,
+    guard: Arc<dyn PeerGuard>,
+    chain_dir: PathBuf,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+            guard: self.guard.clone(),
+            chain_dir: self.chain_dir.clone(),
+        }
+    }
+}
+
+/// Why a call to a peer failed, before openraft's error types are chosen.
+enum CallError {
+    /// The peer could not be reached or refused us (down, partitioned, other cluster).
+    Unreachable(String),
+    /// Something else went wrong on the way.
+    Network(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl CallError {
+    fn from_status(status: tonic::Status) -> CallError {
+        use tonic::Code;
+        match status.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::FailedPrecondition
+            | Code::Unknown => CallError::Unreachable(status.to_string()),
+            _ => CallError::Network(status.to_string()),
+        }
+    }
+
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+        match self {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Message(m))),
+            CallError::Network(m) => RPCError::Network(NetworkError::new(&Message(m))),
+        }
+    }
+}
+
+impl PeerClient {
+    fn raft_client(&self) -> Result<RaftClient<tonic::transport::Channel>, CallError> {
+        let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Sends one JSON-encoded openraft request; decodes openraft's `Result` from the answer.
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Result<Resp, E>, CallError> {
+        let payload = serde_json::to_vec(request).map_err(|e| CallError::Network(e.to_string()))?;
+        let mut client = self.raft_client()?;
+        let request = peer::request(RaftMessage { payload }, self.guard.as_ref(), timeout);
+        let response = match kind {
+            "append" => client.append_entries(request).await,
+            _ => client.vote(request).await,
+        }
+        .map_err(CallError::from_status)?;
+        peer::admit_response(&response, self.guard.as_ref()).map_err(CallError::Unreachable)?;
+        serde_json::from_slice(&response.into_inner().payload)
+            .map_err(|e| CallError::Network(e.to_string()))
+    }
+
+    /// How far the target's chain goes.
+    async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
+        let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
+        let request = peer::request(HelloRequest {}, self.guard.as_ref(), timeout);
+        let reply = ClusterClient::new(channel)
+            .hello(request)
+            .await
+            .map_err(CallError::from_status)?;
+        Ok(reply.into_inner().head_height)
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        let entries = rpc.entries.len() as u64;
+        let size: usize = rpc
+            .entries
+            .iter()
+            .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
+            .sum();
+        if entries > 1 && size > MAX_MESSAGE_BYTES / 2 {
+            // Ask openraft to send fewer entries at a time.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint((entries / 2).max(1)),
+            ));
+        }
+        match self
+            .call::<_, AppendEntriesResponse<u64>, RaftError<u64>>(
+                "append",
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(e.into_rpc()),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        match self
+            .call::<_, VoteResponse<u64>, RaftError<u64>>("vote", &rpc, option.hard_ttl())
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let streaming = |e: CallError| -> StreamingError<TypeConfig, Fatal<u64>> {
+            match e {
+                CallError::Unreachable(m) => {
+                    StreamingError::Unreachable(Unreachable::new(&Message(m)))
+                }
+                CallError::Network(m) => StreamingError::Network(NetworkError::new(&Message(m))),
+            }
+        };
+        let timeout = option.hard_ttl().max(Duration::from_secs(10));
+        let work = async {
+            let has = self
+                .target_height(Duration::from_secs(5))
+                .await
+                .map_err(streaming)?;
+            let from = has.map_or(0, |h| h + 1);
+            let manifest = snapshot.snapshot.manifest.clone();
+            let upto = manifest.head.map_or(0, |h| h.height);
+            tracing::info!(
+                target = self.target,
+                from,
+                upto,
+                "sending a snapshot with the blocks the follower lacks"
+            );
+            let header =
+                serde_json::to_vec(&SnapshotHeader { vote, manifest }).expect("header serializes");
+            let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+            let chain_dir = self.chain_dir.clone();
+            // Read blocks on a blocking thread and stream them in chunks.
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.blocking_send(SnapshotChunk {
+                    header,
+                    blocks: Vec::new(),
+                });
+                let mut chunk = Vec::new();
+                let result = crate::store::chain_file::read_from(&chain_dir, from, |read| {
+                    if read.block.height > upto {
+                        return Ok(());
+                    }
+                    serde_json::to_writer(&mut chunk, &read.block).expect("blocks serialize");
+                    chunk.push(b'\n');
+                    if chunk.len() >= CHUNK_BYTES {
+                        let blocks = std::mem::take(&mut chunk);
+                        let _ = tx.blocking_send(SnapshotChunk {
+                            header: Vec::new(),
+                            blocks,
+                        });
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot read the chain to send a snapshot");
+                    return;
+                }
+                if !chunk.is_empty() {
+                    let _ = tx.blocking_send(SnapshotChunk {
+                        header: Vec::new(),
+                        blocks: chunk,
+                    });
+                }
+            });
+            let mut client = self.raft_client().map_err(streaming)?;
+            let request = peer::request(ReceiverStream::new(rx), self.guard.as_ref(), timeout);
+            let response = client
+                .install_snapshot(request)
+                .await
+                .map_err(|s| streaming(CallError::from_status(s)))?;
+            peer::admit_response(&response, self.guard.as_ref())
+                .map_err(|m| streaming(CallError::Unreachable(m)))?;
+            let result: Result<SnapshotResponse<u64>, Fatal<u64>> =
+                serde_json::from_slice(&response.into_inner().payload)
+                    .map_err(|e| streaming(CallError::Network(e.to_string())))?;
+            result
+                .map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = work => result,
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! transactions and must come out identical, `states/` is repaired to match, and the applied
 //! position is that of the last block — so a restart re-applies only what the chain lacks.
 
-use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -25,13 +25,13 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, RaftSnapshotBuilder, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::typ::{Entry, SnapshotMeta, StorageError, StoredMembership as Stored};
 use super::{storage_error, BatchResult, TypeConfig};
 use crate::chain::{
-    apply_batch, replay, Block, Change, LogPosition, Members, Outcome, RequestId, Tip, Transaction,
-    Tree, TxOp,
+    apply_batch, replay, Block, Change, LogPosition, Members, NodeId, Outcome, RequestId, Tip,
+    Transaction, Tree, TxOp,
 };
 use crate::store::chain_file::ChainFile;
 use crate::store::identity::Identity;
@@ -60,7 +60,10 @@ pub struct Shared {
     /// The index of the last applied entry.
     pub applied_index: watch::Sender<u64>,
     /// The data directory's identity (the cluster id is filled in by the genesis).
-    pub identity: Mutex<Identity>,
+    pub identity: Arc<Mutex<Identity>>,
+    /// Every applied batch's changes, with the node that asked for each (for the kernel
+    /// cache invalidation of remote changes). Sent after `states/` is written.
+    pub changes: broadcast::Sender<Arc<Vec<(NodeId, Change)>>>,
 }
 
 /// openraft's state machine. Clones share everything (one is the snapshot builder).
@@ -72,11 +75,40 @@ pub struct StateMachineStore {
     data: DataDir,
 }
 
-/// The snapshot: where the chain stood. The chain itself is already durable in `chain/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    meta: SnapshotMeta,
-    head: Option<Tip>,
+/// A snapshot is a manifest: where the chain stood. The blocks themselves are durable in
+/// `chain/`; a leader streams the ones a follower lacks (see `consensus::network`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// openraft's snapshot metadata.
+    pub meta: SnapshotMeta,
+    /// The chain head the snapshot covers.
+    pub head: Option<Tip>,
+}
+
+/// openraft's snapshot data: the manifest, and for a snapshot received from a leader the
+/// directory of staged blocks this node lacked (a chain segment directory).
+#[derive(Debug, Default)]
+pub struct SnapshotData {
+    /// Where the chain stood.
+    pub manifest: Manifest,
+    /// Received blocks, to append on install.
+    pub staged_blocks: Option<PathBuf>,
+}
+
+/// Replays one stored block onto `tree`, tracking the membership it may carry.
+fn replay_block(
+    tree: &mut Tree,
+    prev: Option<Tip>,
+    membership: &mut Stored,
+    block: &Block,
+) -> Result<Vec<(NodeId, Change)>, crate::chain::ReplayError> {
+    let changes = replay(tree, prev, block)?;
+    if let [tx] = block.txs.as_slice() {
+        if let TxOp::Membership { members } = &tx.op {
+            *membership = StoredMembership::new(Some(log_id_of(block)), membership_of(members));
+        }
+    }
+    Ok(changes)
 }
 
 fn membership_of(members: &Members) -> Membership<u64, openraft::BasicNode> {
@@ -114,31 +146,31 @@ pub fn cluster_id_of(genesis: &Block) -> String {
 
 impl StateMachineStore {
     /// Replays `chain/`, repairs `states/`, and returns the state machine.
-    pub fn open(data: &DataDir, identity: Identity) -> Result<StateMachineStore, StoreError> {
+    pub fn open(
+        data: &DataDir,
+        identity: Arc<Mutex<Identity>>,
+    ) -> Result<StateMachineStore, StoreError> {
+        let cluster_id = identity.lock().unwrap().cluster_id.clone();
         let mut tree = Tree::new();
         let mut prev: Option<Tip> = None;
         let mut membership = Stored::default();
         let mut genesis_cluster = None;
         let mut last_block_log_id = None;
         let chain = ChainFile::open(&data.chain(), |block| {
-            replay(&mut tree, prev, block).map_err(|e| StoreError::Corrupt {
-                path: data.chain(),
-                detail: format!("block {}: {e}", block.height),
+            replay_block(&mut tree, prev, &mut membership, block).map_err(|e| {
+                StoreError::Corrupt {
+                    path: data.chain(),
+                    detail: format!("block {}: {e}", block.height),
+                }
             })?;
             if block.height == 0 {
                 genesis_cluster = Some(cluster_id_of(block));
-            }
-            if let [tx] = block.txs.as_slice() {
-                if let TxOp::Membership { members } = &tx.op {
-                    membership =
-                        StoredMembership::new(Some(log_id_of(block)), membership_of(members));
-                }
             }
             prev = Some(Tip::of(block));
             last_block_log_id = Some(log_id_of(block));
             Ok(())
         })?;
-        if let (Some(have), Some(chain_id)) = (&identity.cluster_id, &genesis_cluster) {
+        if let (Some(have), Some(chain_id)) = (&cluster_id, &genesis_cluster) {
             if have != chain_id {
                 return Err(StoreError::Corrupt {
                     path: data.identity(),
@@ -169,7 +201,8 @@ impl StateMachineStore {
                 membership,
             }),
             applied_index,
-            identity: Mutex::new(identity),
+            identity,
+            changes: broadcast::channel(1024).0,
         });
         Ok(StateMachineStore {
             shared,
@@ -189,7 +222,7 @@ impl StateMachineStore {
         replica: &mut Replica,
         chain: &mut ChainFile,
         entry: Entry,
-        changes: &mut Vec<Change>,
+        changes: &mut Vec<(NodeId, Change)>,
     ) -> Result<BatchResult, StoreError> {
         let log_id = entry.log_id;
         replica.last_applied = Some(log_id);
@@ -254,7 +287,23 @@ impl StateMachineStore {
         identity.save(&self.data)
     }
 
-    fn manifest_bytes(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
+    /// Mirrors applied changes into `states/`, then tells readers and the cache invalidator.
+    fn publish(&self, changes: Vec<(NodeId, Change)>, last_index: u64) -> Result<(), StoreError> {
+        {
+            let replica = self.shared.replica.read().unwrap();
+            for (_, change) in &changes {
+                self.states.apply(change, &replica.tree)?;
+            }
+        }
+        self.shared.applied_index.send_replace(last_index);
+        if !changes.is_empty() {
+            // No subscriber (no mount yet) is fine.
+            let _ = self.shared.changes.send(Arc::new(changes));
+        }
+        Ok(())
+    }
+
+    fn current_manifest(&self) -> Result<Manifest, StoreError> {
         // The chain must be durable before a snapshot lets the log be purged.
         self.chain.lock().unwrap().sync()?;
         let replica = self.shared.replica.read().unwrap();
@@ -268,18 +317,73 @@ impl StateMachineStore {
                 replica.head.map_or(0, |h| h.height)
             ),
         };
-        let manifest = Manifest {
-            meta: meta.clone(),
-            head: replica.head,
-        };
-        Ok((
+        Ok(Manifest {
             meta,
-            serde_json::to_vec(&manifest).expect("manifest serializes"),
-        ))
+            head: replica.head,
+        })
+    }
+
+    /// Appends the staged blocks this node lacked and adopts the snapshot's position.
+    fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
+        let mut chain = self.chain.lock().unwrap();
+        let mut changes = Vec::new();
+        {
+            let mut replica = self.shared.replica.write().unwrap();
+            if let Some(dir) = &data.staged_blocks {
+                let Replica {
+                    tree,
+                    head,
+                    membership,
+                    ..
+                } = &mut *replica;
+                crate::store::chain_file::read_all(dir, |read| {
+                    let block = &read.block;
+                    if head.is_some_and(|h| block.height <= h.height) {
+                        return Ok(()); // already here (the sender started early)
+                    }
+                    let applied = replay_block(tree, *head, membership, block).map_err(|e| {
+                        StoreError::Corrupt {
+                            path: read.path.clone(),
+                            detail: format!("received block {}: {e}", block.height),
+                        }
+                    })?;
+                    changes.extend(applied);
+                    chain.append(block)?;
+                    *head = Some(Tip::of(block));
+                    Ok(())
+                })?;
+            }
+            let wanted = data.manifest.head.map(|h| (h.height, h.hash));
+            if wanted.is_some() && wanted != replica.head.map(|h| (h.height, h.hash)) {
+                return Err(StoreError::Corrupt {
+                    path: self.data.chain(),
+                    detail: format!(
+                        "after installing the snapshot the chain head is {:?}, the snapshot's is {:?}",
+                        replica.head, data.manifest.head
+                    ),
+                });
+            }
+            replica.last_applied = meta.last_log_id;
+            replica.membership = meta.last_membership.clone();
+        }
+        chain.sync()?;
+        drop(chain);
+        let bytes = serde_json::to_vec(&data.manifest).expect("manifest serializes");
+        crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)?;
+        if let Some(dir) = &data.staged_blocks {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        tracing::info!(
+            height = data.manifest.head.map(|h| h.height),
+            blocks = changes.len(),
+            "snapshot installed"
+        );
+        self.publish(changes, meta.last_log_id.map_or(0, |l| l.index))
     }
 }
 
-fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
+/// The last snapshot's manifest, if any.
+pub fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
     match std::fs::read(data.raft().join(SNAPSHOT)) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
         Err(_) => Ok(None),
@@ -292,14 +396,18 @@ fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, bytes) = self
-            .manifest_bytes()
+        let manifest = self
+            .current_manifest()
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: manifest.meta.clone(),
+            snapshot: Box::new(SnapshotData {
+                manifest,
+                staged_blocks: None,
+            }),
         })
     }
 }
@@ -331,15 +439,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         chain.sync().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(chain);
-        {
-            let replica = self.shared.replica.read().unwrap();
-            for change in &changes {
-                self.states
-                    .apply(change, &replica.tree)
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            }
-        }
-        self.shared.applied_index.send_replace(last_index);
+        self.publish(changes, last_index)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(results)
     }
 
@@ -347,59 +448,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        // Snapshots arrive whole through `Raft::install_full_snapshot` (see the raft service).
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        // A manifest-only snapshot can be installed only by a node whose chain already holds
-        // the snapshot's head; transferring the missing chain segments comes with replication.
-        let manifest: Manifest = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
-            storage_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                e,
-            )
-        })?;
-        let mut replica = self.shared.replica.write().unwrap();
-        if manifest.head.is_some()
-            && manifest.head.map(|h| (h.height, h.hash)) != replica.head.map(|h| (h.height, h.hash))
-        {
-            let detail = format!(
-                "snapshot head {:?} is not this node's chain head {:?}",
-                manifest.head, replica.head
-            );
-            return Err(sm_err(
-                ErrorVerb::Write,
-                StoreError::Corrupt {
-                    path: self.data.chain(),
-                    detail,
-                },
-            ));
-        }
-        replica.last_applied = meta.last_log_id;
-        replica.membership = meta.last_membership.clone();
-        drop(replica);
-        crate::store::write_durable(&self.data.raft().join(SNAPSHOT), snapshot.get_ref())
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.shared
-            .applied_index
-            .send_replace(meta.last_log_id.map_or(0, |l| l.index));
-        Ok(())
+        self.install(meta, *snapshot)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let manifest = read_manifest(&self.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        Ok(manifest.map(|m| {
-            let bytes = serde_json::to_vec(&m).expect("manifest serializes");
-            Snapshot {
-                meta: m.meta,
-                snapshot: Box::new(Cursor::new(bytes)),
-            }
+        Ok(manifest.map(|m| Snapshot {
+            meta: m.meta.clone(),
+            snapshot: Box::new(SnapshotData {
+                manifest: m,
+                staged_blocks: None,
+            }),
         }))
     }
 }

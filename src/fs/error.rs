@@ -44,9 +44,10 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Node(e) => match e {
-                node::Error::Timeout(_) | node::Error::ShuttingDown | node::Error::Fatal(_) => {
-                    libc::EIO
-                }
+                node::Error::Timeout(_)
+                | node::Error::ShuttingDown
+                | node::Error::NotLeader
+                | node::Error::Fatal(_) => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
             FsError::Precondition(reject) => reject_errno(*reject),

@@ -312,14 +312,18 @@ async fn snapshot(fs: &Fs) -> BTreeMap<String, Model> {
 
 async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
     let data = DataDir::create(dir).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
     let config = Config {
         name: "test".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: "127.0.0.1:1".into(),
+        listen,
+        advertise: listen.to_string(),
         commit_timeout: Duration::from_secs(10),
         read_consistency: ReadConsistency::Linearizable,
+        peers: Vec::new(),
+        snapshot_every: 5000,
     };
-    let node = Node::start(&data, config).await.unwrap();
+    let node = Node::start(&data, config, listener).await.unwrap();
     assert!(
         node.wait_ready(Duration::from_secs(10)).await,
         "single node never became ready"

@@ -1,12 +1,18 @@
-//! Group commit: packs queued proposals into log entries.
+//! Group commit: packs queued proposals into log entries, and forwards them when this node
+//! is not the leader.
 //!
 //! One task takes proposals off a queue. Each time it may send, it drains everything queued
 //! into one [`Batch`], stamps it with the clock (never earlier than the previous batch), and
-//! submits it to openraft without waiting for the result; a separate task per entry waits for
-//! the entry to be applied and answers each proposer with its own outcome. At most
-//! [`MAX_IN_FLIGHT`] entries are in flight, so while they are, new proposals pile up and go
-//! into the next entry together: the busier the node, the bigger its blocks, and the fewer
-//! fsyncs per write.
+//! submits it without waiting for the result; a separate task per entry waits for the entry
+//! to be applied and answers each proposer with its own outcome. At most [`MAX_IN_FLIGHT`]
+//! entries are in flight, so while they are, new proposals pile up and go into the next
+//! entry together: the busier the node, the bigger its blocks, and the fewer fsyncs per write.
+//!
+//! On a follower, openraft answers with the leader's address: the batch is forwarded there
+//! (`Cluster.Forward`), joins the leader's next group commit, and is answered here only once
+//! this node has applied the entry too, so a writer always reads its own write. Retries (no
+//! leader yet, a leader that just lost its role, a lost connection) reuse the same request
+//! ids, which the state machine deduplicates: a transaction applies at most once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +23,12 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use super::{now_ms, Error};
 use crate::chain::{Batch, Height, Outcome, Transaction};
 use crate::consensus::typ::Raft;
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::pb::ForwardRequest;
+use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
 
 /// Entries submitted and not yet applied, at most.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 /// Transactions per entry, at most.
 const MAX_BATCH_TXS: usize = 1024;
 /// Bytes of content per entry, at most (keeps entries well below message size limits).
@@ -38,8 +47,27 @@ pub struct Proposal {
 pub struct Applied {
     /// The block that holds it.
     pub height: Height,
+    /// The log entry that holds it.
+    pub index: u64,
     /// What applying it did.
     pub outcome: Outcome,
+}
+
+/// What the batcher needs of its node.
+#[derive(Clone)]
+pub struct Context {
+    /// Consensus.
+    pub raft: Raft,
+    /// This node's id.
+    pub self_id: u64,
+    /// Connections to peers.
+    pub channels: Channels,
+    /// Metadata for peer requests.
+    pub guard: Arc<dyn PeerGuard>,
+    /// The applied index, to wait for forwarded entries.
+    pub applied: watch::Receiver<u64>,
+    /// How long a commit may take.
+    pub commit_timeout: Duration,
 }
 
 fn content_len(tx: &Transaction) -> usize {
@@ -53,7 +81,7 @@ fn content_len(tx: &Transaction) -> usize {
 
 /// Runs until the queue closes or shutdown is signalled.
 pub async fn run(
-    raft: Raft,
+    ctx: Context,
     mut queue: mpsc::UnboundedReceiver<Proposal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -88,39 +116,65 @@ pub async fn run(
             }
         }
         last_ts = last_ts.max(now_ms());
-        let raft = raft.clone();
+        let ctx = ctx.clone();
         let timestamp_ms = last_ts;
         tokio::spawn(async move {
-            commit(&raft, timestamp_ms, batch).await;
+            commit(&ctx, timestamp_ms, batch).await;
             drop(permit);
         });
     }
 }
 
-/// Submits one batch, retrying while there is no leader yet, and answers every proposer.
-async fn commit(raft: &Raft, timestamp_ms: u64, mut batch: Vec<Proposal>) {
+/// Submits one batch (here, or forwarded to the leader), retrying while there is no usable
+/// leader, and answers every proposer.
+async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        // Proposers that gave up (timed out) need no answer; their transactions still go in,
-        // but only if someone waits: an abandoned retry must not commit after its error.
+        // Proposers that gave up (timed out) need no answer and no retry.
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
             return;
         }
-        let txs = batch.iter().map(|p| p.tx.clone()).collect();
-        match raft.client_write(Batch { timestamp_ms, txs }).await {
+        let txs: Vec<Transaction> = batch.iter().map(|p| p.tx.clone()).collect();
+        match ctx
+            .raft
+            .client_write(Batch {
+                timestamp_ms,
+                txs: txs.clone(),
+            })
+            .await
+        {
             Ok(response) => {
-                let result = response.data;
-                let height = result.height.expect("a normal entry always makes a block");
-                for (p, outcome) in batch.into_iter().zip(result.outcomes) {
-                    let _ = p.reply.send(Ok(Applied { height, outcome }));
+                let height = response
+                    .data
+                    .height
+                    .expect("a normal entry always makes a block");
+                let index = response.log_id.index;
+                for (p, outcome) in batch.into_iter().zip(response.data.outcomes) {
+                    let _ = p.reply.send(Ok(Applied {
+                        height,
+                        index,
+                        outcome,
+                    }));
                 }
                 return;
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                // No leader here yet (an election is under way): wait and try again with the
-                // same request ids, which the state machine deduplicates.
-                tracing::debug!(leader = ?f.leader_id, "no leader to commit to yet; retrying");
+                if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
+                    if leader != ctx.self_id {
+                        match forward(ctx, &node.addr, &txs).await {
+                            Ok(applied) => {
+                                for (p, a) in batch.into_iter().zip(applied) {
+                                    let _ = p.reply.send(Ok(a));
+                                }
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(leader, error = %e, "forwarding failed; retrying")
+                            }
+                        }
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
@@ -133,4 +187,44 @@ async fn commit(raft: &Raft, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             }
         }
     }
+}
+
+/// Proposes `txs` on the leader at `addr`, then waits until this node applied the entry.
+async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<Applied>, String> {
+    let channel = ctx.channels.get(addr)?;
+    let mut client = ClusterClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let body = ForwardRequest {
+        txs: serde_json::to_vec(txs).expect("transactions serialize"),
+    };
+    let request = peer::request(body, ctx.guard.as_ref(), ctx.commit_timeout);
+    let response = client
+        .forward(request)
+        .await
+        .map_err(|s| s.message().to_owned())?;
+    peer::admit_response(&response, ctx.guard.as_ref())?;
+    let reply = response.into_inner();
+    let outcomes: Vec<Outcome> =
+        serde_json::from_slice(&reply.outcomes).map_err(|e| e.to_string())?;
+    if outcomes.len() != txs.len() {
+        return Err(format!(
+            "leader answered {} outcomes for {} transactions",
+            outcomes.len(),
+            txs.len()
+        ));
+    }
+    let mut applied = ctx.applied.clone();
+    tokio::time::timeout(ctx.commit_timeout, applied.wait_for(|i| *i >= reply.index))
+        .await
+        .map_err(|_| "committed on the leader but not applied here in time".to_owned())?
+        .map_err(|_| "shutting down".to_owned())?;
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| Applied {
+            height: reply.height,
+            index: reply.index,
+            outcome,
+        })
+        .collect())
 }

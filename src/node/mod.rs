@@ -17,23 +17,31 @@
 //! See `docs/architecture/node.md`.
 
 mod batcher;
+mod bootstrap;
+pub mod cluster_service;
+mod guard;
+mod members;
+mod read_index;
+mod services;
 mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use batcher::Applied;
 pub use status::{MemberStatus, Status};
 
-use crate::chain::{Height, Members, Outcome, Reject, RequestId, Transaction, TxOp};
+use crate::chain::{Change, Height, NodeId, Outcome, Reject, RequestId, Transaction, TxOp};
 use crate::consensus::log_store::LogStore;
 use crate::consensus::network::Network;
 use crate::consensus::state_machine::{Replica, Shared, StateMachineStore};
 use crate::consensus::typ::Raft;
+use crate::rpc::peer::Channels;
 use crate::store::identity::{node_id_for, Identity};
 use crate::store::DataDir;
 
@@ -59,6 +67,10 @@ pub struct Config {
     pub commit_timeout: Duration,
     /// How reads are served.
     pub read_consistency: ReadConsistency,
+    /// The other members' addresses (static bootstrap); this node's own may be included.
+    pub peers: Vec<String>,
+    /// Take a snapshot (and let the log be purged) every this many log entries.
+    pub snapshot_every: u64,
 }
 
 /// Why a proposal or a read failed.
@@ -74,6 +86,9 @@ pub enum Error {
     /// The node is stopping; the outcome of a pending proposal is unknown.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node is not the leader (a peer asked it to do a leader's job).
+    #[error("not the leader")]
+    NotLeader,
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
@@ -95,6 +110,9 @@ pub enum StartError {
     /// openraft refused to start.
     #[error("consensus failed to start: {0}")]
     Consensus(String),
+    /// Starting would be unsafe (see the message).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A running node.
@@ -103,8 +121,12 @@ pub struct Node {
     shared: Arc<Shared>,
     config: Config,
     identity: Identity,
+    guard: Arc<guard::NodeGuard>,
+    channels: Channels,
     next_seq: AtomicU64,
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
+    reads: Arc<read_index::ReadIndexQueue>,
+    views: members::Views,
     shutdown: watch::Sender<bool>,
 }
 
@@ -114,70 +136,163 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn consensus_err(e: impl std::fmt::Display) -> StartError {
+    StartError::Consensus(e.to_string())
+}
+
 impl Node {
-    /// Opens the data directory and starts consensus. A new directory starts a new
-    /// single-node cluster whose genesis block names this node.
-    pub async fn start(data: &DataDir, config: Config) -> Result<Arc<Node>, StartError> {
-        let identity = match Identity::load(data)? {
-            Some(identity) => identity,
-            None => {
-                let identity = Identity::generate(node_id_for(&config.advertise));
-                identity.save(data)?;
-                tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory");
-                identity
-            }
-        };
-        let log_store = LogStore::open(&data.raft())?;
-        let state_machine = StateMachineStore::open(data, identity.clone())?;
-        let shared = state_machine.shared();
-        let raft_config = Arc::new(
-            crate::consensus::raft_config()
-                .validate()
-                .map_err(|e| StartError::Consensus(e.to_string()))?,
+    /// Opens the data directory, serves gRPC on `listener`, and starts consensus. A new
+    /// directory with no peers starts a single-node cluster; with peers, it bootstraps or
+    /// joins as `bootstrap` decides. The server stops at [`shutdown`](Self::shutdown).
+    pub async fn start(
+        data: &DataDir,
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Arc<Node>, StartError> {
+        let existing = Identity::load(data)?;
+        let fresh = existing.is_none();
+        let identity =
+            existing.unwrap_or_else(|| Identity::generate(node_id_for(&config.advertise)));
+        let shared_identity = Arc::new(Mutex::new(identity.clone()));
+        let guard = Arc::new(guard::NodeGuard::new(shared_identity.clone(), data)?);
+        let (shutdown, _) = watch::channel(false);
+        let cell = services::NodeCell::new(guard.clone());
+        let mut stop = shutdown.subscribe();
+        let server = crate::rpc::serve(
+            listener,
+            Arc::new(cell.clone()),
+            cell.routes(data.tmp()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
         );
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the gRPC server failed");
+            }
+        });
+        let started = Self::start_consensus(
+            data,
+            config,
+            identity,
+            fresh,
+            shared_identity,
+            guard,
+            &cell,
+            &shutdown,
+        )
+        .await;
+        if started.is_err() {
+            shutdown.send_replace(true);
+        }
+        let node = started?;
+        let _ = cell.node.set(node.clone());
+        Ok(node)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_consensus(
+        data: &DataDir,
+        config: Config,
+        identity: Identity,
+        fresh: bool,
+        shared_identity: Arc<Mutex<Identity>>,
+        guard: Arc<guard::NodeGuard>,
+        cell: &services::NodeCell,
+        shutdown: &watch::Sender<bool>,
+    ) -> Result<Arc<Node>, StartError> {
+        let members = bootstrap::members(&config.advertise, &config.peers);
+        let peers: Vec<String> = members
+            .iter()
+            .filter(|(id, _)| **id != identity.node_id)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let channels = Channels::default();
+        let decision = if fresh {
+            let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members)
+                .await;
+            let d = d.map_err(StartError::Refused)?;
+            identity.save(data)?;
+            tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory");
+            Some(d)
+        } else {
+            bootstrap::check_existing(&channels, guard.as_ref(), &peers)
+                .await
+                .map_err(StartError::Refused)?;
+            None
+        };
+
+        let log_store = LogStore::open(&data.raft())?;
+        let state_machine = StateMachineStore::open(data, shared_identity)?;
+        let shared = state_machine.shared();
+        let raft_config = crate::consensus::raft_config(config.snapshot_every)
+            .validate()
+            .map_err(consensus_err)?;
+        let network = Network::new(channels.clone(), guard.clone(), data.chain());
         let raft = Raft::new(
             identity.node_id,
-            raft_config,
-            Network,
+            Arc::new(raft_config),
+            network,
             log_store,
             state_machine,
         )
         .await
-        .map_err(|e| StartError::Consensus(e.to_string()))?;
-        let fresh = !raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Consensus(e.to_string()))?;
-        if fresh {
-            let members = Members {
-                configs: vec![[identity.node_id].into()],
-                nodes: [(identity.node_id, config.advertise.clone())].into(),
-            };
+        .map_err(consensus_err)?;
+        let _ = cell.raft.set(raft.clone());
+        if decision == Some(bootstrap::Decision::Initialize)
+            && !raft.is_initialized().await.map_err(consensus_err)?
+        {
             tracing::info!(?members, "initializing a new cluster");
             let nodes: std::collections::BTreeMap<u64, BasicNode> = members
-                .nodes
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
                 .collect();
-            raft.initialize(nodes)
-                .await
-                .map_err(|e| StartError::Consensus(e.to_string()))?;
+            raft.initialize(nodes).await.map_err(consensus_err)?;
         }
+
         let (proposals, queue) = mpsc::unbounded_channel();
-        let (shutdown, _) = watch::channel(false);
         // Sequence numbers start from the clock so they keep growing across restarts of the
         // same data directory (its incarnation stays the same).
         let next_seq = AtomicU64::new(now_ms() * 1000);
         let node = Arc::new(Node {
             raft: raft.clone(),
-            shared,
+            shared: shared.clone(),
             config,
             identity,
+            guard: guard.clone(),
+            channels: channels.clone(),
             next_seq,
             proposals,
-            shutdown,
+            reads: Arc::default(),
+            views: Arc::default(),
+            shutdown: shutdown.clone(),
         });
-        tokio::spawn(batcher::run(raft, queue, node.shutdown.subscribe()));
+        let ctx = batcher::Context {
+            raft: raft.clone(),
+            self_id: node.id(),
+            channels: channels.clone(),
+            guard,
+            applied: shared.applied_index.subscribe(),
+            commit_timeout: node.config.commit_timeout,
+        };
+        tokio::spawn(batcher::run(ctx, queue, shutdown.subscribe()));
+        let self_id = node.id();
+        let metrics = raft.metrics();
+        let others = move || {
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self_id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        tokio::spawn(members::poll(
+            channels,
+            node.views.clone(),
+            others,
+            shutdown.subscribe(),
+        ));
         Ok(node)
     }
 
@@ -198,26 +313,7 @@ impl Node {
             incarnation: self.identity.incarnation,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
-        let (reply, result) = oneshot::channel();
-        let mut shutdown = self.shutdown.subscribe();
-        if *shutdown.borrow() {
-            return Err(Error::ShuttingDown);
-        }
-        self.proposals
-            .send(batcher::Proposal {
-                tx: Transaction { request, op },
-                reply,
-            })
-            .map_err(|_| Error::ShuttingDown)?;
-        let timeout = self.config.commit_timeout;
-        let applied = tokio::select! {
-            r = tokio::time::timeout(timeout, result) => match r {
-                Err(_) => return Err(Error::Timeout(timeout)),
-                Ok(Err(_)) => return Err(Error::ShuttingDown),
-                Ok(Ok(r)) => r?,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return Err(Error::ShuttingDown),
-        };
+        let applied = self.submit(Transaction { request, op }).await?;
         match applied.outcome {
             Outcome::Ok | Outcome::Duplicate => Ok(Committed {
                 height: applied.height,
@@ -226,20 +322,139 @@ impl Node {
         }
     }
 
+    /// Queues one transaction for the next group commit and waits for its outcome.
+    async fn submit(&self, tx: Transaction) -> Result<Applied, Error> {
+        let (reply, result) = oneshot::channel();
+        let mut shutdown = self.shutdown.subscribe();
+        if *shutdown.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        self.proposals
+            .send(batcher::Proposal { tx, reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        let timeout = self.config.commit_timeout;
+        tokio::select! {
+            r = tokio::time::timeout(timeout, result) => match r {
+                Err(_) => Err(Error::Timeout(timeout)),
+                Ok(Err(_)) => Err(Error::ShuttingDown),
+                Ok(Ok(r)) => r,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Proposes transactions forwarded by a follower (their request ids kept); the leader only.
+    pub async fn propose_forwarded(&self, txs: Vec<Transaction>) -> Result<Vec<Applied>, Error> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let waits = txs.into_iter().map(|tx| self.submit(tx));
+        futures_util::future::try_join_all(waits).await
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id())
+    }
+
+    /// Whether this node knows it cannot commit now (it knows no leader).
+    pub fn knows_no_quorum(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_none()
+    }
+
+    /// The read index on the leader: the log index a linearizable read must wait for.
+    pub async fn leader_read_index(&self) -> Result<u64, Error> {
+        let timeout = self.config.commit_timeout;
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(Error::Fatal(e.to_string())),
+            Ok(Err(openraft::error::RaftError::APIError(_))) => Err(Error::NotLeader),
+        }
+    }
+
+    /// Asks for a read index: the leader's own, or a follower's from the leader.
+    async fn fetch_read_index(self: &Arc<Self>) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + self.config.commit_timeout;
+        loop {
+            let leader = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                m.current_leader.and_then(|l| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| (l, n.addr.clone()))
+                })
+            };
+            let attempt = match leader {
+                Some((l, _)) if l == self.id() => self.leader_read_index().await,
+                Some((_, addr)) => self.remote_read_index(&addr).await,
+                None => Err(Error::NotLeader),
+            };
+            match attempt {
+                Ok(index) => return Ok(index),
+                Err(Error::Fatal(e)) => return Err(Error::Fatal(e)),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Timeout(self.config.commit_timeout))
+                }
+                Err(_) => tokio::time::sleep(read_index::RETRY).await,
+            }
+        }
+    }
+
+    async fn remote_read_index(&self, addr: &str) -> Result<u64, Error> {
+        use crate::rpc::pb::cluster_client::ClusterClient;
+        let channel = self.channels.get(addr).map_err(|_| Error::NotLeader)?;
+        let request = crate::rpc::peer::request(
+            crate::rpc::pb::ReadIndexRequest {},
+            self.guard.as_ref(),
+            self.config.commit_timeout,
+        );
+        let response = ClusterClient::new(channel)
+            .read_index(request)
+            .await
+            .map_err(|_| Error::NotLeader)?;
+        crate::rpc::peer::admit_response(&response, self.guard.as_ref())
+            .map_err(|_| Error::NotLeader)?;
+        Ok(response.into_inner().index)
+    }
+
     /// Waits until this node has applied everything committed before the call (a no-op in
-    /// local read mode).
-    pub async fn read_barrier(&self) -> Result<(), Error> {
+    /// local read mode). Concurrent callers share read indexes (see [`read_index`]).
+    pub async fn read_barrier(self: &Arc<Self>) -> Result<(), Error> {
         if self.config.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
         let timeout = self.config.commit_timeout;
-        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(Error::Fatal(e.to_string())),
-            // Not the leader (an election is under way): the caller may retry.
-            Ok(Err(openraft::error::RaftError::APIError(_))) => Err(Error::Timeout(timeout)),
+        let (tx, rx) = oneshot::channel();
+        if self.reads.enqueue(tx) {
+            let node = self.clone();
+            tokio::spawn(async move {
+                while let Some(waiters) = node.reads.next_round() {
+                    let result = node.fetch_read_index().await;
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            });
         }
+        let index = match tokio::time::timeout(timeout, rx).await {
+            Err(_) => return Err(Error::Timeout(timeout)),
+            Ok(Err(_)) => return Err(Error::ShuttingDown),
+            Ok(Ok(index)) => index?,
+        };
+        let mut applied = self.shared.applied_index.subscribe();
+        let caught_up = async move { applied.wait_for(|i| *i >= index).await.is_ok() };
+        match tokio::time::timeout(timeout, caught_up).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(false) => Err(Error::ShuttingDown),
+            Ok(true) => Ok(()),
+        }
+    }
+
+    /// Applied changes, with the node that asked for each, batch by batch.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Vec<(NodeId, Change)>>> {
+        self.shared.changes.subscribe()
     }
 
     /// The applied replica. Hold the guard only for in-memory work.

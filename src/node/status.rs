@@ -14,6 +14,14 @@ pub struct MemberStatus {
     pub addr: String,
     /// `voter` or `learner`.
     pub role: String,
+    /// Its chain height, as it last said (this node's own for itself).
+    pub head_height: Option<u64>,
+    /// How many blocks it is behind the highest height known here.
+    pub lag: Option<u64>,
+    /// Whether it answered within the last few seconds (always true for this node).
+    pub reachable: bool,
+    /// Whether it said it was ready.
+    pub ready: bool,
 }
 
 /// A node's status document.
@@ -56,19 +64,41 @@ pub(super) fn build(node: &Node) -> Status {
     let replica = node.replica();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let members = membership
+    let ready = metrics.running_state.is_ok() && metrics.current_leader.is_some();
+    let views = node.views.lock().unwrap().clone();
+    let own_height = replica.head.map(|h| h.height);
+    let fresh = |at: std::time::Instant| at.elapsed() < std::time::Duration::from_secs(3);
+    let mut members: Vec<MemberStatus> = membership
         .nodes()
-        .map(|(id, n)| MemberStatus {
-            id: *id,
-            addr: n.addr.clone(),
-            role: if voters.contains(id) {
-                "voter"
+        .map(|(id, n)| {
+            let (head_height, reachable, member_ready) = if *id == node.id() {
+                (own_height, true, ready)
             } else {
-                "learner"
+                match views.get(id) {
+                    Some(v) => (v.head_height, fresh(v.at), v.ready && fresh(v.at)),
+                    None => (None, false, false),
+                }
+            };
+            MemberStatus {
+                id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_owned(),
+                head_height,
+                lag: None,
+                reachable,
+                ready: member_ready,
             }
-            .to_owned(),
         })
         .collect();
+    let top = members.iter().filter_map(|m| m.head_height).max();
+    for m in &mut members {
+        m.lag = top.zip(m.head_height).map(|(t, h)| t.saturating_sub(h));
+    }
     let role = match metrics.state {
         openraft::ServerState::Leader => "leader",
         openraft::ServerState::Follower => "follower",
@@ -89,7 +119,7 @@ pub(super) fn build(node: &Node) -> Status {
         applied_height: replica.head.map(|h| h.height),
         applied_index: replica.last_applied.map(|l| l.index),
         states: replica.tree.len() - 1,
-        ready: metrics.running_state.is_ok() && metrics.current_leader.is_some(),
+        ready,
         listen: node.config.listen.to_string(),
         read_consistency: format!("{:?}", node.config.read_consistency).to_lowercase(),
     }

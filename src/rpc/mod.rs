@@ -1,6 +1,9 @@
 //! gRPC services, generated from `proto/lightchain.proto` and served by tonic.
 //!
 //! - [`admin`]: read-only status for operators (`lightchain status --addr`).
+//! - [`peer`]: the metadata every peer RPC carries, and the shared connections to peers.
+//! - The `Raft` and `Cluster` services are implemented by the layers that own what they
+//!   serve (`consensus::raft_service`, `node::cluster_service`); this layer serves them.
 //!
 //! [`serve`] takes an already bound listener and a shutdown future (so tests and the CLI can
 //! bind port 0 and learn the address first); it stops accepting when the future completes.
@@ -10,6 +13,7 @@
 //! See `docs/architecture/rpc.md`.
 
 pub mod admin;
+pub mod peer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,16 +28,20 @@ pub mod pb {
     tonic::include_proto!("lightchain.v1");
 }
 
-/// Serves every service on `listener` until `shutdown` completes.
+/// Serves the admin service and the peer services in `peers` on `listener` until
+/// `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<dyn AdminHandler>,
+    peers: tonic::service::Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let routes = peers.add_service(pb::admin_server::AdminServer::new(
+        admin::AdminService::new(admin),
+    ));
     tonic::transport::Server::builder()
-        .add_service(pb::admin_server::AdminServer::new(
-            admin::AdminService::new(admin),
-        ))
+        .tcp_nodelay(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

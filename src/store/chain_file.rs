@@ -64,9 +64,24 @@ pub struct ReadBlock {
 /// the good part of that file ends.
 pub fn read_all(
     dir: &Path,
+    f: impl FnMut(ReadBlock) -> Result<()>,
+) -> Result<Option<(PathBuf, u64)>> {
+    read_from(dir, 0, f)
+}
+
+/// [`read_all`], starting at height `from` (segments wholly below it are not read).
+pub fn read_from(
+    dir: &Path,
+    from: Height,
     mut f: impl FnMut(ReadBlock) -> Result<()>,
 ) -> Result<Option<(PathBuf, u64)>> {
-    let segs = segments(dir)?;
+    let mut segs = segments(dir)?;
+    // Keep the segment holding `from` and everything after it.
+    let skip = segs
+        .iter()
+        .rposition(|(first, _)| *first <= from)
+        .unwrap_or(0);
+    segs.drain(..skip);
     let last = segs.len().saturating_sub(1);
     for (i, (_, path)) in segs.iter().enumerate() {
         let file = File::open(path).ctx("open", path)?;
@@ -81,6 +96,7 @@ pub fn read_all(
             }
             let complete = line.last() == Some(&b'\n');
             match serde_json::from_slice::<Block>(&line) {
+                Ok(block) if complete && block.height < from => {}
                 Ok(block) if complete => f(ReadBlock {
                     block,
                     path: path.clone(),

@@ -89,3 +89,38 @@ mod tests {
         assert_eq!(Identity::load(&dir).unwrap(), Some(id));
     }
 }
+
+/// The incarnation this node has seen for each peer (`peers.json`), so a peer that comes back
+/// with a wiped data directory (a new incarnation) is recognised and refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeers {
+    /// Node id → incarnation.
+    pub incarnations: std::collections::BTreeMap<NodeId, u64>,
+}
+
+impl KnownPeers {
+    fn path(dir: &DataDir) -> std::path::PathBuf {
+        dir.root.join("peers.json")
+    }
+
+    /// Reads `peers.json` (empty when missing).
+    pub fn load(dir: &DataDir) -> Result<KnownPeers> {
+        let path = Self::path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownPeers::default()),
+            Err(e) => Err(e).ctx("read", &path),
+        }
+    }
+
+    /// Writes `peers.json` durably.
+    pub fn save(&self, dir: &DataDir) -> Result<()> {
+        write_durable(
+            &Self::path(dir),
+            &serde_json::to_vec_pretty(self).expect("peers serialize"),
+        )
+    }
+}

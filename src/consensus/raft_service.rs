@@ -1,0 +1,136 @@
+//! The `Raft` gRPC service: peers' consensus messages into this node's openraft.
+//!
+//! Every request's metadata is admitted first (see `rpc::peer`). Append entries and vote are
+//! handed to openraft as they are; a streamed snapshot is staged under `tmp/` as a chain
+//! segment — the manifest first, then the blocks this node lacks — and installed whole with
+//! `install_full_snapshot`, so the state machine appends and verifies them in order.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use openraft::Snapshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::network::SnapshotHeader;
+use super::state_machine::SnapshotData;
+use super::typ::Raft;
+use crate::rpc::pb::raft_server::Raft as RaftRpc;
+use crate::rpc::pb::{RaftMessage, SnapshotChunk};
+use crate::rpc::peer::{self, PeerGuard};
+
+/// Serves `Raft`.
+pub struct RaftService {
+    raft: Arc<OnceLock<Raft>>,
+    guard: Arc<dyn PeerGuard>,
+    staging: PathBuf,
+    counter: AtomicU64,
+}
+
+impl RaftService {
+    /// A service feeding `raft` (once it is set); snapshots are staged under `staging`.
+    pub fn new(raft: Arc<OnceLock<Raft>>, guard: Arc<dyn PeerGuard>, staging: PathBuf) -> Self {
+        RaftService {
+            raft,
+            guard,
+            staging,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn raft(&self) -> Result<&Raft, Status> {
+        self.raft
+            .get()
+            .ok_or_else(|| Status::unavailable("consensus is starting"))
+    }
+
+    fn reply(&self, payload: Vec<u8>) -> Response<RaftMessage> {
+        peer::response(RaftMessage { payload }, self.guard.as_ref())
+    }
+
+    async fn stage(
+        &self,
+        stream: &mut Streaming<SnapshotChunk>,
+        dir: &PathBuf,
+    ) -> Result<SnapshotHeader, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let header: SnapshotHeader = serde_json::from_slice(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = std::fs::File::create(dir.join(format!("{:020}.jsonl", 0)))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        while let Some(chunk) = stream.message().await? {
+            file.write_all(&chunk.blocks)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(header)
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("openraft messages serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(payload)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        peer::admit_request(&request, self.guard.as_ref())?;
+        let rpc = decode(&request.into_inner().payload)?;
+        Ok(self.reply(json(&self.raft()?.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        peer::admit_request(&request, self.guard.as_ref())?;
+        let rpc = decode(&request.into_inner().payload)?;
+        Ok(self.reply(json(&self.raft()?.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        peer::admit_request(&request, self.guard.as_ref())?;
+        let raft = self.raft()?.clone();
+        let mut stream = request.into_inner();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .staging
+            .join(format!("snapshot-{}-{n}", std::process::id()));
+        let staged = self.stage(&mut stream, &dir).await;
+        let header = match staged {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let meta = header.manifest.meta.clone();
+        let data = SnapshotData {
+            manifest: header.manifest,
+            staged_blocks: Some(dir.clone()),
+        };
+        let result = raft
+            .install_full_snapshot(
+                header.vote,
+                Snapshot {
+                    meta,
+                    snapshot: Box::new(data),
+                },
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(self.reply(json(&result)))
+    }
+}

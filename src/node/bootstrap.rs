@@ -1,0 +1,135 @@
+//! Start-up decisions of a node with a peer list (static bootstrap).
+//!
+//! Every member is started with the same `--peer` list; node ids are derived from the
+//! addresses, so every node builds the byte-identical initial membership. A node whose data
+//! directory is new asks its peers (`Cluster.Hello`) before doing anything:
+//! - if a peer has recorded an incarnation for this node id, this node's data was lost: it
+//!   refuses to start (its vote record is gone; joining under the old identity could make it
+//!   vote twice in one term);
+//! - if a peer already has a genesis block, the cluster exists and this member was simply late
+//!   to its first start: it starts with an empty log and the leader replicates the chain;
+//! - once a majority of members answer and none has a genesis, every node initializes the same
+//!   membership (openraft accepts concurrent identical initializations).
+//!
+//! A node with data checks that reachable peers belong to its cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::pb::{HelloReply, HelloRequest};
+use crate::rpc::peer::{self, Channels, PeerGuard};
+use crate::store::identity::node_id_for;
+
+/// How long a new node waits for a majority of its peers.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a new node should do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Initialize the cluster's first membership.
+    Initialize,
+    /// The cluster exists; wait to be replicated to.
+    Join,
+}
+
+/// The initial members: every peer address and this node's, by derived node id.
+pub fn members(advertise: &str, peers: &[String]) -> BTreeMap<u64, String> {
+    let mut members: BTreeMap<u64, String> =
+        peers.iter().map(|a| (node_id_for(a), a.clone())).collect();
+    members.insert(node_id_for(advertise), advertise.to_owned());
+    members
+}
+
+async fn hello(
+    channels: &Channels,
+    guard: &dyn PeerGuard,
+    addr: &str,
+) -> Result<HelloReply, String> {
+    let channel = channels.get(addr)?;
+    let request = peer::request(HelloRequest {}, guard, Duration::from_secs(2));
+    let reply = ClusterClient::new(channel)
+        .hello(request)
+        .await
+        .map_err(|s| s.message().to_owned())?;
+    Ok(reply.into_inner())
+}
+
+/// Decides how a node with a new data directory starts. `Err` explains a refusal.
+pub async fn decide_fresh(
+    channels: &Channels,
+    guard: &dyn PeerGuard,
+    self_id: u64,
+    members: &BTreeMap<u64, String>,
+) -> Result<Decision, String> {
+    let others: Vec<&String> = members
+        .iter()
+        .filter(|(id, _)| **id != self_id)
+        .map(|(_, a)| a)
+        .collect();
+    if others.is_empty() {
+        return Ok(Decision::Initialize);
+    }
+    let majority = members.len() / 2 + 1;
+    let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
+    let mut last_report = Instant::now();
+    loop {
+        let mut answered = 1; // this node
+        for addr in &others {
+            let Ok(reply) = hello(channels, guard, addr).await else {
+                continue;
+            };
+            answered += 1;
+            if reply.known_incarnation.is_some() {
+                return Err(format!(
+                    "this node's data directory is new, but peer {addr} already knows node {self_id} from an earlier \
+                     life: its data was lost, and with it its vote record. It must not rejoin under its old identity. \
+                     Restore its data directory, or remove it from the cluster and add it back as a new member"
+                ));
+            }
+            if reply.has_genesis {
+                tracing::info!(peer = %addr, cluster = %reply.cluster_id, "the cluster exists; joining as a member that has not started before");
+                return Ok(Decision::Join);
+            }
+        }
+        if answered >= majority {
+            return Ok(Decision::Initialize);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {answered} of {} members answered within {BOOTSTRAP_TIMEOUT:?}; start the others", members.len()));
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            tracing::info!(
+                answered,
+                needed = majority,
+                "waiting for a majority of the initial members"
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Refuses to start when a reachable peer belongs to another cluster.
+pub async fn check_existing(
+    channels: &Channels,
+    guard: &dyn PeerGuard,
+    peers: &[String],
+) -> Result<(), String> {
+    let local = guard.local();
+    for addr in peers {
+        if let Ok(reply) = hello(channels, guard, addr).await {
+            if !reply.cluster_id.is_empty()
+                && !local.cluster_id.is_empty()
+                && reply.cluster_id != local.cluster_id
+            {
+                return Err(format!(
+                    "this data directory belongs to cluster {} but peer {addr} is in cluster {}: \
+                     wrong --data or wrong --peer list",
+                    local.cluster_id, reply.cluster_id
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The `Cluster` gRPC service: what members ask each other outside consensus.
+//!
+//! - `Forward`: a follower's transactions, proposed here on the leader (they join the leader's
+//!   next group commit) and answered once applied here, with the entry's log index so the
+//!   follower can wait until it has applied that far too.
+//! - `ReadIndex`: the leader's read index, for linearizable reads on followers.
+//! - `Hello`: what this node knows, for the start-up checks of `bootstrap`. Not admitted
+//!   through the guard: a node with a wiped directory must get an answer that explains why it
+//!   is refused.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::services::NodeCell;
+use super::Node;
+use crate::chain::Transaction;
+use crate::rpc::pb::cluster_server::Cluster;
+use crate::rpc::pb::{
+    ForwardReply, ForwardRequest, HelloReply, HelloRequest, ReadIndexReply, ReadIndexRequest,
+};
+use crate::rpc::peer;
+
+/// Serves `Cluster`.
+pub struct ClusterService {
+    cell: NodeCell,
+}
+
+impl ClusterService {
+    /// A service over the node in `cell`.
+    pub fn new(cell: NodeCell) -> Self {
+        ClusterService { cell }
+    }
+
+    fn node(&self) -> Result<&Arc<Node>, Status> {
+        self.cell
+            .node
+            .get()
+            .ok_or_else(|| Status::unavailable("the node is starting"))
+    }
+}
+
+fn unavailable(e: super::Error) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let node = self.node()?;
+        peer::admit_request(&request, node.guard.as_ref())?;
+        let txs: Vec<Transaction> = serde_json::from_slice(&request.into_inner().txs)
+            .map_err(|e| Status::invalid_argument(format!("bad transactions: {e}")))?;
+        let applied = node.propose_forwarded(txs).await.map_err(unavailable)?;
+        let outcomes: Vec<_> = applied.iter().map(|a| a.outcome).collect();
+        let last = applied.iter().max_by_key(|a| a.index).copied();
+        let reply = ForwardReply {
+            height: last.map_or(0, |a| a.height),
+            index: last.map_or(0, |a| a.index),
+            outcomes: serde_json::to_vec(&outcomes).expect("outcomes serialize"),
+        };
+        Ok(peer::response(reply, node.guard.as_ref()))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let node = self.node()?;
+        peer::admit_request(&request, node.guard.as_ref())?;
+        let index = node.leader_read_index().await.map_err(unavailable)?;
+        Ok(peer::response(
+            ReadIndexReply { index },
+            node.guard.as_ref(),
+        ))
+    }
+
+    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let from = request
+            .metadata()
+            .get("lc-from")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let guard = self.cell.guard.as_ref();
+        let local = peer::PeerGuard::local(guard);
+        let head = self.cell.node.get().and_then(|n| n.replica().head);
+        let reply = HelloReply {
+            cluster_id: local.cluster_id.clone(),
+            has_genesis: head.is_some() || !local.cluster_id.is_empty(),
+            head_height: head.map(|h| h.height),
+            known_incarnation: from
+                .filter(|f| *f != local.node_id)
+                .and_then(|f| guard.known_incarnation(f)),
+            node_id: local.node_id,
+        };
+        Ok(peer::response(reply, guard))
+    }
+}

@@ -1,0 +1,69 @@
+//! The node's gRPC services, served from before the node exists.
+//!
+//! Members bootstrap together: each must answer its peers' `Hello` while it is itself still
+//! deciding how to start. So the server starts first, over cells that are filled once
+//! consensus runs; until then `Hello` answers from the identity (the cluster id is known once
+//! a genesis was applied), the admin status says `"ready": false`, and everything else is
+//! `UNAVAILABLE`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use super::guard::NodeGuard;
+use super::Node;
+use crate::consensus::raft_service::RaftService;
+use crate::consensus::typ::Raft;
+use crate::rpc::admin::AdminHandler;
+use crate::rpc::pb::cluster_server::ClusterServer;
+use crate::rpc::pb::raft_server::RaftServer;
+use crate::rpc::peer::MAX_MESSAGE_BYTES;
+
+/// Where the services find the node once it runs.
+#[derive(Clone)]
+pub struct NodeCell {
+    /// The node, once started.
+    pub node: Arc<OnceLock<Arc<Node>>>,
+    /// Consensus, once started (before the node is complete).
+    pub raft: Arc<OnceLock<Raft>>,
+    /// Peer admission (exists from the start).
+    pub guard: Arc<NodeGuard>,
+}
+
+impl NodeCell {
+    /// Empty cells around `guard`.
+    pub fn new(guard: Arc<NodeGuard>) -> NodeCell {
+        NodeCell {
+            node: Arc::default(),
+            raft: Arc::default(),
+            guard,
+        }
+    }
+
+    /// The peer services (`Raft`, `Cluster`); snapshots are staged under `staging`.
+    pub fn routes(&self, staging: PathBuf) -> tonic::service::Routes {
+        let raft = RaftServer::new(RaftService::new(
+            self.raft.clone(),
+            self.guard.clone(),
+            staging,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let cluster = ClusterServer::new(super::cluster_service::ClusterService::new(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::service::Routes::new(raft).add_service(cluster)
+    }
+}
+
+impl AdminHandler for NodeCell {
+    fn status_json(&self) -> String {
+        match self.node.get() {
+            Some(node) => node.status_json(),
+            None => {
+                let local = crate::rpc::peer::PeerGuard::local(self.guard.as_ref());
+                serde_json::json!({ "node_id": local.node_id, "ready": false, "starting": true })
+                    .to_string()
+            }
+        }
+    }
+}
