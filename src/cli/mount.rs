@@ -94,12 +94,14 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         SessionACL::Owner
     };
     options.n_threads = Some(2);
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
     let session = session
         .spawn()
         .map_err(|e| format!("cannot start serving the mount: {e}"))?;
+    crate::fs::fuse::spawn_invalidator(fs, session.notifier())
+        .map_err(|e| format!("cannot start the cache invalidation thread: {e}"))?;
     let status = node.status();
     tracing::info!(
         mountpoint = %mountpoint.display(),

@@ -47,16 +47,32 @@ pub(super) fn run(addr: &str, json: bool) -> ExitCode {
         println!("states     {}", status.states);
         println!("ready      {}", status.ready);
         println!("members");
+        println!(
+            "  {:<20} {:<22} {:<8} {:>8} {:>6}  STATE",
+            "ID", "ADDRESS", "ROLE", "HEIGHT", "LAG"
+        );
         for m in &status.members {
             let leader = if Some(m.id) == status.leader {
-                " (leader)"
+                ", leader"
             } else {
                 ""
             };
-            println!("  {:<20} {:<22} {}{}", m.id, m.addr, m.role, leader);
+            let state = if !m.reachable {
+                "unreachable"
+            } else if m.ready {
+                "ready"
+            } else {
+                "not ready"
+            };
+            let height = m.head_height.map_or("-".into(), |h| h.to_string());
+            let lag = m.lag.map_or("-".into(), |l| l.to_string());
+            println!(
+                "  {:<20} {:<22} {:<8} {:>8} {:>6}  {state}{leader}",
+                m.id, m.addr, m.role, height, lag
+            );
         }
     }
-    if status.ready {
+    if status.ready && status.leader.is_some() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -47,6 +47,7 @@ impl FsError {
                 node::Error::Timeout(_)
                 | node::Error::ShuttingDown
                 | node::Error::NotLeader
+                | node::Error::NoQuorum
                 | node::Error::Fatal(_) => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },

@@ -21,7 +21,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::{Attr, DirReplier, Fs, FsError, Kind, Opened, SetAttr};
+use super::{Attr, DirReplier, Fs, FsError, Invalidation, Kind, Opened, SetAttr};
 
 /// The `fuser::Filesystem` over [`Fs`].
 pub struct FuseAdapter {
@@ -480,4 +480,46 @@ fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(&e)),
     }
+}
+
+/// Starts the thread that drops kernel cache entries for changes other nodes made. It is fed
+/// by the node's queue of applied changes and holds no filesystem lock, so it never runs
+/// inside a FUSE callback (the kernel may hold a directory lock while it waits for one of our
+/// replies; notifying from there deadlocks).
+pub fn spawn_invalidator(
+    fs: Arc<Fs>,
+    notifier: fuser::Notifier,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = fs.node().subscribe_changes();
+    let self_id = fs.node().id();
+    std::thread::Builder::new()
+        .name("lc-invalidate".into())
+        .spawn(move || loop {
+            let batch = match changes.blocking_recv() {
+                Ok(batch) => batch,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "kernel cache invalidation fell behind; some remote changes may show late"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let todo: std::collections::BTreeSet<Invalidation> = batch
+                .iter()
+                .filter(|(origin, _)| *origin != self_id)
+                .flat_map(|(_, change)| fs.invalidations(change))
+                .collect();
+            for inv in todo {
+                // ENOENT means the kernel does not cache it: nothing to drop.
+                let _ = match &inv {
+                    Invalidation::Entry { parent, name } => {
+                        notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                    }
+                    Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                };
+            }
+        })
 }

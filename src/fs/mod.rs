@@ -31,7 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::FsError;
 
-use crate::chain::{Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO};
+use crate::chain::{
+    Change, Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO,
+};
 use crate::node::{Node, ReadConsistency};
 
 /// Inode of the read-only control directory `.lightchain/`.
@@ -117,6 +119,20 @@ pub struct DirEntry {
 pub trait DirReplier {
     /// Adds one entry; `offset` is where the next listing call resumes.
     fn add(&mut self, ino: u64, offset: u64, kind: Kind, name: &str) -> bool;
+}
+
+/// A kernel cache entry to drop after another node changed a state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invalidation {
+    /// The name `name` in directory `parent` (a positive or negative dentry).
+    Entry {
+        /// The directory's inode.
+        parent: u64,
+        /// The name.
+        name: String,
+    },
+    /// An inode's attributes and cached pages.
+    Inode(u64),
 }
 
 /// Settings of the filesystem layer.
@@ -396,6 +412,13 @@ impl Fs {
             });
         }
         let id = self.id_of(ino)?;
+        if writable && self.node.knows_no_quorum() {
+            return self.logged(
+                "open",
+                &id,
+                Err(FsError::Node(crate::node::Error::NoQuorum)),
+            );
+        }
         let truncate = flags & libc::O_TRUNC != 0;
         if !(writable && truncate) {
             // An O_TRUNC open discards the content, so it need not see the newest version.
@@ -469,6 +492,13 @@ impl Fs {
     ) -> Result<(Attr, Opened), FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("create", &String::from_utf8_lossy(name), id)?;
+        if self.node.knows_no_quorum() {
+            return self.logged(
+                "create",
+                &id,
+                Err(FsError::Node(crate::node::Error::NoQuorum)),
+            );
+        }
         let exclusive = flags & libc::O_EXCL != 0;
         let op = TxOp::Create {
             id: id.clone(),
@@ -816,6 +846,42 @@ impl Fs {
     /// `releasedir`.
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// What the kernel must forget after `change`, made by another node, was applied: the
+    /// names involved, their directories, and the states themselves.
+    pub fn invalidations(&self, change: &Change) -> Vec<Invalidation> {
+        let replica = self.node.replica();
+        let tree = &replica.tree;
+        let mut out = Vec::new();
+        let mut touch = |id: &StateId| {
+            if let Some(dir) = id.parent().and_then(|p| tree.get(&p)) {
+                out.push(Invalidation::Entry {
+                    parent: dir.ino,
+                    name: id.name().to_owned(),
+                });
+                out.push(Invalidation::Inode(dir.ino));
+            }
+            if let Some(entry) = tree.get(id) {
+                out.push(Invalidation::Inode(entry.ino));
+            }
+        };
+        match change {
+            Change::Wrote(id)
+            | Change::Removed(id)
+            | Change::MadeDir(id)
+            | Change::RemovedDir(id)
+            | Change::ModeChanged(id) => touch(id),
+            Change::Renamed { from, to } => {
+                touch(from);
+                touch(to);
+            }
+            Change::Exchanged { a, b } => {
+                touch(a);
+                touch(b);
+            }
+        }
+        out
     }
 
     /// Refuses what lightchain does not support (links, special files, xattrs).

@@ -86,6 +86,9 @@ pub enum Error {
     /// The node is stopping; the outcome of a pending proposal is unknown.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node knows no leader, so it refuses before proposing; nothing changed.
+    #[error("no quorum: this node knows no leader")]
+    NoQuorum,
     /// This node is not the leader (a peer asked it to do a leader's job).
     #[error("not the leader")]
     NotLeader,
