@@ -27,8 +27,37 @@ struct Mounted {
     data: PathBuf,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 impl Mounted {
+    /// A single node.
     fn start(binary: &Path, extra: &[&str]) -> Mounted {
+        let mounted = Mounted::spawn(binary, "127.0.0.1:0", extra);
+        mounted.wait_ready();
+        mounted
+    }
+
+    /// Three nodes on loopback with the same peer list.
+    fn cluster(binary: &Path, extra: &[&str]) -> Vec<Mounted> {
+        let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers = addrs.join(",");
+        let nodes: Vec<Mounted> = addrs
+            .iter()
+            .map(|addr| {
+                let mut args = vec!["--peer", peers.as_str()];
+                args.extend_from_slice(extra);
+                Mounted::spawn(binary, addr, &args)
+            })
+            .collect();
+        for n in &nodes {
+            n.wait_ready();
+        }
+        nodes
+    }
+
+    fn spawn(binary: &Path, listen: &str, extra: &[&str]) -> Mounted {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mnt, data) = (dir.path().join("mnt"), dir.path().join("data"));
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
@@ -37,26 +66,27 @@ impl Mounted {
             .arg(&mnt)
             .arg("--data")
             .arg(&data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start lightchain");
-        let mounted = Mounted {
-            child,
-            _dir: dir,
-            mnt,
-            data,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status =
-                std::fs::read_to_string(mounted.mnt.join(".lightchain/status")).unwrap_or_default();
-            if status.contains("\"ready\": true") {
-                return mounted;
-            }
+        Mounted { child, _dir: dir, mnt, data }
+    }
+
+    fn status(&self) -> String {
+        std::fs::read_to_string(self.mnt.join(".lightchain/status")).unwrap_or_default()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.status().contains("\"role\": \"leader\"")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.status().contains("\"ready\": true") {
             assert!(Instant::now() < deadline, "lightchain did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -201,6 +231,7 @@ fn main() {
     })
     .line("floor: plain open+write+fsync+close (same disk)");
 
+    println!("\nsingle-node cluster");
     let node = Mounted::start(&binary, &[]);
     for i in 0..50 {
         write_state(&node.mnt.join(format!("w{i}")), &data_100);
@@ -224,6 +255,27 @@ fn main() {
     println!("{:<58} {height}", "chain after the write runs:");
     drop(node);
 
+    println!("\n3-node cluster on loopback");
+    let cluster = Mounted::cluster(&binary, &[]);
+    let leader = cluster.iter().position(Mounted::is_leader).unwrap_or(0);
+    let follower = (leader + 1) % 3;
+    let (lead, foll) = (&cluster[leader], &cluster[follower]);
+    for i in 0..50 {
+        write_state(&lead.mnt.join(format!("w{i}")), &data_100);
+    }
+    Figures::time(2000, |i| write_state(&lead.mnt.join(format!("w{}", i % 50)), &data_100))
+        .line("write, 1 writer on the leader");
+    Figures::time(1000, |i| write_state(&foll.mnt.join(format!("w{}", i % 50)), &data_100))
+        .line("write, 1 writer on a follower (forwarded)");
+    let (rate, figures) = concurrent_writes(&lead.mnt, 32, Duration::from_secs(5));
+    figures.line(&format!("write, 32 writers on the leader: {rate:>8.0} writes/s"));
+    let (rate, figures) = concurrent_writes(&foll.mnt, 32, Duration::from_secs(5));
+    figures.line(&format!("write, 32 writers on a follower: {rate:>8.0} writes/s"));
+    Figures::time(3000, |_| read_all(&lead.mnt.join("w1"), &mut buf)).line("linearizable read on the leader");
+    Figures::time(3000, |_| read_all(&foll.mnt.join("w1"), &mut buf)).line("linearizable read on a follower (read index)");
+    drop(cluster);
+
+    println!("\nlocal reads (--read-consistency local, single node)");
     let node = Mounted::start(&binary, &["--read-consistency", "local"]);
     write_state(&node.mnt.join("hot"), &data_100);
     let big = vec![b'b'; 1 << 20];

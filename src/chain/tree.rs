@@ -53,6 +53,9 @@ pub struct Entry {
     pub mtime_ms: u64,
     /// Height of the block that last changed it.
     pub changed_at: Height,
+    /// What this entry adds to the state root (kept by the tree, so removing or replacing
+    /// the entry never hashes its content again).
+    digest: Digest,
 }
 
 impl Entry {
@@ -204,6 +207,7 @@ impl Tree {
             mode: DEFAULT_DIR_MODE,
             mtime_ms: 0,
             changed_at: 0,
+            digest: Digest::ZERO,
         };
         tree.insert(StateId::root(), root);
         tree
@@ -278,11 +282,12 @@ impl Tree {
         self.descendants(dir).next().is_some()
     }
 
-    fn insert(&mut self, id: StateId, entry: Entry) {
-        self.root.add(&entry_digest(&id, &entry));
+    fn insert(&mut self, id: StateId, mut entry: Entry) {
+        entry.digest = entry_digest(&id, &entry);
+        self.root.add(&entry.digest);
         self.by_ino.insert(entry.ino, id.clone());
         if let Some(old) = self.entries.insert(id.clone(), entry) {
-            self.root.remove(&entry_digest(&id, &old));
+            self.root.remove(&old.digest);
             if self.entries[&id].ino != old.ino {
                 self.by_ino.remove(&old.ino);
             }
@@ -291,7 +296,7 @@ impl Tree {
 
     fn remove(&mut self, id: &StateId) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
-        self.root.remove(&entry_digest(id, &entry));
+        self.root.remove(&entry.digest);
         self.by_ino.remove(&entry.ino);
         Some(entry)
     }
@@ -431,6 +436,7 @@ impl Tree {
             mode: mode & 0o7777,
             mtime_ms: ctx.timestamp_ms,
             changed_at: ctx.height,
+            digest: Digest::ZERO,
         }
     }
 
