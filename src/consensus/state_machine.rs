@@ -375,7 +375,7 @@ impl StateMachineStore {
         }
         tracing::info!(
             height = data.manifest.head.map(|h| h.height),
-            blocks = changes.len(),
+            changes = changes.len(),
             "snapshot installed"
         );
         self.publish(changes, meta.last_log_id.map_or(0, |l| l.index))

@@ -130,8 +130,15 @@ pub struct Node {
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
+    /// Since when this node has known no leader.
+    leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
     shutdown: watch::Sender<bool>,
 }
+
+/// A leader whose last majority acknowledgement is older than this knows it has no quorum.
+const QUORUM_STALE: Duration = Duration::from_millis(1000);
+/// A node that has known no leader for this long knows there is no quorum.
+const LEADERLESS: Duration = Duration::from_secs(4);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -268,6 +275,7 @@ impl Node {
             proposals,
             reads: Arc::default(),
             views: Arc::default(),
+            leaderless_since: Arc::default(),
             shutdown: shutdown.clone(),
         });
         let ctx = batcher::Context {
@@ -279,6 +287,11 @@ impl Node {
             commit_timeout: node.config.commit_timeout,
         };
         tokio::spawn(batcher::run(ctx, queue, shutdown.subscribe()));
+        tokio::spawn(track_leaderless(
+            raft.metrics(),
+            node.leaderless_since.clone(),
+            shutdown.subscribe(),
+        ));
         let self_id = node.id();
         let metrics = raft.metrics();
         let others = move || {
@@ -332,6 +345,10 @@ impl Node {
         if *shutdown.borrow() {
             return Err(Error::ShuttingDown);
         }
+        if self.knows_no_quorum() {
+            // Refuse before proposing, so nothing can change later.
+            return Err(Error::NoQuorum);
+        }
         self.proposals
             .send(batcher::Proposal { tx, reply })
             .map_err(|_| Error::ShuttingDown)?;
@@ -360,8 +377,24 @@ impl Node {
     }
 
     /// Whether this node knows it cannot commit now (it knows no leader).
+    ///
+    /// A leader knows it when no majority acknowledged it for [`QUORUM_STALE`]; any other
+    /// node when it has known no leader for [`LEADERLESS`] (longer than an election takes).
+    /// During an ordinary election it does not know, and a commit waits for the new leader.
     pub fn knows_no_quorum(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_none()
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            Some(leader) if leader == self.id() => m
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64),
+            Some(_) => false,
+            None => self
+                .leaderless_since
+                .lock()
+                .unwrap()
+                .is_some_and(|t| t.elapsed() > LEADERLESS),
+        }
     }
 
     /// The read index on the leader: the log index a linearizable read must wait for.
@@ -500,6 +533,29 @@ impl Node {
         self.shutdown.send_replace(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "consensus did not stop cleanly");
+        }
+    }
+}
+
+/// Keeps `since` at the moment this node last lost sight of a leader (`None` while it knows one).
+async fn track_leaderless(
+    mut metrics: watch::Receiver<crate::consensus::typ::RaftMetrics>,
+    since: Arc<Mutex<Option<std::time::Instant>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let has_leader = metrics.borrow_and_update().current_leader.is_some();
+        {
+            let mut since = since.lock().unwrap();
+            match (has_leader, *since) {
+                (true, _) => *since = None,
+                (false, None) => *since = Some(std::time::Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
