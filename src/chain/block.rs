@@ -105,16 +105,10 @@ pub struct Block {
 pub enum LinkError {
     /// The stored hash is not the hash of the block's content.
     #[error("hash mismatch: content hashes to {computed}, block says {stored}")]
-    BadHash {
-        stored: BlockHash,
-        computed: BlockHash,
-    },
+    BadHash { stored: BlockHash, computed: BlockHash },
     /// `prev_hash` does not name the previous block.
     #[error("broken link: prev_hash {found} but the previous block is {expected}")]
-    BadPrev {
-        expected: BlockHash,
-        found: BlockHash,
-    },
+    BadPrev { expected: BlockHash, found: BlockHash },
     /// Heights are not consecutive.
     #[error("height {found} where {expected} was expected")]
     BadHeight { expected: Height, found: Height },
@@ -184,32 +178,20 @@ impl Block {
     pub fn verify_after(&self, prev: Option<super::Tip>) -> Result<(), LinkError> {
         let computed = self.compute_hash();
         if computed != self.hash {
-            return Err(LinkError::BadHash {
-                stored: self.hash,
-                computed,
-            });
+            return Err(LinkError::BadHash { stored: self.hash, computed });
         }
         let (expected_height, expected_prev, previous_ts) = match prev {
             Some(p) => (p.height + 1, p.hash, p.timestamp_ms),
             None => (0, Digest::ZERO, 0),
         };
         if self.height != expected_height {
-            return Err(LinkError::BadHeight {
-                expected: expected_height,
-                found: self.height,
-            });
+            return Err(LinkError::BadHeight { expected: expected_height, found: self.height });
         }
         if self.prev_hash != expected_prev {
-            return Err(LinkError::BadPrev {
-                expected: expected_prev,
-                found: self.prev_hash,
-            });
+            return Err(LinkError::BadPrev { expected: expected_prev, found: self.prev_hash });
         }
         if self.timestamp_ms < previous_ts {
-            return Err(LinkError::BadTimestamp {
-                previous: previous_ts,
-                found: self.timestamp_ms,
-            });
+            return Err(LinkError::BadTimestamp { previous: previous_ts, found: self.timestamp_ms });
         }
         Ok(())
     }
@@ -255,11 +237,7 @@ fn encode_op(e: &mut Encoder, op: &TxOp) {
             e.id(id);
             e.bytes(content.as_bytes());
         }
-        TxOp::Create {
-            id,
-            mode,
-            exclusive,
-        } => {
+        TxOp::Create { id, mode, exclusive } => {
             e.u8(3);
             e.id(id);
             e.u64(u64::from(*mode));
@@ -344,22 +322,11 @@ mod tests {
     use crate::chain::tx::Content;
 
     fn tx(seq: u64, op: TxOp) -> BlockTx {
-        BlockTx {
-            request: RequestId {
-                node: 1,
-                incarnation: 7,
-                seq,
-            },
-            op,
-            outcome: Outcome::Ok,
-        }
+        BlockTx { request: RequestId { node: 1, incarnation: 7, seq }, op, outcome: Outcome::Ok }
     }
 
     fn put(id: &str, content: &str) -> TxOp {
-        TxOp::Put {
-            id: StateId::parse(id).unwrap(),
-            content: Content::from(content.as_bytes()),
-        }
+        TxOp::Put { id: StateId::parse(id).unwrap(), content: Content::from(content.as_bytes()) }
     }
 
     fn sample_chain() -> Vec<Block> {
@@ -373,15 +340,7 @@ mod tests {
             Digest::of(b"root1"),
             vec![tx(1, put("a", "x")), tx(2, put("b", "y"))],
         );
-        let b2 = Block::seal(
-            Some((b1.height, b1.hash)),
-            1,
-            3,
-            1000,
-            1,
-            Digest::of(b"r2"),
-            vec![],
-        );
+        let b2 = Block::seal(Some((b1.height, b1.hash)), 1, 3, 1000, 1, Digest::of(b"r2"), vec![]);
         vec![genesis, b1, b2]
     }
 
@@ -430,10 +389,7 @@ mod tests {
             let mut changed = b1.clone();
             mutate(&mut changed);
             assert!(
-                matches!(
-                    changed.verify(Some(&chain[0])),
-                    Err(LinkError::BadHash { .. })
-                ),
+                matches!(changed.verify(Some(&chain[0])), Err(LinkError::BadHash { .. })),
                 "mutation {i} went unnoticed"
             );
         }
@@ -452,10 +408,7 @@ mod tests {
             if decoded == chain[1] {
                 continue; // e.g. a changed key name that serde ignores cannot change content
             }
-            assert!(
-                decoded.verify(Some(&chain[0])).is_err(),
-                "byte {i} changed unnoticed"
-            );
+            assert!(decoded.verify(Some(&chain[0])).is_err(), "byte {i} changed unnoticed");
         }
     }
 
@@ -463,26 +416,9 @@ mod tests {
     fn broken_links_are_detected() {
         let chain = sample_chain();
         let other = Block::seal(None, 0, 0, 0, 9, Digest::ZERO, vec![]);
-        assert!(matches!(
-            chain[1].verify(Some(&other)),
-            Err(LinkError::BadPrev { .. })
-        ));
-        assert!(matches!(
-            chain[2].verify(Some(&chain[0])),
-            Err(LinkError::BadHeight { .. })
-        ));
-        let early = Block::seal(
-            Some((chain[1].height, chain[1].hash)),
-            1,
-            3,
-            999,
-            1,
-            Digest::ZERO,
-            vec![],
-        );
-        assert!(matches!(
-            early.verify(Some(&chain[1])),
-            Err(LinkError::BadTimestamp { .. })
-        ));
+        assert!(matches!(chain[1].verify(Some(&other)), Err(LinkError::BadPrev { .. })));
+        assert!(matches!(chain[2].verify(Some(&chain[0])), Err(LinkError::BadHeight { .. })));
+        let early = Block::seal(Some((chain[1].height, chain[1].hash)), 1, 3, 999, 1, Digest::ZERO, vec![]);
+        assert!(matches!(early.verify(Some(&chain[1])), Err(LinkError::BadTimestamp { .. })));
     }
 }

@@ -5,9 +5,7 @@
 //! function on a stored block's transactions and demands a byte-identical block, so a changed
 //! content byte, a wrong outcome or a wrong state root is caught as surely as a broken hash.
 
-use super::{
-    ApplyCtx, Block, BlockHash, BlockTx, Change, Height, LinkError, NodeId, Transaction, Tree,
-};
+use super::{ApplyCtx, Block, BlockHash, BlockTx, Change, Height, LinkError, NodeId, Transaction, Tree};
 
 /// The last block of a chain, as the next block needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,12 +23,7 @@ pub struct Tip {
 impl Tip {
     /// The tip a block makes.
     pub fn of(block: &Block) -> Tip {
-        Tip {
-            height: block.height,
-            hash: block.hash,
-            timestamp_ms: block.timestamp_ms,
-            index: block.index,
-        }
+        Tip { height: block.height, hash: block.hash, timestamp_ms: block.timestamp_ms, index: block.index }
     }
 }
 
@@ -56,20 +49,13 @@ pub fn apply_batch(
 ) -> (Block, Vec<(NodeId, Change)>) {
     let timestamp_ms = timestamp_ms.max(prev.map_or(0, |p| p.timestamp_ms));
     let height = prev.map_or(0, |p| p.height + 1);
-    let ctx = ApplyCtx {
-        height,
-        timestamp_ms,
-    };
+    let ctx = ApplyCtx { height, timestamp_ms };
     let mut changes = Vec::new();
     let mut block_txs = Vec::with_capacity(txs.len());
     for tx in txs {
         let (outcome, tx_changes) = tree.apply(&ctx, &tx);
         changes.extend(tx_changes.into_iter().map(|c| (tx.request.node, c)));
-        block_txs.push(BlockTx {
-            request: tx.request,
-            op: tx.op,
-            outcome,
-        });
+        block_txs.push(BlockTx { request: tx.request, op: tx.op, outcome });
     }
     let block = Block::seal(
         prev.map(|p| (p.height, p.hash)),
@@ -91,17 +77,10 @@ pub enum ReplayError {
     Link(#[from] LinkError),
     /// Applying its transactions gives a different state root.
     #[error("state root differs: applying its transactions gives {computed}, block says {stored}")]
-    StateRoot {
-        stored: super::Digest,
-        computed: super::Digest,
-    },
+    StateRoot { stored: super::Digest, computed: super::Digest },
     /// Applying its transactions gives different outcomes.
     #[error("transaction {position} outcome differs: block says {stored:?}, applying gives {computed:?}")]
-    Outcome {
-        position: usize,
-        stored: super::Outcome,
-        computed: super::Outcome,
-    },
+    Outcome { position: usize, stored: super::Outcome, computed: super::Outcome },
 }
 
 /// Re-applies a stored block to `tree` (which must be the tree after `prev`) and checks that
@@ -112,19 +91,8 @@ pub fn replay(
     block: &Block,
 ) -> Result<Vec<(NodeId, Change)>, ReplayError> {
     block.verify_after(prev)?;
-    let txs = block
-        .txs
-        .iter()
-        .map(|t| Transaction {
-            request: t.request,
-            op: t.op.clone(),
-        })
-        .collect();
-    let pos = LogPosition {
-        term: block.term,
-        index: block.index,
-        proposer: block.proposer,
-    };
+    let txs = block.txs.iter().map(|t| Transaction { request: t.request, op: t.op.clone() }).collect();
+    let pos = LogPosition { term: block.term, index: block.index, proposer: block.proposer };
     let (rebuilt, changes) = apply_batch(tree, prev, pos, block.timestamp_ms, txs);
     for (position, (stored, computed)) in block.txs.iter().zip(&rebuilt.txs).enumerate() {
         if stored.outcome != computed.outcome {
@@ -136,10 +104,7 @@ pub fn replay(
         }
     }
     if rebuilt.state_root != block.state_root {
-        return Err(ReplayError::StateRoot {
-            stored: block.state_root,
-            computed: rebuilt.state_root,
-        });
+        return Err(ReplayError::StateRoot { stored: block.state_root, computed: rebuilt.state_root });
     }
     debug_assert_eq!(&rebuilt, block);
     Ok(changes)
@@ -151,43 +116,19 @@ mod tests {
     use crate::chain::{Content, Outcome, Reject, RequestId, StateId, TxOp};
 
     fn tx(seq: u64, op: TxOp) -> Transaction {
-        Transaction {
-            request: RequestId {
-                node: 1,
-                incarnation: 1,
-                seq,
-            },
-            op,
-        }
+        Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op }
     }
     fn pos(index: u64) -> LogPosition {
-        LogPosition {
-            term: 1,
-            index,
-            proposer: 1,
-        }
+        LogPosition { term: 1, index, proposer: 1 }
     }
 
     #[test]
     fn replaying_a_chain_rebuilds_identical_blocks_and_catches_tampering() {
         let mut tree = Tree::new();
         let (b0, _) = apply_batch(&mut tree, None, pos(1), 100, vec![]);
-        let put = TxOp::Put {
-            id: StateId::parse("f").unwrap(),
-            content: Content::from(&b"v1"[..]),
-        };
-        let excl = TxOp::Create {
-            id: StateId::parse("f").unwrap(),
-            mode: 0o644,
-            exclusive: true,
-        };
-        let (b1, _) = apply_batch(
-            &mut tree,
-            Some(Tip::of(&b0)),
-            pos(2),
-            50,
-            vec![tx(1, put), tx(2, excl)],
-        );
+        let put = TxOp::Put { id: StateId::parse("f").unwrap(), content: Content::from(&b"v1"[..]) };
+        let excl = TxOp::Create { id: StateId::parse("f").unwrap(), mode: 0o644, exclusive: true };
+        let (b1, _) = apply_batch(&mut tree, Some(Tip::of(&b0)), pos(2), 50, vec![tx(1, put), tx(2, excl)]);
         assert_eq!(b1.timestamp_ms, 100, "timestamps never go backwards");
         assert_eq!(b1.txs[1].outcome, Outcome::Rejected(Reject::AlreadyExists));
 
@@ -209,16 +150,10 @@ mod tests {
 
         // Changed content with a recomputed hash: the state root gives it away.
         let mut forged = b1.clone();
-        forged.txs[0].op = TxOp::Put {
-            id: StateId::parse("f").unwrap(),
-            content: Content::from(&b"v2"[..]),
-        };
+        forged.txs[0].op = TxOp::Put { id: StateId::parse("f").unwrap(), content: Content::from(&b"v2"[..]) };
         forged.hash = forged.compute_hash();
         let mut t = Tree::new();
         replay(&mut t, None, &b0).unwrap();
-        assert!(matches!(
-            replay(&mut t, Some(Tip::of(&b0)), &forged),
-            Err(ReplayError::StateRoot { .. })
-        ));
+        assert!(matches!(replay(&mut t, Some(Tip::of(&b0)), &forged), Err(ReplayError::StateRoot { .. })));
     }
 }

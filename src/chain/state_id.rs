@@ -192,10 +192,7 @@ mod tests {
         assert_eq!(StateId::parse(&long), Err(StateIdError::TooLong));
         assert!(StateId::parse(&"x".repeat(255)).is_ok());
         assert_eq!(StateId::parse(".lightchain"), Err(StateIdError::Reserved));
-        assert_eq!(
-            StateId::parse(".lightchain/status"),
-            Err(StateIdError::Reserved)
-        );
+        assert_eq!(StateId::parse(".lightchain/status"), Err(StateIdError::Reserved));
         // Only the top level is reserved.
         assert!(StateId::parse("app/.lightchain").is_ok());
     }

@@ -30,6 +30,8 @@ const DEFAULT_DIR_MODE: u32 = 0o755;
 const DEFAULT_FILE_MODE: u32 = 0o644;
 /// Per origin, how many out-of-order request ids are remembered above the contiguous prefix.
 const DEDUP_WINDOW: usize = 4096;
+/// Per origin, how many outcomes are remembered for retries.
+const OUTCOME_MEMORY: usize = 1024;
 
 /// A file or a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +157,8 @@ fn entry_digest(id: &StateId, entry: &Entry) -> Digest {
 struct SeenRequests {
     low: u64,
     above: BTreeSet<u64>,
+    /// Outcomes of the latest requests, so a retry learns what its first attempt did.
+    recent: std::collections::VecDeque<(u64, Outcome)>,
 }
 
 impl SeenRequests {
@@ -244,30 +248,15 @@ impl Tree {
     }
 
     /// The direct children of directory `dir`, in name order.
-    pub fn children<'a>(
-        &'a self,
-        dir: &'a StateId,
-    ) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
-        self.descendants(dir)
-            .filter(move |(id, _)| id.parent().as_ref() == Some(dir))
+    pub fn children<'a>(&'a self, dir: &'a StateId) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
+        self.descendants(dir).filter(move |(id, _)| id.parent().as_ref() == Some(dir))
     }
 
-    fn descendants<'a>(
-        &'a self,
-        dir: &'a StateId,
-    ) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
+    fn descendants<'a>(&'a self, dir: &'a StateId) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
         use std::ops::Bound;
-        let prefix = if dir.is_root() {
-            String::new()
-        } else {
-            format!("{}/", dir.as_str())
-        };
+        let prefix = if dir.is_root() { String::new() } else { format!("{}/", dir.as_str()) };
         // Keys below `dir` sort right after "dir/" and before "dir0" ('0' follows '/').
-        let end = if dir.is_root() {
-            None
-        } else {
-            Some(format!("{}0", dir.as_str()))
-        };
+        let end = if dir.is_root() { None } else { Some(format!("{}0", dir.as_str())) };
         let start = Bound::Excluded(dir.clone());
         self.entries
             .range::<StateId, _>((start, Bound::Unbounded))
@@ -340,10 +329,23 @@ impl Tree {
         if !self.seen.entry(origin).or_default().insert(tx.request.seq) {
             return (Outcome::Duplicate, Vec::new());
         }
-        match self.apply_op(ctx, &tx.op) {
+        let (outcome, changes) = match self.apply_op(ctx, &tx.op) {
             Ok(changes) => (Outcome::Ok, changes),
             Err(reject) => (Outcome::Rejected(reject), Vec::new()),
+        };
+        let seen = self.seen.get_mut(&origin).expect("recorded above");
+        seen.recent.push_back((tx.request.seq, outcome));
+        if seen.recent.len() > OUTCOME_MEMORY {
+            seen.recent.pop_front();
         }
+        (outcome, changes)
+    }
+
+    /// What the first application of `request` did, if it is recent enough to be remembered
+    /// (for answering a retried request whose block says `duplicate`).
+    pub fn first_outcome(&self, request: &crate::chain::RequestId) -> Option<Outcome> {
+        let seen = self.seen.get(&(request.node, request.incarnation))?;
+        seen.recent.iter().rev().find(|(seq, _)| *seq == request.seq).map(|(_, o)| *o)
     }
 
     fn apply_op(&mut self, ctx: &ApplyCtx, op: &TxOp) -> Result<Vec<Change>, Reject> {
@@ -358,11 +360,7 @@ impl Tree {
                 }
                 _ => content.clone(),
             }),
-            TxOp::Create {
-                id,
-                mode,
-                exclusive,
-            } => {
+            TxOp::Create { id, mode, exclusive } => {
                 let parent = self.check_parent(id)?;
                 match self.entries.get(id) {
                     Some(_) if *exclusive => Err(Reject::AlreadyExists),
@@ -451,9 +449,7 @@ impl Tree {
         let entry = match self.entries.get(id) {
             Some(e) if e.is_dir() => return Err(Reject::IsADirectory),
             Some(e) => {
-                let EntryKind::File(old) = &e.kind else {
-                    unreachable!()
-                };
+                let EntryKind::File(old) = &e.kind else { unreachable!() };
                 Entry {
                     kind: EntryKind::File(make(Some(old))),
                     mtime_ms: ctx.timestamp_ms,
@@ -501,10 +497,7 @@ impl Tree {
                 self.put_subtree(b, to, from);
                 self.touch_dir(&from.parent().unwrap(), ctx);
                 self.touch_dir(&to_parent, ctx);
-                return Ok(vec![Change::Exchanged {
-                    a: from.clone(),
-                    b: to.clone(),
-                }]);
+                return Ok(vec![Change::Exchanged { a: from.clone(), b: to.clone() }]);
             }
             (RenameMode::NoReplace, Some(_)) => return Err(Reject::AlreadyExists),
             (RenameMode::Replace, Some(t)) => match (source_is_dir, t.is_dir()) {
@@ -521,10 +514,7 @@ impl Tree {
         self.put_subtree(moved, from, to);
         self.touch_dir(&from.parent().unwrap(), ctx);
         self.touch_dir(&to_parent, ctx);
-        Ok(vec![Change::Renamed {
-            from: from.clone(),
-            to: to.clone(),
-        }])
+        Ok(vec![Change::Renamed { from: from.clone(), to: to.clone() }])
     }
 
     /// Removes `top` and everything below it, returning the entries.
@@ -560,27 +550,13 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
-            Harness {
-                tree: Tree::new(),
-                seq: 0,
-                height: 0,
-            }
+            Harness { tree: Tree::new(), seq: 0, height: 0 }
         }
         fn apply(&mut self, op: TxOp) -> Outcome {
             self.seq += 1;
             self.height += 1;
-            let ctx = ApplyCtx {
-                height: self.height,
-                timestamp_ms: self.height * 1000,
-            };
-            let tx = Transaction {
-                request: RequestId {
-                    node: 1,
-                    incarnation: 1,
-                    seq: self.seq,
-                },
-                op,
-            };
+            let ctx = ApplyCtx { height: self.height, timestamp_ms: self.height * 1000 };
+            let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq: self.seq }, op };
             self.tree.apply(&ctx, &tx).0
         }
         fn content(&self, id: &str) -> Option<Vec<u8>> {
@@ -595,10 +571,7 @@ mod tests {
         StateId::parse(s).unwrap()
     }
     fn put(id: &str, c: &str) -> TxOp {
-        TxOp::Put {
-            id: sid(id),
-            content: Content::from(c.as_bytes()),
-        }
+        TxOp::Put { id: sid(id), content: Content::from(c.as_bytes()) }
     }
     fn rejected(r: Reject) -> Outcome {
         Outcome::Rejected(r)
@@ -608,43 +581,16 @@ mod tests {
     fn put_append_truncate_delete() {
         let mut h = Harness::new();
         assert_eq!(h.apply(put("a", "one")), Outcome::Ok);
-        assert_eq!(
-            h.apply(TxOp::Append {
-                id: sid("a"),
-                content: Content::from(&b"+two"[..])
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]) }), Outcome::Ok);
         assert_eq!(h.content("a").unwrap(), b"one+two");
-        assert_eq!(
-            h.apply(TxOp::Truncate {
-                id: sid("a"),
-                size: 3
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("a"), size: 3 }), Outcome::Ok);
         assert_eq!(h.content("a").unwrap(), b"one");
-        assert_eq!(
-            h.apply(TxOp::Truncate {
-                id: sid("a"),
-                size: 5
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("a"), size: 5 }), Outcome::Ok);
         assert_eq!(h.content("a").unwrap(), b"one\0\0");
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), Outcome::Ok);
         assert!(h.tree.get(&sid("a")).is_none());
-        assert_eq!(
-            h.apply(TxOp::Delete { id: sid("a") }),
-            rejected(Reject::NotFound)
-        );
-        assert_eq!(
-            h.apply(TxOp::Append {
-                id: sid("b"),
-                content: Content::from(&b"x"[..])
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), rejected(Reject::NotFound));
+        assert_eq!(h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]) }), Outcome::Ok);
         assert_eq!(h.content("b").unwrap(), b"x");
     }
 
@@ -654,29 +600,16 @@ mod tests {
         assert_eq!(h.apply(put("d/a", "x")), rejected(Reject::NotFound));
         assert_eq!(h.apply(put("f", "x")), Outcome::Ok);
         assert_eq!(h.apply(put("f/a", "x")), rejected(Reject::NotADirectory));
-        assert_eq!(
-            h.apply(TxOp::Mkdir {
-                id: sid("d"),
-                mode: 0o755
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), Outcome::Ok);
         assert_eq!(h.apply(put("d/a", "x")), Outcome::Ok);
         assert_eq!(h.apply(put("d", "x")), rejected(Reject::IsADirectory));
-        assert_eq!(
-            h.apply(TxOp::Delete { id: sid("d") }),
-            rejected(Reject::IsADirectory)
-        );
+        assert_eq!(h.apply(TxOp::Delete { id: sid("d") }), rejected(Reject::IsADirectory));
     }
 
     #[test]
     fn exclusive_create_fails_on_existing_and_changes_nothing() {
         let mut h = Harness::new();
-        let create = |excl| TxOp::Create {
-            id: sid("lock"),
-            mode: 0o600,
-            exclusive: excl,
-        };
+        let create = |excl| TxOp::Create { id: sid("lock"), mode: 0o600, exclusive: excl };
         assert_eq!(h.apply(create(true)), Outcome::Ok);
         assert_eq!(h.apply(put("lock", "a")), Outcome::Ok);
         let before = h.tree.clone();
@@ -692,43 +625,16 @@ mod tests {
     #[test]
     fn mkdir_rmdir_and_not_empty() {
         let mut h = Harness::new();
-        assert_eq!(
-            h.apply(TxOp::Mkdir {
-                id: sid("d"),
-                mode: 0o755
-            }),
-            Outcome::Ok
-        );
-        assert_eq!(
-            h.apply(TxOp::Mkdir {
-                id: sid("d"),
-                mode: 0o755
-            }),
-            rejected(Reject::AlreadyExists)
-        );
+        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), Outcome::Ok);
+        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), rejected(Reject::AlreadyExists));
         assert_eq!(h.apply(put("d/x", "1")), Outcome::Ok);
-        assert_eq!(
-            h.apply(TxOp::Rmdir { id: sid("d") }),
-            rejected(Reject::NotEmpty)
-        );
-        assert_eq!(
-            h.apply(TxOp::Rmdir { id: sid("d/x") }),
-            rejected(Reject::NotADirectory)
-        );
+        assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), rejected(Reject::NotEmpty));
+        assert_eq!(h.apply(TxOp::Rmdir { id: sid("d/x") }), rejected(Reject::NotADirectory));
         assert_eq!(h.apply(TxOp::Delete { id: sid("d/x") }), Outcome::Ok);
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), Outcome::Ok);
-        assert_eq!(
-            h.apply(TxOp::Rmdir { id: sid("d") }),
-            rejected(Reject::NotFound)
-        );
+        assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), rejected(Reject::NotFound));
         // "d0" sorts right after "d/..." keys; it must not count as a child of "d".
-        assert_eq!(
-            h.apply(TxOp::Mkdir {
-                id: sid("e"),
-                mode: 0o755
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Mkdir { id: sid("e"), mode: 0o755 }), Outcome::Ok);
         assert_eq!(h.apply(put("e0", "x")), Outcome::Ok);
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("e") }), Outcome::Ok);
     }
@@ -736,44 +642,22 @@ mod tests {
     #[test]
     fn rename_moves_whole_directories_and_keeps_inodes() {
         let mut h = Harness::new();
-        h.apply(TxOp::Mkdir {
-            id: sid("a"),
-            mode: 0o755,
-        });
-        h.apply(TxOp::Mkdir {
-            id: sid("a/b"),
-            mode: 0o755,
-        });
+        h.apply(TxOp::Mkdir { id: sid("a"), mode: 0o755 });
+        h.apply(TxOp::Mkdir { id: sid("a/b"), mode: 0o755 });
         h.apply(put("a/b/c", "deep"));
         h.apply(put("ab", "sibling"));
         let ino = h.tree.get(&sid("a/b/c")).unwrap().ino;
-        let rename = |from: &str, to: &str, mode| TxOp::Rename {
-            from: sid(from),
-            to: sid(to),
-            mode,
-        };
+        let rename = |from: &str, to: &str, mode| TxOp::Rename { from: sid(from), to: sid(to), mode };
         assert_eq!(h.apply(rename("a", "z", RenameMode::Replace)), Outcome::Ok);
         assert_eq!(h.content("z/b/c").unwrap(), b"deep");
         assert_eq!(h.tree.get(&sid("z/b/c")).unwrap().ino, ino);
         assert_eq!(h.tree.id_of(ino), Some(&sid("z/b/c")));
         assert!(h.tree.get(&sid("a/b")).is_none());
         assert_eq!(h.content("ab").unwrap(), b"sibling");
-        assert_eq!(
-            h.apply(rename("z", "z/b/in", RenameMode::Replace)),
-            rejected(Reject::Invalid)
-        );
-        assert_eq!(
-            h.apply(rename("ab", "z", RenameMode::Replace)),
-            rejected(Reject::IsADirectory)
-        );
-        assert_eq!(
-            h.apply(rename("z", "ab", RenameMode::Replace)),
-            rejected(Reject::NotADirectory)
-        );
-        assert_eq!(
-            h.apply(rename("missing", "q", RenameMode::Replace)),
-            rejected(Reject::NotFound)
-        );
+        assert_eq!(h.apply(rename("z", "z/b/in", RenameMode::Replace)), rejected(Reject::Invalid));
+        assert_eq!(h.apply(rename("ab", "z", RenameMode::Replace)), rejected(Reject::IsADirectory));
+        assert_eq!(h.apply(rename("z", "ab", RenameMode::Replace)), rejected(Reject::NotADirectory));
+        assert_eq!(h.apply(rename("missing", "q", RenameMode::Replace)), rejected(Reject::NotFound));
     }
 
     #[test]
@@ -781,51 +665,25 @@ mod tests {
         let mut h = Harness::new();
         h.apply(put("x", "X"));
         h.apply(put("y", "Y"));
-        let rename = |mode| TxOp::Rename {
-            from: sid("x"),
-            to: sid("y"),
-            mode,
-        };
-        assert_eq!(
-            h.apply(rename(RenameMode::NoReplace)),
-            rejected(Reject::AlreadyExists)
-        );
+        let rename = |mode| TxOp::Rename { from: sid("x"), to: sid("y"), mode };
+        assert_eq!(h.apply(rename(RenameMode::NoReplace)), rejected(Reject::AlreadyExists));
         assert_eq!(h.apply(rename(RenameMode::Exchange)), Outcome::Ok);
         assert_eq!(h.content("x").unwrap(), b"Y");
         assert_eq!(h.content("y").unwrap(), b"X");
         assert_eq!(h.apply(rename(RenameMode::Replace)), Outcome::Ok);
         assert_eq!(h.content("y").unwrap(), b"Y");
         assert!(h.tree.get(&sid("x")).is_none());
-        assert_eq!(
-            h.apply(rename(RenameMode::Exchange)),
-            rejected(Reject::NotFound)
-        );
+        assert_eq!(h.apply(rename(RenameMode::Exchange)), rejected(Reject::NotFound));
     }
 
     #[test]
     fn chmod_and_duplicates() {
         let mut h = Harness::new();
         h.apply(put("f", "x"));
-        assert_eq!(
-            h.apply(TxOp::Chmod {
-                id: sid("f"),
-                mode: 0o100600
-            }),
-            Outcome::Ok
-        );
+        assert_eq!(h.apply(TxOp::Chmod { id: sid("f"), mode: 0o100600 }), Outcome::Ok);
         assert_eq!(h.tree.get(&sid("f")).unwrap().mode, 0o600);
-        let ctx = ApplyCtx {
-            height: 99,
-            timestamp_ms: 99,
-        };
-        let tx = Transaction {
-            request: RequestId {
-                node: 2,
-                incarnation: 5,
-                seq: 1,
-            },
-            op: put("f", "once"),
-        };
+        let ctx = ApplyCtx { height: 99, timestamp_ms: 99 };
+        let tx = Transaction { request: RequestId { node: 2, incarnation: 5, seq: 1 }, op: put("f", "once") };
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Ok);
         h.apply(put("f", "later"));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
@@ -849,6 +707,18 @@ mod tests {
         a.apply(TxOp::Delete { id: sid("x") });
         a.apply(TxOp::Delete { id: sid("y") });
         assert_eq!(a.tree.state_root(), empty);
+    }
+
+    #[test]
+    fn a_retry_learns_what_the_first_attempt_did() {
+        let mut h = Harness::new();
+        let ctx = ApplyCtx { height: 50, timestamp_ms: 50 };
+        h.apply(put("lock", "a"));
+        let request = RequestId { node: 3, incarnation: 9, seq: 77 };
+        let tx = Transaction { request, op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true } };
+        assert_eq!(h.tree.apply(&ctx, &tx).0, rejected(Reject::AlreadyExists));
+        assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
+        assert_eq!(h.tree.first_outcome(&request), Some(rejected(Reject::AlreadyExists)));
     }
 
     #[test]

@@ -84,10 +84,10 @@ impl Serialize for Content {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(text) => ContentRepr::Text(text.to_owned()).serialize(s),
-            Err(_) => ContentRepr::Binary {
-                base64: base64::engine::general_purpose::STANDARD.encode(&self.0),
+            Err(_) => {
+                ContentRepr::Binary { base64: base64::engine::general_purpose::STANDARD.encode(&self.0) }
+                    .serialize(s)
             }
-            .serialize(s),
         }
     }
 }
@@ -136,11 +136,7 @@ pub enum TxOp {
     /// Add bytes to the end of whatever the file holds when the block is applied.
     Append { id: StateId, content: Content },
     /// Create an empty file. With `exclusive`, the file must not exist (`O_EXCL`).
-    Create {
-        id: StateId,
-        mode: u32,
-        exclusive: bool,
-    },
+    Create { id: StateId, mode: u32, exclusive: bool },
     /// Remove a file.
     Delete { id: StateId },
     /// Cut or zero-extend a file to `size` bytes (`truncate(path)`).
@@ -263,18 +259,13 @@ mod tests {
         let json = serde_json::to_string(&binary).unwrap();
         assert_eq!(json, r#"{"base64":"/wA="}"#);
         assert_eq!(serde_json::from_str::<Content>(&json).unwrap(), binary);
-        assert_eq!(
-            serde_json::from_str::<Content>(r#""hello\n""#).unwrap(),
-            text
-        );
+        assert_eq!(serde_json::from_str::<Content>(r#""hello\n""#).unwrap(), text);
     }
 
     #[test]
     fn ops_serialize_externally_tagged() {
-        let op = TxOp::Put {
-            id: StateId::parse("greeting").unwrap(),
-            content: Content::from(b"hi".to_vec()),
-        };
+        let op =
+            TxOp::Put { id: StateId::parse("greeting").unwrap(), content: Content::from(b"hi".to_vec()) };
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi"}}"#);
         assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);

@@ -10,16 +10,10 @@ use crate::chain::{Block, BlockTx, Outcome, StateId, TxOp};
 use crate::store::chain_file::read_all;
 
 pub(super) fn run(data: &Path, state: Option<&str>, json: bool) -> ExitCode {
-    let filter = match state
-        .map(|s| StateId::parse(s.trim_matches('/')))
-        .transpose()
-    {
+    let filter = match state.map(|s| StateId::parse(s.trim_matches('/'))).transpose() {
         Ok(filter) => filter,
         Err(e) => {
-            eprintln!(
-                "lightchain log: '{}' is not a state id: {e}",
-                state.unwrap_or_default()
-            );
+            eprintln!("lightchain log: '{}' is not a state id: {e}", state.unwrap_or_default());
             return ExitCode::FAILURE;
         }
     };
@@ -31,11 +25,9 @@ pub(super) fn run(data: &Path, state: Option<&str>, json: bool) -> ExitCode {
                 "{:<8} {:<24} {:<20} {:>4}  {:<16} SUMMARY",
                 "HEIGHT", "TIME (UTC)", "PROPOSER", "TXS", "HASH"
             ),
-            Some(_) => writeln!(
-                out,
-                "{:<8} {:<24} {:<10} {:<10} DETAIL",
-                "HEIGHT", "TIME (UTC)", "OP", "OUTCOME"
-            ),
+            Some(_) => {
+                writeln!(out, "{:<8} {:<24} {:<10} {:<10} DETAIL", "HEIGHT", "TIME (UTC)", "OP", "OUTCOME")
+            }
         };
     }
     let result = read_all(&data.join("chain"), |read| {
@@ -45,11 +37,7 @@ pub(super) fn run(data: &Path, state: Option<&str>, json: bool) -> ExitCode {
             None => block_line(block),
             Some(id) => {
                 for tx in block.txs.iter().filter(|tx| touches(tx, id)) {
-                    let line = if json {
-                        tx_json(block, tx)
-                    } else {
-                        tx_line(block, tx)
-                    };
+                    let line = if json { tx_json(block, tx) } else { tx_line(block, tx) };
                     let _ = writeln!(out, "{line}");
                 }
                 return Ok(());
@@ -69,18 +57,12 @@ pub(super) fn run(data: &Path, state: Option<&str>, json: bool) -> ExitCode {
 }
 
 fn touches(tx: &BlockTx, id: &StateId) -> bool {
-    tx.op
-        .state_ids()
-        .iter()
-        .any(|s| id.is_within(s) || s.is_within(id))
+    tx.op.state_ids().iter().any(|s| id.is_within(s) || s.is_within(id))
 }
 
 fn block_line(block: &Block) -> String {
-    let kinds: Vec<String> = block
-        .txs
-        .iter()
-        .map(|tx| format!("{} {}", tx.op.kind(), names(&tx.op)))
-        .collect();
+    let kinds: Vec<String> =
+        block.txs.iter().map(|tx| format!("{} {}", tx.op.kind(), names(&tx.op))).collect();
     let mut summary = kinds.join(", ");
     if summary.len() > 60 {
         summary.truncate(57);
@@ -98,11 +80,7 @@ fn block_line(block: &Block) -> String {
 }
 
 fn names(op: &TxOp) -> String {
-    op.state_ids()
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(" -> ")
+    op.state_ids().iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" -> ")
 }
 
 fn outcome(o: Outcome) -> String {
@@ -119,12 +97,9 @@ fn tx_line(block: &Block, tx: &BlockTx) -> String {
             format!("{} bytes {:?}", content.len(), content)
         }
         TxOp::Rename { from, to, mode } => format!("{from} -> {to} ({mode:?})"),
-        TxOp::Create {
-            mode, exclusive, ..
-        } => format!(
-            "mode {mode:o}{}",
-            if *exclusive { " exclusive" } else { "" }
-        ),
+        TxOp::Create { mode, exclusive, .. } => {
+            format!("mode {mode:o}{}", if *exclusive { " exclusive" } else { "" })
+        }
         TxOp::Mkdir { mode, .. } | TxOp::Chmod { mode, .. } => format!("mode {mode:o}"),
         TxOp::Truncate { size, .. } => format!("size {size}"),
         other => names(other),
@@ -179,13 +154,7 @@ mod tests {
     #[test]
     fn formats_utc_times() {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::format_time(1_795_564_800_123),
-            "2026-11-25T00:00:00.123Z"
-        );
-        assert_eq!(
-            super::format_time(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
+        assert_eq!(super::format_time(1_795_564_800_123), "2026-11-25T00:00:00.123Z");
+        assert_eq!(super::format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

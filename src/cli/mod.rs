@@ -87,12 +87,7 @@ pub struct MountArgs {
     #[arg(long, env = "LIGHTCHAIN_NAME")]
     pub name: Option<String>,
     /// How opens are served: linearizable, or from the local replica.
-    #[arg(
-        long,
-        env = "LIGHTCHAIN_READ_CONSISTENCY",
-        value_enum,
-        default_value = "linearizable"
-    )]
+    #[arg(long, env = "LIGHTCHAIN_READ_CONSISTENCY", value_enum, default_value = "linearizable")]
     pub read_consistency: ReadConsistency,
     /// How long a commit or a linearizable read may wait (e.g. 10s, 500ms).
     #[arg(long, env = "LIGHTCHAIN_COMMIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -108,13 +103,9 @@ pub struct MountArgs {
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
+    let n: f64 = number.parse().map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -129,22 +120,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size like 1MiB"))?;
+    let n: u64 = number.parse().map_err(|_| format!("'{s}' is not a size like 1MiB"))?;
     let factor = match unit {
         "" | "B" => 1,
         "K" | "KiB" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{s}' (use KiB, MiB or GiB)"
-            ))
-        }
+        _ => return Err(format!("unknown unit '{unit}' in '{s}' (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// The data directory: the flag (or `$LIGHTCHAIN_DATA`), else `$XDG_DATA_HOME/lightchain`,
@@ -163,10 +147,7 @@ pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fuser=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Runs the command line; the process exit code.

@@ -3,7 +3,7 @@
 //! Start-up order: open the data directory and start consensus, bind and serve gRPC, wait for
 //! a leader, replace a dead FUSE mount left by a crash, mount, log `ready`. Shutdown order
 //! (SIGINT/SIGTERM, or the mount going away): fail every pending commit (`EIO` to the apps
-//! waiting in `close`), stop consensus, unmount, stop gRPC, exit 0.
+//! waiting in `close`), stop gRPC and consensus, unmount, exit 0.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -25,10 +25,7 @@ use crate::store::DataDir;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn run(args: MountArgs) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lightchain")
-        .build();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lightchain").build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -47,12 +44,17 @@ pub(super) fn run(args: MountArgs) -> ExitCode {
 
 async fn serve(args: MountArgs) -> Result<(), String> {
     let data_path = data_dir(args.data.clone());
-    let data = DataDir::create(&data_path)
-        .map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
+    let data =
+        DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    if listen.ip().is_unspecified() && args.advertise.is_none() {
+        return Err(format!(
+            "--listen {listen} is a wildcard address that peers cannot reach: give --advertise HOST:PORT"
+        ));
+    }
     let config = Config {
         name: args.name.clone().unwrap_or_else(host_name),
         listen,
@@ -62,9 +64,8 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         peers: args.peers.clone(),
         snapshot_every: args.snapshot_every,
     };
-    let node = Node::start(&data, config, listener)
-        .await
-        .map_err(|e| format!("cannot start the node: {e}"))?;
+    let node =
+        Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;
 
     if !node.wait_ready(READY_TIMEOUT).await {
         node.shutdown().await;
@@ -88,18 +89,12 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
-    options.acl = if args.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
+    options.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
     options.n_threads = Some(2);
     let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
-    let session = session
-        .spawn()
-        .map_err(|e| format!("cannot start serving the mount: {e}"))?;
+    let session = session.spawn().map_err(|e| format!("cannot start serving the mount: {e}"))?;
     crate::fs::fuse::spawn_invalidator(fs, session.notifier())
         .map_err(|e| format!("cannot start the cache invalidation thread: {e}"))?;
     let status = node.status();
@@ -127,10 +122,8 @@ async fn serve(args: MountArgs) -> Result<(), String> {
 
 /// Waits for SIGINT or SIGTERM, or for the mount to go away (someone ran `umount`).
 async fn wait_for_stop(session: &fuser::BackgroundSession) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -156,8 +149,8 @@ async fn wait_for_stop(session: &fuser::BackgroundSession) {
 fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => {
-            let absolute = std::fs::canonicalize(path)
-                .map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
+            let absolute =
+                std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
             if let Some(fstype) = mount_type(&absolute) {
                 // A live mount: another lightchain (fuse) or something that is not ours.
                 // Mounting on top would hide it; leave it alone.

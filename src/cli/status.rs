@@ -6,39 +6,31 @@ use std::time::Duration;
 use crate::node::Status;
 
 pub(super) fn run(addr: &str, json: bool) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fetched = runtime.block_on(crate::rpc::admin::fetch_status(
-        addr,
-        Duration::from_secs(5),
-    ));
-    let status: Status = match fetched.and_then(|json| {
-        serde_json::from_str(&json).map_err(|e| format!("{addr}: bad status document: {e}"))
-    }) {
-        Ok(status) => status,
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let fetched = runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5)));
+    let json_text = match fetched {
+        Ok(text) => text,
         Err(message) => {
             eprintln!("lightchain status: {message}");
             return ExitCode::from(2);
         }
     };
+    let status: Status = match serde_json::from_str(&json_text) {
+        Ok(status) => status,
+        Err(_) => {
+            // A node that is still starting answers with a short document.
+            println!("{json_text}");
+            eprintln!("lightchain status: {addr} is starting (not ready)");
+            return ExitCode::FAILURE;
+        }
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
     } else {
-        println!(
-            "node       {} ({}) at {}",
-            status.node_id, status.name, status.listen
-        );
+        println!("node       {} ({}) at {}", status.node_id, status.name, status.listen);
         println!("cluster    {}", status.cluster_id.as_deref().unwrap_or("-"));
         println!("role       {} (term {})", status.role, status.term);
-        println!(
-            "leader     {}",
-            status.leader.map_or("none".into(), |l| l.to_string())
-        );
+        println!("leader     {}", status.leader.map_or("none".into(), |l| l.to_string()));
         println!(
             "head       height {} hash {}",
             status.head_height.map_or("-".into(), |h| h.to_string()),
@@ -47,16 +39,9 @@ pub(super) fn run(addr: &str, json: bool) -> ExitCode {
         println!("states     {}", status.states);
         println!("ready      {}", status.ready);
         println!("members");
-        println!(
-            "  {:<20} {:<22} {:<8} {:>8} {:>6}  STATE",
-            "ID", "ADDRESS", "ROLE", "HEIGHT", "LAG"
-        );
+        println!("  {:<20} {:<22} {:<8} {:>8} {:>6}  STATE", "ID", "ADDRESS", "ROLE", "HEIGHT", "LAG");
         for m in &status.members {
-            let leader = if Some(m.id) == status.leader {
-                ", leader"
-            } else {
-                ""
-            };
+            let leader = if Some(m.id) == status.leader { ", leader" } else { "" };
             let state = if !m.reachable {
                 "unreachable"
             } else if m.ready {
@@ -66,10 +51,7 @@ pub(super) fn run(addr: &str, json: bool) -> ExitCode {
             };
             let height = m.head_height.map_or("-".into(), |h| h.to_string());
             let lag = m.lag.map_or("-".into(), |l| l.to_string());
-            println!(
-                "  {:<20} {:<22} {:<8} {:>8} {:>6}  {state}{leader}",
-                m.id, m.addr, m.role, height, lag
-            );
+            println!("  {:<20} {:<22} {:<8} {:>8} {:>6}  {state}{leader}", m.id, m.addr, m.role, height, lag);
         }
     }
     if status.ready && status.leader.is_some() {

@@ -17,12 +17,7 @@ use crate::store::DataDir;
 
 /// What a verification found.
 enum Finding {
-    Intact {
-        blocks: u64,
-        head: Option<Tip>,
-        states: usize,
-        torn_tail: bool,
-    },
+    Intact { blocks: u64, head: Option<Tip>, states: usize, torn_tail: bool },
     BadChain(String),
     BadStates(Vec<Mismatch>),
 }
@@ -44,20 +39,14 @@ pub(super) fn run(data: &Path) -> ExitCode {
         finding = check(&dir);
     }
     match finding {
-        Finding::Intact {
-            blocks,
-            head,
-            states,
-            torn_tail,
-        } => {
+        Finding::Intact { blocks, head, states, torn_tail } => {
             if torn_tail {
                 println!("note: the last block is incomplete (a crash, or a write in progress); a node cuts it at start-up");
             }
             match head {
-                Some(h) => println!(
-                    "chain intact: {blocks} blocks, head height {} hash {}",
-                    h.height, h.hash
-                ),
+                Some(h) => {
+                    println!("chain intact: {blocks} blocks, head height {} hash {}", h.height, h.hash)
+                }
                 None => println!("chain intact: empty"),
             }
             println!("states/ matches the chain: {states} states");
@@ -68,10 +57,7 @@ pub(super) fn run(data: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
         Finding::BadStates(mismatches) => {
-            println!(
-                "states/ differs from the chain in {} places:",
-                mismatches.len()
-            );
+            println!("states/ differs from the chain in {} places:", mismatches.len());
             for m in mismatches.iter().take(20) {
                 match m {
                     Mismatch::Stale(id) => println!("  {id}: missing or different"),
@@ -92,11 +78,7 @@ fn check(dir: &DataDir) -> Finding {
         let block = &read.block;
         let expected = prev.map_or(0, |p| p.height + 1);
         if let Err(e) = replay(&mut tree, prev, block) {
-            let height = if block.height == expected {
-                block.height
-            } else {
-                expected
-            };
+            let height = if block.height == expected { block.height } else { expected };
             return Err(crate::store::Error::Corrupt {
                 path: read.path.clone(),
                 detail: format!("block {height}: {e}"),
@@ -129,12 +111,7 @@ fn check(dir: &DataDir) -> Finding {
         }
     }
     match StatesDir::new(dir).compare(&tree) {
-        Ok(m) if m.is_empty() => Finding::Intact {
-            blocks,
-            head: prev,
-            states: tree.len() - 1,
-            torn_tail,
-        },
+        Ok(m) if m.is_empty() => Finding::Intact { blocks, head: prev, states: tree.len() - 1, torn_tail },
         Ok(m) => Finding::BadStates(m),
         Err(e) => Finding::BadChain(format!("cannot read states/: {e}")),
     }

@@ -38,11 +38,7 @@ pub struct LogStore {
     flusher: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
 }
 
-fn io_err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     storage_error(subject, verb, e)
 }
 
@@ -50,9 +46,7 @@ impl LogStore {
     /// Opens the log in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> crate::store::Result<LogStore> {
         let mut log = RaftLog::open(dir)?;
-        let last_purged: Option<LogId> = log
-            .load_meta(PURGED)?
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let last_purged: Option<LogId> = log.load_meta(PURGED)?.and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(p) = &last_purged {
             log.purge_upto(p.index)?;
         }
@@ -61,10 +55,7 @@ impl LogStore {
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(rx))
             .expect("spawn flusher thread");
-        Ok(LogStore {
-            inner: Arc::new(Mutex::new(Inner { log, last_purged })),
-            flusher: tx,
-        })
+        Ok(LogStore { inner: Arc::new(Mutex::new(Inner { log, last_purged })), flusher: tx })
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
@@ -108,11 +99,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 break;
             }
             match inner.log.read(index).map_err(|e| {
-                io_err(
-                    ErrorSubject::Log(LogId::new(Default::default(), index)),
-                    ErrorVerb::Read,
-                    e,
-                )
+                io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e)
             })? {
                 Some(bytes) => out.push(Self::decode(&bytes)?),
                 None => break,
@@ -138,10 +125,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => inner.last_purged,
         };
-        Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id: last,
-        })
+        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -151,23 +135,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
-        inner
-            .log
-            .save_meta(VOTE, &bytes)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let inner = self.inner.lock().unwrap();
-        let bytes = inner
-            .log
-            .load_meta(VOTE)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+        let bytes = inner.log.load_meta(VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
         bytes
-            .map(|b| {
-                serde_json::from_slice(&b)
-                    .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
-            })
+            .map(|b| serde_json::from_slice(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e)))
             .transpose()
     }
 
@@ -182,20 +157,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let inner = self.inner.lock().unwrap();
-        let bytes = inner
-            .log
-            .load_meta(COMMITTED)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        Ok(bytes
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .flatten())
+        let bytes =
+            inner.log.load_meta(COMMITTED).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -210,14 +177,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .append(log_id.index, &bytes)
                     .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
             }
-            inner
-                .log
-                .sync_handle()
-                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
+            inner.log.sync_handle().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
         };
-        self.flusher
-            .send((handle, callback))
-            .expect("flusher thread lives as long as the store");
+        self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
         Ok(())
     }
 

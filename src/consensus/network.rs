@@ -24,7 +24,6 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -33,6 +32,9 @@ use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::raft_client::RaftClient;
 use crate::rpc::pb::{HelloRequest, RaftMessage, SnapshotChunk};
 use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
+
+/// How long a snapshot transfer (and the follower's install) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Blocks of JSON per snapshot chunk, at most (bytes).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -57,11 +59,7 @@ pub struct Network {
 impl Network {
     /// A network over shared channels; snapshots are read from `chain_dir`.
     pub fn new(channels: Channels, guard: Arc<dyn PeerGuard>, chain_dir: PathBuf) -> Network {
-        Network {
-            channels,
-            guard,
-            chain_dir,
-        }
+        Network { channels, guard, chain_dir }
     }
 }
 
@@ -130,13 +128,12 @@ impl PeerClient {
     }
 
     /// Sends one JSON-encoded openraft request; decodes openraft's `Result` from the answer.
-    async fn call<Req: Serialize, Resp: DeserializeOwned, E: DeserializeOwned>(
+    async fn call<Resp: DeserializeOwned, E: DeserializeOwned>(
         &self,
         kind: &'static str,
-        request: &Req,
+        payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Result<Resp, E>, CallError> {
-        let payload = serde_json::to_vec(request).map_err(|e| CallError::Network(e.to_string()))?;
         let mut client = self.raft_client()?;
         let request = peer::request(RaftMessage { payload }, self.guard.as_ref(), timeout);
         let response = match kind {
@@ -145,18 +142,14 @@ impl PeerClient {
         }
         .map_err(CallError::from_status)?;
         peer::admit_response(&response, self.guard.as_ref()).map_err(CallError::Unreachable)?;
-        serde_json::from_slice(&response.into_inner().payload)
-            .map_err(|e| CallError::Network(e.to_string()))
+        serde_json::from_slice(&response.into_inner().payload).map_err(|e| CallError::Network(e.to_string()))
     }
 
     /// How far the target's chain goes.
     async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
         let request = peer::request(HelloRequest {}, self.guard.as_ref(), timeout);
-        let reply = ClusterClient::new(channel)
-            .hello(request)
-            .await
-            .map_err(CallError::from_status)?;
+        let reply = ClusterClient::new(channel).hello(request).await.map_err(CallError::from_status)?;
         Ok(reply.into_inner().head_height)
     }
 }
@@ -168,23 +161,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let entries = rpc.entries.len() as u64;
-        let size: usize = rpc
-            .entries
-            .iter()
-            .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
-            .sum();
-        if entries > 1 && size > MAX_MESSAGE_BYTES / 2 {
+        let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
+        if entries > 1 && payload.len() > MAX_MESSAGE_BYTES / 2 {
             // Ask openraft to send fewer entries at a time.
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint((entries / 2).max(1)),
-            ));
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1))));
         }
         match self
-            .call::<_, AppendEntriesResponse<u64>, RaftError<u64>>(
-                "append",
-                &rpc,
-                option.hard_ttl(),
-            )
+            .call::<AppendEntriesResponse<u64>, RaftError<u64>>("append", payload, option.hard_ttl())
             .await
         {
             Ok(Ok(response)) => Ok(response),
@@ -198,10 +181,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self
-            .call::<_, VoteResponse<u64>, RaftError<u64>>("vote", &rpc, option.hard_ttl())
-            .await
-        {
+        let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
+        match self.call::<VoteResponse<u64>, RaftError<u64>>("vote", payload, option.hard_ttl()).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e) => Err(e.into_rpc()),
@@ -217,18 +198,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
         let streaming = |e: CallError| -> StreamingError<TypeConfig, Fatal<u64>> {
             match e {
-                CallError::Unreachable(m) => {
-                    StreamingError::Unreachable(Unreachable::new(&Message(m)))
-                }
+                CallError::Unreachable(m) => StreamingError::Unreachable(Unreachable::new(&Message(m))),
                 CallError::Network(m) => StreamingError::Network(NetworkError::new(&Message(m))),
             }
         };
-        let timeout = option.hard_ttl().max(Duration::from_secs(10));
+        // The transfer carries every block the follower lacks, and its replay: give it time.
+        let timeout = option.hard_ttl().max(SNAPSHOT_TIMEOUT);
         let work = async {
-            let has = self
-                .target_height(Duration::from_secs(5))
-                .await
-                .map_err(streaming)?;
+            let has = self.target_height(Duration::from_secs(5)).await.map_err(streaming)?;
             let from = has.map_or(0, |h| h + 1);
             let manifest = snapshot.snapshot.manifest.clone();
             let upto = manifest.head.map_or(0, |h| h.height);
@@ -238,16 +215,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 upto,
                 "sending a snapshot with the blocks the follower lacks"
             );
-            let header =
-                serde_json::to_vec(&SnapshotHeader { vote, manifest }).expect("header serializes");
+            let header = serde_json::to_vec(&SnapshotHeader { vote, manifest }).expect("header serializes");
             let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
             let chain_dir = self.chain_dir.clone();
             // Read blocks on a blocking thread and stream them in chunks.
             tokio::task::spawn_blocking(move || {
-                let _ = tx.blocking_send(SnapshotChunk {
-                    header,
-                    blocks: Vec::new(),
-                });
+                let _ = tx.blocking_send(SnapshotChunk { header, blocks: Vec::new(), last: false });
                 let mut chunk = Vec::new();
                 let result = crate::store::chain_file::read_from(&chain_dir, from, |read| {
                     if read.block.height > upto {
@@ -257,37 +230,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                     chunk.push(b'\n');
                     if chunk.len() >= CHUNK_BYTES {
                         let blocks = std::mem::take(&mut chunk);
-                        let _ = tx.blocking_send(SnapshotChunk {
-                            header: Vec::new(),
-                            blocks,
-                        });
+                        let _ = tx.blocking_send(SnapshotChunk { header: Vec::new(), blocks, last: false });
                     }
                     Ok(())
                 });
                 if let Err(e) = result {
+                    // Ending without `last` makes the follower discard what it received.
                     tracing::error!(error = %e, "cannot read the chain to send a snapshot");
                     return;
                 }
-                if !chunk.is_empty() {
-                    let _ = tx.blocking_send(SnapshotChunk {
-                        header: Vec::new(),
-                        blocks: chunk,
-                    });
-                }
+                let _ = tx.blocking_send(SnapshotChunk { header: Vec::new(), blocks: chunk, last: true });
             });
             let mut client = self.raft_client().map_err(streaming)?;
             let request = peer::request(ReceiverStream::new(rx), self.guard.as_ref(), timeout);
-            let response = client
-                .install_snapshot(request)
-                .await
-                .map_err(|s| streaming(CallError::from_status(s)))?;
+            let response =
+                client.install_snapshot(request).await.map_err(|s| streaming(CallError::from_status(s)))?;
             peer::admit_response(&response, self.guard.as_ref())
                 .map_err(|m| streaming(CallError::Unreachable(m)))?;
             let result: Result<SnapshotResponse<u64>, Fatal<u64>> =
                 serde_json::from_slice(&response.into_inner().payload)
                     .map_err(|e| streaming(CallError::Network(e.to_string())))?;
-            result
-                .map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+            result.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -31,18 +31,11 @@ pub struct RaftService {
 impl RaftService {
     /// A service feeding `raft` (once it is set); snapshots are staged under `staging`.
     pub fn new(raft: Arc<OnceLock<Raft>>, guard: Arc<dyn PeerGuard>, staging: PathBuf) -> Self {
-        RaftService {
-            raft,
-            guard,
-            staging,
-            counter: AtomicU64::new(0),
-        }
+        RaftService { raft, guard, staging, counter: AtomicU64::new(0) }
     }
 
     fn raft(&self) -> Result<&Raft, Status> {
-        self.raft
-            .get()
-            .ok_or_else(|| Status::unavailable("consensus is starting"))
+        self.raft.get().ok_or_else(|| Status::unavailable("consensus is starting"))
     }
 
     fn reply(&self, payload: Vec<u8>) -> Response<RaftMessage> {
@@ -54,18 +47,20 @@ impl RaftService {
         stream: &mut Streaming<SnapshotChunk>,
         dir: &PathBuf,
     ) -> Result<SnapshotHeader, Status> {
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let first =
+            stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
         let mut file = std::fs::File::create(dir.join(format!("{:020}.jsonl", 0)))
             .map_err(|e| Status::internal(e.to_string()))?;
+        let mut complete = false;
         while let Some(chunk) = stream.message().await? {
-            file.write_all(&chunk.blocks)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            file.write_all(&chunk.blocks).map_err(|e| Status::internal(e.to_string()))?;
+            complete = chunk.last;
+        }
+        if !complete {
+            return Err(Status::aborted("the snapshot stream ended before its last chunk"));
         }
         Ok(header)
     }
@@ -76,16 +71,12 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(payload)
-        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+    serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         peer::admit_request(&request, self.guard.as_ref())?;
         let rpc = decode(&request.into_inner().payload)?;
         Ok(self.reply(json(&self.raft()?.append_entries(rpc).await)))
@@ -105,9 +96,7 @@ impl RaftRpc for RaftService {
         let raft = self.raft()?.clone();
         let mut stream = request.into_inner();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .staging
-            .join(format!("snapshot-{}-{n}", std::process::id()));
+        let dir = self.staging.join(format!("snapshot-{}-{n}", std::process::id()));
         let staged = self.stage(&mut stream, &dir).await;
         let header = match staged {
             Ok(h) => h,
@@ -117,19 +106,9 @@ impl RaftRpc for RaftService {
             }
         };
         let meta = header.manifest.meta.clone();
-        let data = SnapshotData {
-            manifest: header.manifest,
-            staged_blocks: Some(dir.clone()),
-        };
-        let result = raft
-            .install_full_snapshot(
-                header.vote,
-                Snapshot {
-                    meta,
-                    snapshot: Box::new(data),
-                },
-            )
-            .await;
+        let data = SnapshotData { manifest: header.manifest, staged_blocks: Some(dir.clone()) };
+        let result =
+            raft.install_full_snapshot(header.vote, Snapshot { meta, snapshot: Box::new(data) }).await;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(self.reply(json(&result)))
     }

@@ -30,8 +30,8 @@ use tokio::sync::{broadcast, watch};
 use super::typ::{Entry, SnapshotMeta, StorageError, StoredMembership as Stored};
 use super::{storage_error, BatchResult, TypeConfig};
 use crate::chain::{
-    apply_batch, replay, Block, Change, LogPosition, Members, NodeId, Outcome, RequestId, Tip,
-    Transaction, Tree, TxOp,
+    apply_batch, replay, Block, Change, LogPosition, Members, NodeId, Outcome, RequestId, Tip, Transaction,
+    Tree, TxOp,
 };
 use crate::store::chain_file::ChainFile;
 use crate::store::identity::Identity;
@@ -112,31 +112,19 @@ fn replay_block(
 }
 
 fn membership_of(members: &Members) -> Membership<u64, openraft::BasicNode> {
-    let nodes = members
-        .nodes
-        .iter()
-        .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
-    Membership::new(
-        members.configs.clone(),
-        nodes.collect::<std::collections::BTreeMap<_, _>>(),
-    )
+    let nodes = members.nodes.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+    Membership::new(members.configs.clone(), nodes.collect::<std::collections::BTreeMap<_, _>>())
 }
 
 fn members_of(membership: &Membership<u64, openraft::BasicNode>) -> Members {
     Members {
         configs: membership.get_joint_config().clone(),
-        nodes: membership
-            .nodes()
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect(),
+        nodes: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
     }
 }
 
 fn log_id_of(block: &Block) -> LogId<u64> {
-    LogId::new(
-        openraft::CommittedLeaderId::new(block.term, block.proposer),
-        block.index,
-    )
+    LogId::new(openraft::CommittedLeaderId::new(block.term, block.proposer), block.index)
 }
 
 /// The cluster id a genesis block gives.
@@ -146,10 +134,7 @@ pub fn cluster_id_of(genesis: &Block) -> String {
 
 impl StateMachineStore {
     /// Replays `chain/`, repairs `states/`, and returns the state machine.
-    pub fn open(
-        data: &DataDir,
-        identity: Arc<Mutex<Identity>>,
-    ) -> Result<StateMachineStore, StoreError> {
+    pub fn open(data: &DataDir, identity: Arc<Mutex<Identity>>) -> Result<StateMachineStore, StoreError> {
         let cluster_id = identity.lock().unwrap().cluster_id.clone();
         let mut tree = Tree::new();
         let mut prev: Option<Tip> = None;
@@ -157,11 +142,9 @@ impl StateMachineStore {
         let mut genesis_cluster = None;
         let mut last_block_log_id = None;
         let chain = ChainFile::open(&data.chain(), |block| {
-            replay_block(&mut tree, prev, &mut membership, block).map_err(|e| {
-                StoreError::Corrupt {
-                    path: data.chain(),
-                    detail: format!("block {}: {e}", block.height),
-                }
+            replay_block(&mut tree, prev, &mut membership, block).map_err(|e| StoreError::Corrupt {
+                path: data.chain(),
+                detail: format!("block {}: {e}", block.height),
             })?;
             if block.height == 0 {
                 genesis_cluster = Some(cluster_id_of(block));
@@ -170,13 +153,22 @@ impl StateMachineStore {
             last_block_log_id = Some(log_id_of(block));
             Ok(())
         })?;
-        if let (Some(have), Some(chain_id)) = (&cluster_id, &genesis_cluster) {
-            if have != chain_id {
+        match (&cluster_id, &genesis_cluster) {
+            (Some(have), Some(chain_id)) if have != chain_id => {
                 return Err(StoreError::Corrupt {
                     path: data.identity(),
-                    detail: format!("identity names cluster {have} but the chain's genesis is cluster {chain_id}"),
+                    detail: format!(
+                        "identity names cluster {have} but the chain's genesis is cluster {chain_id}"
+                    ),
                 });
             }
+            (None, Some(chain_id)) => {
+                // The genesis arrived but the identity was not updated (a crash in between).
+                let mut identity = identity.lock().unwrap();
+                identity.cluster_id = Some(chain_id.clone());
+                identity.save(data)?;
+            }
+            _ => {}
         }
         let states = StatesDir::new(data);
         let repaired = states.repair(&tree)?;
@@ -187,19 +179,10 @@ impl StateMachineStore {
         let snapshot = read_manifest(data)?.and_then(|m| m.meta.last_log_id);
         // Blank entries after the last block make no block but may have been snapshotted.
         let last_applied = std::cmp::max(last_block_log_id, snapshot);
-        tracing::info!(
-            height = head.map(|h| h.height),
-            states = tree.len() - 1,
-            "chain replayed"
-        );
+        tracing::info!(height = head.map(|h| h.height), states = tree.len() - 1, "chain replayed");
         let (applied_index, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared {
-            replica: RwLock::new(Replica {
-                tree,
-                head,
-                last_applied,
-                membership,
-            }),
+            replica: RwLock::new(Replica { tree, head, last_applied, membership }),
             applied_index,
             identity,
             changes: broadcast::channel(1024).0,
@@ -238,32 +221,30 @@ impl StateMachineStore {
         let (block, outcomes) = match entry.payload {
             EntryPayload::Blank => return Ok(BatchResult::default()),
             EntryPayload::Normal(batch) => {
-                let (block, tx_changes) = apply_batch(
-                    &mut replica.tree,
-                    replica.head,
-                    pos,
-                    batch.timestamp_ms,
-                    batch.txs,
-                );
+                let (block, tx_changes) =
+                    apply_batch(&mut replica.tree, replica.head, pos, batch.timestamp_ms, batch.txs);
                 changes.extend(tx_changes);
-                let outcomes = block.txs.iter().map(|t| t.outcome).collect();
+                // A retried request reads `duplicate` in the block; its proposer gets what the
+                // first attempt did.
+                let outcomes = block
+                    .txs
+                    .iter()
+                    .map(|t| match t.outcome {
+                        Outcome::Duplicate => {
+                            replica.tree.first_outcome(&t.request).unwrap_or(Outcome::Duplicate)
+                        }
+                        other => other,
+                    })
+                    .collect();
                 (block, outcomes)
             }
             EntryPayload::Membership(membership) => {
                 let members = members_of(&membership);
                 // Node 0 is consensus itself; seq 0 would read as already seen.
-                let request = RequestId {
-                    node: 0,
-                    incarnation: 0,
-                    seq: log_id.index + 1,
-                };
-                let tx = Transaction {
-                    request,
-                    op: TxOp::Membership { members },
-                };
+                let request = RequestId { node: 0, incarnation: 0, seq: log_id.index + 1 };
+                let tx = Transaction { request, op: TxOp::Membership { members } };
                 let timestamp = replica.head.map_or(0, |h| h.timestamp_ms);
-                let (block, _) =
-                    apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
+                let (block, _) = apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
                 replica.membership = StoredMembership::new(Some(log_id), membership);
                 if block.height == 0 {
                     self.record_cluster_id(&block)?;
@@ -273,10 +254,7 @@ impl StateMachineStore {
         };
         chain.append(&block)?;
         replica.head = Some(Tip::of(&block));
-        Ok(BatchResult {
-            height: Some(block.height),
-            outcomes,
-        })
+        Ok(BatchResult { height: Some(block.height), outcomes })
     }
 
     fn record_cluster_id(&self, genesis: &Block) -> Result<(), StoreError> {
@@ -311,16 +289,9 @@ impl StateMachineStore {
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: replica.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}",
-                last.map_or(0, |l| l.index),
-                replica.head.map_or(0, |h| h.height)
-            ),
+            snapshot_id: format!("{}-{}", last.map_or(0, |l| l.index), replica.head.map_or(0, |h| h.height)),
         };
-        Ok(Manifest {
-            meta,
-            head: replica.head,
-        })
+        Ok(Manifest { meta, head: replica.head })
     }
 
     /// Appends the staged blocks this node lacked and adopts the snapshot's position.
@@ -330,26 +301,24 @@ impl StateMachineStore {
         {
             let mut replica = self.shared.replica.write().unwrap();
             if let Some(dir) = &data.staged_blocks {
-                let Replica {
-                    tree,
-                    head,
-                    membership,
-                    ..
-                } = &mut *replica;
+                check_staged(dir, replica.head, data.manifest.head)?;
+                let Replica { tree, head, membership, .. } = &mut *replica;
                 crate::store::chain_file::read_all(dir, |read| {
                     let block = &read.block;
                     if head.is_some_and(|h| block.height <= h.height) {
                         return Ok(()); // already here (the sender started early)
                     }
-                    let applied = replay_block(tree, *head, membership, block).map_err(|e| {
-                        StoreError::Corrupt {
+                    let applied =
+                        replay_block(tree, *head, membership, block).map_err(|e| StoreError::Corrupt {
                             path: read.path.clone(),
                             detail: format!("received block {}: {e}", block.height),
-                        }
-                    })?;
+                        })?;
                     changes.extend(applied);
                     chain.append(block)?;
                     *head = Some(Tip::of(block));
+                    if block.height == 0 {
+                        self.record_cluster_id(block)?;
+                    }
                     Ok(())
                 })?;
             }
@@ -382,6 +351,33 @@ impl StateMachineStore {
     }
 }
 
+/// Checks, before anything changes, that the staged blocks are whole: consecutive, each
+/// hashing to itself and linking to the one before, from this node's head up to the
+/// snapshot's head.
+fn check_staged(dir: &std::path::Path, have: Option<Tip>, want: Option<Tip>) -> Result<(), StoreError> {
+    let mut prev = have;
+    crate::store::chain_file::read_all(dir, |read| {
+        let block = &read.block;
+        if have.is_some_and(|h| block.height <= h.height) {
+            return Ok(());
+        }
+        block.verify_after(prev).map_err(|e| StoreError::Corrupt {
+            path: read.path.clone(),
+            detail: format!("received block {}: {e}", block.height),
+        })?;
+        prev = Some(Tip::of(block));
+        Ok(())
+    })?;
+    let (got, wanted) = (prev.map(|t| (t.height, t.hash)), want.map(|t| (t.height, t.hash)));
+    if wanted.is_some() && got != wanted {
+        return Err(StoreError::Corrupt {
+            path: dir.to_owned(),
+            detail: format!("the received blocks end at {got:?}, the snapshot's head is {wanted:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// The last snapshot's manifest, if any.
 pub fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
     match std::fs::read(data.raft().join(SNAPSHOT)) {
@@ -396,18 +392,13 @@ fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let manifest = self
-            .current_manifest()
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let manifest = self.current_manifest().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot {
             meta: manifest.meta.clone(),
-            snapshot: Box::new(SnapshotData {
-                manifest,
-                staged_blocks: None,
-            }),
+            snapshot: Box::new(SnapshotData { manifest, staged_blocks: None }),
         })
     }
 }
@@ -439,8 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         chain.sync().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(chain);
-        self.publish(changes, last_index)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.publish(changes, last_index).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(results)
     }
 
@@ -458,18 +448,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        self.install(meta, *snapshot)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))
+        self.install(meta, *snapshot).map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let manifest = read_manifest(&self.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         Ok(manifest.map(|m| Snapshot {
             meta: m.meta.clone(),
-            snapshot: Box::new(SnapshotData {
-                manifest: m,
-                staged_blocks: None,
-            }),
+            snapshot: Box::new(SnapshotData { manifest: m, staged_blocks: None }),
         }))
     }
 }

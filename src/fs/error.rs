@@ -55,10 +55,9 @@ impl FsError {
             FsError::InvalidName(e) => match e {
                 StateIdError::TooLong => libc::ENAMETOOLONG,
                 StateIdError::Reserved => libc::EACCES,
-                StateIdError::Empty
-                | StateIdError::Dot
-                | StateIdError::Nul
-                | StateIdError::NotUtf8 => libc::EINVAL,
+                StateIdError::Empty | StateIdError::Dot | StateIdError::Nul | StateIdError::NotUtf8 => {
+                    libc::EINVAL
+                }
             },
             FsError::TooBig(_) => libc::EFBIG,
             FsError::ReadOnly => libc::EACCES,
@@ -94,25 +93,10 @@ mod tests {
     fn contract_errnos() {
         assert_eq!(FsError::TooBig(1).errno(), libc::EFBIG);
         assert_eq!(FsError::ReadOnly.errno(), libc::EACCES);
-        assert_eq!(
-            FsError::InvalidName(StateIdError::TooLong).errno(),
-            libc::ENAMETOOLONG
-        );
-        assert_eq!(
-            FsError::InvalidName(StateIdError::Reserved).errno(),
-            libc::EACCES
-        );
-        assert_eq!(
-            FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(),
-            libc::EIO
-        );
-        assert_eq!(
-            FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(),
-            libc::EEXIST
-        );
-        assert_eq!(
-            FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(),
-            libc::ENOTEMPTY
-        );
+        assert_eq!(FsError::InvalidName(StateIdError::TooLong).errno(), libc::ENAMETOOLONG);
+        assert_eq!(FsError::InvalidName(StateIdError::Reserved).errno(), libc::EACCES);
+        assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
+        assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);
+        assert_eq!(FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(), libc::ENOTEMPTY);
     }
 }

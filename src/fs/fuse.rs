@@ -14,10 +14,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -117,13 +116,10 @@ impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(
-            async move { fs.lookup(parent.0, &n).await },
-            move |r| match r {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(async move { fs.lookup(parent.0, &n).await }, move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -153,20 +149,11 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let ttl = fs.ttl();
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            fh: fh.map(|f| f.0),
-        };
-        self.run(
-            async move { fs.setattr(ino.0, set).await },
-            move |r| match r {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let set = SetAttr { mode, uid, gid, size, fh: fh.map(|f| f.0) };
+        self.run(async move { fs.setattr(ino.0, set).await }, move |r| match r {
+            Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn mknod(
@@ -182,48 +169,26 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(errno(&self.fs.unsupported("mknod")));
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        n: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(
-            async move { fs.mkdir(parent.0, &n, mode, umask).await },
-            move |r| match r {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(async move { fs.mkdir(parent.0, &n, mode, umask).await }, move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (fs, n) = (self.fs.clone(), name(n));
-        self.run(async move { fs.unlink(parent.0, &n).await }, move |r| {
-            empty(reply, r)
-        });
+        self.run(async move { fs.unlink(parent.0, &n).await }, move |r| empty(reply, r));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (fs, n) = (self.fs.clone(), name(n));
-        self.run(async move { fs.rmdir(parent.0, &n).await }, move |r| {
-            empty(reply, r)
-        });
+        self.run(async move { fs.rmdir(parent.0, &n).await }, move |r| empty(reply, r));
     }
 
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, _req: &Request, _parent: INodeNo, _link: &OsStr, _target: &Path, reply: ReplyEntry) {
         reply.error(errno(&self.fs.unsupported("symlink")));
     }
 
@@ -239,10 +204,7 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let (fs, n, new_name) = (self.fs.clone(), name(n), name(new_name));
         self.run(
-            async move {
-                fs.rename(parent.0, &n, new_parent.0, &new_name, flags.bits())
-                    .await
-            },
+            async move { fs.rename(parent.0, &n, new_parent.0, &new_name, flags.bits()).await },
             move |r| empty(reply, r),
         );
     }
@@ -260,13 +222,10 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.run(
-            async move { fs.open(ino.0, flags.0).await },
-            move |r| match r {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(async move { fs.open(ino.0, flags.0).await }, move |r| match r {
+            Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn read(
@@ -313,9 +272,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.run(async move { fs.flush(fh.0).await }, move |r| {
-            empty(reply, r)
-        });
+        self.run(async move { fs.flush(fh.0).await }, move |r| empty(reply, r));
     }
 
     fn release(
@@ -332,18 +289,9 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.run(async move { fs.fsync(fh.0).await }, move |r| {
-            empty(reply, r)
-        });
+        self.run(async move { fs.fsync(fh.0).await }, move |r| empty(reply, r));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -354,14 +302,7 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.fs.readdir(fh.0, offset, &mut Directory(&mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -380,14 +321,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Directory changes are committed before their calls return: nothing is pending.
         reply.ok();
     }
@@ -410,14 +344,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(errno(&self.fs.unsupported("setxattr")));
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
         reply.error(errno(&self.fs.unsupported("getxattr")));
     }
 
@@ -446,19 +373,12 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttl = fs.ttl();
-        self.run(
-            async move { fs.create(parent.0, &n, mode, umask, flags).await },
-            move |r| match r {
-                Ok((attr, o)) => reply.created(
-                    &ttl,
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(o.fh),
-                    open_flags(&o),
-                ),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(async move { fs.create(parent.0, &n, mode, umask, flags).await }, move |r| match r {
+            Ok((attr, o)) => {
+                reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn fallocate(
@@ -493,33 +413,31 @@ pub fn spawn_invalidator(
     use tokio::sync::broadcast::error::RecvError;
     let mut changes = fs.node().subscribe_changes();
     let self_id = fs.node().id();
-    std::thread::Builder::new()
-        .name("lc-invalidate".into())
-        .spawn(move || loop {
-            let batch = match changes.blocking_recv() {
-                Ok(batch) => batch,
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(
-                        missed,
-                        "kernel cache invalidation fell behind; some remote changes may show late"
-                    );
-                    continue;
-                }
-                Err(RecvError::Closed) => return,
-            };
-            let todo: std::collections::BTreeSet<Invalidation> = batch
-                .iter()
-                .filter(|(origin, _)| *origin != self_id)
-                .flat_map(|(_, change)| fs.invalidations(change))
-                .collect();
-            for inv in todo {
-                // ENOENT means the kernel does not cache it: nothing to drop.
-                let _ = match &inv {
-                    Invalidation::Entry { parent, name } => {
-                        notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
-                    }
-                    Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                };
+    std::thread::Builder::new().name("lc-invalidate".into()).spawn(move || loop {
+        let batch = match changes.blocking_recv() {
+            Ok(batch) => batch,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "kernel cache invalidation fell behind; some remote changes may show late"
+                );
+                continue;
             }
-        })
+            Err(RecvError::Closed) => return,
+        };
+        let todo: std::collections::BTreeSet<Invalidation> = batch
+            .iter()
+            .filter(|(origin, _)| *origin != self_id)
+            .flat_map(|(_, change)| fs.invalidations(change))
+            .collect();
+        for inv in todo {
+            // ENOENT means the kernel does not cache it: nothing to drop.
+            let _ = match &inv {
+                Invalidation::Entry { parent, name } => {
+                    notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                }
+                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            };
+        }
+    })
 }

@@ -31,9 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::FsError;
 
-use crate::chain::{
-    Change, Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO,
-};
+use crate::chain::{Change, Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO};
 use crate::node::{Node, ReadConsistency};
 
 /// Inode of the read-only control directory `.lightchain/`.
@@ -211,13 +209,7 @@ fn mtime_of(ms: u64) -> SystemTime {
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
-        Fs {
-            node,
-            config,
-            handles: Mutex::default(),
-            dirs: Mutex::default(),
-            next_fh: AtomicU64::new(1),
-        }
+        Fs { node, config, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     /// The node below.
@@ -239,11 +231,7 @@ impl Fs {
     }
 
     fn attr_of(&self, entry: &Entry) -> Attr {
-        let (kind, nlink) = if entry.is_dir() {
-            (Kind::Dir, 2)
-        } else {
-            (Kind::File, 1)
-        };
+        let (kind, nlink) = if entry.is_dir() { (Kind::Dir, 2) } else { (Kind::File, 1) };
         Attr {
             ino: entry.ino,
             kind,
@@ -262,21 +250,8 @@ impl Fs {
         } else {
             (Kind::File, 0o444, self.status_bytes().len() as u64, 1)
         };
-        let mtime = self
-            .node
-            .replica()
-            .head
-            .map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
-        Attr {
-            ino,
-            kind,
-            size,
-            perm,
-            mtime,
-            nlink,
-            uid: self.config.uid,
-            gid: self.config.gid,
-        }
+        let mtime = self.node.replica().head.map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
+        Attr { ino, kind, size, perm, mtime, nlink, uid: self.config.uid, gid: self.config.gid }
     }
 
     fn status_bytes(&self) -> Vec<u8> {
@@ -294,11 +269,7 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let replica = self.node.replica();
-        replica
-            .tree
-            .id_of(ino)
-            .cloned()
-            .ok_or(FsError::Precondition(crate::chain::Reject::NotFound))
+        replica.tree.id_of(ino).cloned().ok_or(FsError::Precondition(crate::chain::Reject::NotFound))
     }
 
     /// The ID of `name` in directory `parent`; the control directory is read-only.
@@ -377,20 +348,12 @@ impl Fs {
 
     fn insert_handle(&self, attr: Attr, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap()
-            .insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle })));
+        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle })));
         fh
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Mutex<OpenFile>>, FsError> {
-        self.handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)
+        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
     /// `open`: a snapshot for reading, or a write buffer.
@@ -404,20 +367,11 @@ impl Fs {
                 self.control_attr(STATUS_INO),
                 Handle::Read(Content::from(self.status_bytes())),
             );
-            return Ok(Opened {
-                fh,
-                direct_io: true,
-                keep_cache: false,
-                no_flush: true,
-            });
+            return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
         }
         let id = self.id_of(ino)?;
         if writable && self.node.knows_no_quorum() {
-            return self.logged(
-                "open",
-                &id,
-                Err(FsError::Node(crate::node::Error::NoQuorum)),
-            );
+            return self.logged("open", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
         let truncate = flags & libc::O_TRUNC != 0;
         if !(writable && truncate) {
@@ -433,37 +387,24 @@ impl Fs {
             let replica = self.node.replica();
             match replica.tree.get(id) {
                 None => return Err(Self::not_found()),
-                Some(Entry {
-                    kind: EntryKind::Dir,
-                    ..
-                }) => return Err(FsError::Precondition(crate::chain::Reject::IsADirectory)),
-                Some(
-                    entry @ Entry {
-                        kind: EntryKind::File(content),
-                        ..
-                    },
-                ) => (content.clone(), self.attr_of(entry)),
+                Some(Entry { kind: EntryKind::Dir, .. }) => {
+                    return Err(FsError::Precondition(crate::chain::Reject::IsADirectory))
+                }
+                Some(entry @ Entry { kind: EntryKind::File(content), .. }) => {
+                    (content.clone(), self.attr_of(entry))
+                }
             }
         };
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
             let fh = self.insert_handle(attr, Handle::Read(content));
-            return Ok(Opened {
-                fh,
-                direct_io: false,
-                keep_cache: self.local_reads(),
-                no_flush: true,
-            });
+            return Ok(Opened { fh, direct_io: false, keep_cache: self.local_reads(), no_flush: true });
         }
         let truncate = flags & libc::O_TRUNC != 0;
         let append = flags & libc::O_APPEND != 0 && !truncate;
         let handle = WriteHandle {
             ino,
             append,
-            buffer: if truncate || append {
-                Vec::new()
-            } else {
-                content.as_bytes().to_vec()
-            },
+            buffer: if truncate || append { Vec::new() } else { content.as_bytes().to_vec() },
             dirty: truncate && !content.is_empty(),
             base: content,
             version: 0,
@@ -472,12 +413,7 @@ impl Fs {
         let fh = self.insert_handle(attr, Handle::Write(handle));
         // Direct I/O: every write reaches the buffer, and the kernel refuses a shared writable
         // mmap (ENODEV), whose stores would bypass flush and never be committed.
-        Ok(Opened {
-            fh,
-            direct_io: true,
-            keep_cache: false,
-            no_flush: false,
-        })
+        Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: false })
     }
 
     /// `create`: commits the new file (with `O_EXCL`, on condition that it does not exist)
@@ -493,18 +429,10 @@ impl Fs {
         let id = self.child_id(parent, name);
         let id = self.logged("create", &String::from_utf8_lossy(name), id)?;
         if self.node.knows_no_quorum() {
-            return self.logged(
-                "create",
-                &id,
-                Err(FsError::Node(crate::node::Error::NoQuorum)),
-            );
+            return self.logged("create", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
         let exclusive = flags & libc::O_EXCL != 0;
-        let op = TxOp::Create {
-            id: id.clone(),
-            mode: mode & !umask & 0o7777,
-            exclusive,
-        };
+        let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive };
         let committed = self.node.propose(op).await.map_err(FsError::from);
         self.logged("create", &id, committed)?;
         let ino = self.entry_attr(&id).ok_or_else(Self::not_found)?.ino;
@@ -583,19 +511,13 @@ impl Fs {
                 return Ok(());
             };
             let content = Content::from(w.buffer.clone());
-            let op = if w.append {
-                TxOp::Append { id, content }
-            } else {
-                TxOp::Put { id, content }
-            };
+            let op = if w.append { TxOp::Append { id, content } } else { TxOp::Put { id, content } };
             (op, w.version, w.buffer.len())
         };
         let id = op.state_ids()[0].clone();
         let result = self.node.propose(op).await.map_err(FsError::from);
         let mut open = handle.lock().unwrap();
-        let Handle::Write(w) = &mut open.handle else {
-            unreachable!("a handle keeps its kind")
-        };
+        let Handle::Write(w) = &mut open.handle else { unreachable!("a handle keeps its kind") };
         match result {
             Ok(_) if w.append => {
                 let committed: Vec<u8> = w.buffer.drain(..sent).collect();
@@ -636,41 +558,23 @@ impl Fs {
             return Ok(self.control_attr(ino));
         }
         let id = self.id_of(ino)?;
-        if set.uid.is_some_and(|u| u != self.config.uid)
-            || set.gid.is_some_and(|g| g != self.config.gid)
-        {
+        if set.uid.is_some_and(|u| u != self.config.uid) || set.gid.is_some_and(|g| g != self.config.gid) {
             return self.logged("chown", &id, Err(FsError::NotPermitted));
         }
         if let Some(size) = set.size {
             if size > self.config.max_state_size {
-                return self.logged(
-                    "truncate",
-                    &id,
-                    Err(FsError::TooBig(self.config.max_state_size)),
-                );
+                return self.logged("truncate", &id, Err(FsError::TooBig(self.config.max_state_size)));
             }
             match set.fh.map(|fh| self.handle(fh)).transpose()? {
                 Some(handle) => self.truncate_handle(&handle, size)?,
                 None => {
-                    let committed = self
-                        .node
-                        .propose(TxOp::Truncate {
-                            id: id.clone(),
-                            size,
-                        })
-                        .await;
+                    let committed = self.node.propose(TxOp::Truncate { id: id.clone(), size }).await;
                     self.logged("truncate", &id, committed.map_err(FsError::from))?;
                 }
             }
         }
         if let Some(mode) = set.mode {
-            let committed = self
-                .node
-                .propose(TxOp::Chmod {
-                    id: id.clone(),
-                    mode: mode & 0o7777,
-                })
-                .await;
+            let committed = self.node.propose(TxOp::Chmod { id: id.clone(), mode: mode & 0o7777 }).await;
             self.logged("chmod", &id, committed.map_err(FsError::from))?;
         }
         self.getattr(ino, set.fh)
@@ -696,22 +600,10 @@ impl Fs {
     }
 
     /// `mkdir`.
-    pub async fn mkdir(
-        &self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Result<Attr, FsError> {
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr, FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("mkdir", &String::from_utf8_lossy(name), id)?;
-        let committed = self
-            .node
-            .propose(TxOp::Mkdir {
-                id: id.clone(),
-                mode: mode & !umask & 0o7777,
-            })
-            .await;
+        let committed = self.node.propose(TxOp::Mkdir { id: id.clone(), mode: mode & !umask & 0o7777 }).await;
         self.logged("mkdir", &id, committed.map_err(FsError::from))?;
         self.entry_attr(&id).ok_or_else(Self::not_found)
     }
@@ -741,9 +633,8 @@ impl Fs {
         new_name: &[u8],
         flags: u32,
     ) -> Result<(), FsError> {
-        let ids = self
-            .child_id(parent, name)
-            .and_then(|from| Ok((from, self.child_id(new_parent, new_name)?)));
+        let ids =
+            self.child_id(parent, name).and_then(|from| Ok((from, self.child_id(new_parent, new_name)?)));
         let (from, to) = self.logged("rename", &String::from_utf8_lossy(name), ids)?;
         let mode = match flags {
             0 => RenameMode::Replace,
@@ -751,37 +642,18 @@ impl Fs {
             f if f == libc::RENAME_EXCHANGE => RenameMode::Exchange,
             _ => return self.logged("rename", &from, Err(FsError::InvalidArgument)),
         };
-        let committed = self
-            .node
-            .propose(TxOp::Rename {
-                from: from.clone(),
-                to,
-                mode,
-            })
-            .await;
+        let committed = self.node.propose(TxOp::Rename { from: from.clone(), to, mode }).await;
         self.logged("rename", &from, committed.map(drop).map_err(FsError::from))
     }
 
     /// `opendir`: takes a snapshot of the listing, so `readdir` pages stay consistent.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let mut entries = vec![
-            DirEntry {
-                ino,
-                kind: Kind::Dir,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: ROOT_INO,
-                kind: Kind::Dir,
-                name: "..".into(),
-            },
+            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
+            DirEntry { ino: ROOT_INO, kind: Kind::Dir, name: "..".into() },
         ];
         if ino == CONTROL_INO {
-            entries.push(DirEntry {
-                ino: STATUS_INO,
-                kind: Kind::File,
-                name: STATUS_NAME.into(),
-            });
+            entries.push(DirEntry { ino: STATUS_INO, kind: Kind::File, name: STATUS_NAME.into() });
         } else {
             let id = self.id_of(ino)?;
             self.node.read_barrier().await?;
@@ -797,23 +669,11 @@ impl Fs {
                 entries[1].ino = parent.ino;
             }
             if id.is_root() {
-                entries.push(DirEntry {
-                    ino: CONTROL_INO,
-                    kind: Kind::Dir,
-                    name: CONTROL_DIR.into(),
-                });
+                entries.push(DirEntry { ino: CONTROL_INO, kind: Kind::Dir, name: CONTROL_DIR.into() });
             }
             for (child, entry) in replica.tree.children(&id) {
-                let kind = if entry.is_dir() {
-                    Kind::Dir
-                } else {
-                    Kind::File
-                };
-                entries.push(DirEntry {
-                    ino: entry.ino,
-                    kind,
-                    name: child.name().to_owned(),
-                });
+                let kind = if entry.is_dir() { Kind::Dir } else { Kind::File };
+                entries.push(DirEntry { ino: entry.ino, kind, name: child.name().to_owned() });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -822,19 +682,8 @@ impl Fs {
     }
 
     /// `readdir`: entries of the `opendir` snapshot from `offset` on.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        replier: &mut dyn DirReplier,
-    ) -> Result<(), FsError> {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
+    pub fn readdir(&self, fh: u64, offset: u64, replier: &mut dyn DirReplier) -> Result<(), FsError> {
+        let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             if replier.add(entry.ino, i as u64 + 1, entry.kind, &entry.name) {
                 break;
@@ -856,10 +705,7 @@ impl Fs {
         let mut out = Vec::new();
         let mut touch = |id: &StateId| {
             if let Some(dir) = id.parent().and_then(|p| tree.get(&p)) {
-                out.push(Invalidation::Entry {
-                    parent: dir.ino,
-                    name: id.name().to_owned(),
-                });
+                out.push(Invalidation::Entry { parent: dir.ino, name: id.name().to_owned() });
                 out.push(Invalidation::Inode(dir.ino));
             }
             if let Some(entry) = tree.get(id) {

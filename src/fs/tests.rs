@@ -34,8 +34,7 @@ enum Op {
 }
 
 fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..=3)
-        .prop_map(|parts| parts.join("/"))
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..=3).prop_map(|parts| parts.join("/"))
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,11 +65,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
         let dirs = &parts[..parts.len() - 1];
         let mut at = String::new();
         for (i, part) in dirs.iter().enumerate() {
-            at = if at.is_empty() {
-                part.to_string()
-            } else {
-                format!("{at}/{part}")
-            };
+            at = if at.is_empty() { part.to_string() } else { format!("{at}/{part}") };
             match m.get(&at) {
                 Some(Model::Dir) => {}
                 Some(Model::File(_)) if i + 1 == dirs.len() => return Ok(true),
@@ -91,8 +86,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
             false => Ok(()),
         }
     };
-    let below =
-        |m: &BTreeMap<String, Model>, p: &str| m.keys().any(|k| k.starts_with(&format!("{p}/")));
+    let below = |m: &BTreeMap<String, Model>, p: &str| m.keys().any(|k| k.starts_with(&format!("{p}/")));
     match op {
         Op::Create(p) => {
             parent_ok(m, p)?;
@@ -217,9 +211,7 @@ async fn fs_apply(fs: &Fs, op: &Op) -> Result<(), FsError> {
     match op {
         Op::Create(p) => {
             let (dir, name) = resolve_parent(fs, p).await?;
-            let (_, opened) = fs
-                .create(dir, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
-                .await?;
+            let (_, opened) = fs.create(dir, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY).await?;
             let result = fs.flush(opened.fh).await;
             fs.release(opened.fh);
             result
@@ -228,15 +220,7 @@ async fn fs_apply(fs: &Fs, op: &Op) -> Result<(), FsError> {
         Op::Append(p, d) => write_file(fs, p, libc::O_WRONLY | libc::O_APPEND, d).await,
         Op::Truncate(p, size) => {
             let ino = resolve(fs, p).await?;
-            fs.setattr(
-                ino,
-                SetAttr {
-                    size: Some(*size),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(drop)
+            fs.setattr(ino, SetAttr { size: Some(*size), ..Default::default() }).await.map(drop)
         }
         Op::Unlink(p) => {
             let (dir, name) = resolve_parent(fs, p).await?;
@@ -253,14 +237,7 @@ async fn fs_apply(fs: &Fs, op: &Op) -> Result<(), FsError> {
         Op::Rename(from, to) => {
             let (from_dir, from_name) = resolve_parent(fs, from).await?;
             let (to_dir, to_name) = resolve_parent(fs, to).await?;
-            fs.rename(
-                from_dir,
-                from_name.as_bytes(),
-                to_dir,
-                to_name.as_bytes(),
-                0,
-            )
-            .await
+            fs.rename(from_dir, from_name.as_bytes(), to_dir, to_name.as_bytes(), 0).await
         }
     }
 }
@@ -287,11 +264,7 @@ async fn snapshot(fs: &Fs) -> BTreeMap<String, Model> {
             if name == "." || name == ".." || (dir == ROOT_INO && name == CONTROL_DIR) {
                 continue;
             }
-            let p = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
+            let p = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
             match kind {
                 Kind::Dir => {
                     out.insert(p.clone(), Model::Dir);
@@ -324,18 +297,8 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
         snapshot_every: 5000,
     };
     let node = Node::start(&data, config, listener).await.unwrap();
-    assert!(
-        node.wait_ready(Duration::from_secs(10)).await,
-        "single node never became ready"
-    );
-    Arc::new(Fs::new(
-        node,
-        FsConfig {
-            max_state_size,
-            uid: 0,
-            gid: 0,
-        },
-    ))
+    assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");
+    Arc::new(Fs::new(node, FsConfig { max_state_size, uid: 0, gid: 0 }))
 }
 
 proptest! {
@@ -366,34 +329,17 @@ fn oversized_write_spoils_the_handle_and_keeps_the_old_content() {
     rt.block_on(async {
         let fs = start_fs(tmp.path(), 8).await;
         write_file(&fs, "x", libc::O_WRONLY, b"").await.unwrap_err(); // missing: ENOENT
-        let (_, o) = fs
-            .create(ROOT_INO, b"x", 0o644, 0, libc::O_WRONLY)
-            .await
-            .unwrap();
+        let (_, o) = fs.create(ROOT_INO, b"x", 0o644, 0, libc::O_WRONLY).await.unwrap();
         fs.write(o.fh, 0, b"old").unwrap();
         fs.flush(o.fh).await.unwrap();
         fs.release(o.fh);
         let ino = resolve(&fs, "x").await.unwrap();
         let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
-        assert_eq!(
-            fs.write(o.fh, 0, b"123456789").unwrap_err().errno(),
-            libc::EFBIG
-        );
-        assert_eq!(
-            fs.write(o.fh, 0, b"1").unwrap_err().errno(),
-            libc::EFBIG,
-            "spoiled"
-        );
-        assert_eq!(
-            fs.flush(o.fh).await.unwrap_err().errno(),
-            libc::EFBIG,
-            "spoiled"
-        );
+        assert_eq!(fs.write(o.fh, 0, b"123456789").unwrap_err().errno(), libc::EFBIG);
+        assert_eq!(fs.write(o.fh, 0, b"1").unwrap_err().errno(), libc::EFBIG, "spoiled");
+        assert_eq!(fs.flush(o.fh).await.unwrap_err().errno(), libc::EFBIG, "spoiled");
         fs.release(o.fh);
-        assert_eq!(
-            snapshot(&fs).await.get("x"),
-            Some(&Model::File(b"old".to_vec()))
-        );
+        assert_eq!(snapshot(&fs).await.get("x"), Some(&Model::File(b"old".to_vec())));
         fs.node().shutdown().await;
     });
 }
@@ -407,41 +353,20 @@ fn exclusive_create_and_control_directory() {
         let excl = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let (_, o) = fs.create(ROOT_INO, b"lock", 0o644, 0, excl).await.unwrap();
         fs.release(o.fh);
-        let err = fs
-            .create(ROOT_INO, b"lock", 0o644, 0, excl)
-            .await
-            .unwrap_err();
+        let err = fs.create(ROOT_INO, b"lock", 0o644, 0, excl).await.unwrap_err();
         assert_eq!(err.errno(), libc::EEXIST);
-        let err = fs
-            .create(ROOT_INO, CONTROL_DIR.as_bytes(), 0o644, 0, libc::O_WRONLY)
-            .await
-            .unwrap_err();
+        let err = fs.create(ROOT_INO, CONTROL_DIR.as_bytes(), 0o644, 0, libc::O_WRONLY).await.unwrap_err();
         assert_eq!(err.errno(), libc::EACCES);
-        let err = fs
-            .create(CONTROL_INO, b"x", 0o644, 0, libc::O_WRONLY)
-            .await
-            .unwrap_err();
+        let err = fs.create(CONTROL_INO, b"x", 0o644, 0, libc::O_WRONLY).await.unwrap_err();
         assert_eq!(err.errno(), libc::EACCES);
-        assert_eq!(
-            fs.open(STATUS_INO, libc::O_WRONLY)
-                .await
-                .unwrap_err()
-                .errno(),
-            libc::EACCES
-        );
+        assert_eq!(fs.open(STATUS_INO, libc::O_WRONLY).await.unwrap_err().errno(), libc::EACCES);
         let status = fs.open(STATUS_INO, libc::O_RDONLY).await.unwrap();
         let json: serde_json::Value =
             serde_json::from_slice(&fs.read(status.fh, 0, 1 << 16).unwrap()).unwrap();
         assert_eq!(json["ready"], true);
         assert_eq!(json["role"], "leader");
         let long = vec![b'x'; 256];
-        assert_eq!(
-            fs.mkdir(ROOT_INO, &long, 0o755, 0)
-                .await
-                .unwrap_err()
-                .errno(),
-            libc::ENAMETOOLONG
-        );
+        assert_eq!(fs.mkdir(ROOT_INO, &long, 0o755, 0).await.unwrap_err().errno(), libc::ENAMETOOLONG);
         fs.node().shutdown().await;
     });
 }

@@ -72,9 +72,7 @@ pub struct Context {
 
 fn content_len(tx: &Transaction) -> usize {
     match &tx.op {
-        crate::chain::TxOp::Put { content, .. } | crate::chain::TxOp::Append { content, .. } => {
-            content.len()
-        }
+        crate::chain::TxOp::Put { content, .. } | crate::chain::TxOp::Append { content, .. } => content.len(),
         _ => 0,
     }
 }
@@ -136,26 +134,12 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             return;
         }
         let txs: Vec<Transaction> = batch.iter().map(|p| p.tx.clone()).collect();
-        match ctx
-            .raft
-            .client_write(Batch {
-                timestamp_ms,
-                txs: txs.clone(),
-            })
-            .await
-        {
+        match ctx.raft.client_write(Batch { timestamp_ms, txs: txs.clone() }).await {
             Ok(response) => {
-                let height = response
-                    .data
-                    .height
-                    .expect("a normal entry always makes a block");
+                let height = response.data.height.expect("a normal entry always makes a block");
                 let index = response.log_id.index;
                 for (p, outcome) in batch.into_iter().zip(response.data.outcomes) {
-                    let _ = p.reply.send(Ok(Applied {
-                        height,
-                        index,
-                        outcome,
-                    }));
+                    let _ = p.reply.send(Ok(Applied { height, index, outcome }));
                 }
                 return;
             }
@@ -195,24 +179,14 @@ async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<A
     let mut client = ClusterClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let body = ForwardRequest {
-        txs: serde_json::to_vec(txs).expect("transactions serialize"),
-    };
+    let body = ForwardRequest { txs: serde_json::to_vec(txs).expect("transactions serialize") };
     let request = peer::request(body, ctx.guard.as_ref(), ctx.commit_timeout);
-    let response = client
-        .forward(request)
-        .await
-        .map_err(|s| s.message().to_owned())?;
+    let response = client.forward(request).await.map_err(|s| s.message().to_owned())?;
     peer::admit_response(&response, ctx.guard.as_ref())?;
     let reply = response.into_inner();
-    let outcomes: Vec<Outcome> =
-        serde_json::from_slice(&reply.outcomes).map_err(|e| e.to_string())?;
+    let outcomes: Vec<Outcome> = serde_json::from_slice(&reply.outcomes).map_err(|e| e.to_string())?;
     if outcomes.len() != txs.len() {
-        return Err(format!(
-            "leader answered {} outcomes for {} transactions",
-            outcomes.len(),
-            txs.len()
-        ));
+        return Err(format!("leader answered {} outcomes for {} transactions", outcomes.len(), txs.len()));
     }
     let mut applied = ctx.applied.clone();
     tokio::time::timeout(ctx.commit_timeout, applied.wait_for(|i| *i >= reply.index))
@@ -221,10 +195,6 @@ async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<A
         .map_err(|_| "shutting down".to_owned())?;
     Ok(outcomes
         .into_iter()
-        .map(|outcome| Applied {
-            height: reply.height,
-            index: reply.index,
-            outcome,
-        })
+        .map(|outcome| Applied { height: reply.height, index: reply.index, outcome })
         .collect())
 }

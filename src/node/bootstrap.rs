@@ -33,25 +33,53 @@ pub enum Decision {
     Join,
 }
 
+/// The canonical spelling of an address (`127.0.0.1:07070` → `127.0.0.1:7070`, IPv6 in
+/// brackets), so every node derives the same node id for the same member. Host names are
+/// kept as written (lower-cased): resolving them could differ between nodes.
+pub fn normalize(addr: &str) -> String {
+    let addr = addr.trim();
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sock) => sock.to_string(),
+        Err(_) => addr.to_ascii_lowercase(),
+    }
+}
+
 /// The initial members: every peer address and this node's, by derived node id.
 pub fn members(advertise: &str, peers: &[String]) -> BTreeMap<u64, String> {
-    let mut members: BTreeMap<u64, String> =
-        peers.iter().map(|a| (node_id_for(a), a.clone())).collect();
-    members.insert(node_id_for(advertise), advertise.to_owned());
+    let mut members: BTreeMap<u64, String> = peers
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| normalize(a))
+        .map(|a| (node_id_for(&a), a))
+        .collect();
+    let advertise = normalize(advertise);
+    members.insert(node_id_for(&advertise), advertise);
     members
 }
 
-async fn hello(
-    channels: &Channels,
-    guard: &dyn PeerGuard,
-    addr: &str,
-) -> Result<HelloReply, String> {
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_derives_the_same_members() {
+        let peers =
+            vec!["127.0.0.1:7071".to_owned(), " 127.0.0.1:7072".to_owned(), "127.0.0.1:7073".to_owned()];
+        let a = members("127.0.0.1:7071", &peers);
+        let b = members("127.0.0.1:7072", &peers);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3);
+        assert_eq!(normalize("[::1]:80"), "[::1]:80");
+        assert_eq!(normalize("Node-1.Example:7070"), "node-1.example:7070");
+        // A node not in the list is added (its own address may be omitted).
+        assert_eq!(members("127.0.0.1:7074", &peers).len(), 4);
+    }
+}
+
+async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {
     let channel = channels.get(addr)?;
     let request = peer::request(HelloRequest {}, guard, Duration::from_secs(2));
-    let reply = ClusterClient::new(channel)
-        .hello(request)
-        .await
-        .map_err(|s| s.message().to_owned())?;
+    let reply = ClusterClient::new(channel).hello(request).await.map_err(|s| s.message().to_owned())?;
     Ok(reply.into_inner())
 }
 
@@ -62,11 +90,7 @@ pub async fn decide_fresh(
     self_id: u64,
     members: &BTreeMap<u64, String>,
 ) -> Result<Decision, String> {
-    let others: Vec<&String> = members
-        .iter()
-        .filter(|(id, _)| **id != self_id)
-        .map(|(_, a)| a)
-        .collect();
+    let others: Vec<&String> = members.iter().filter(|(id, _)| **id != self_id).map(|(_, a)| a).collect();
     if others.is_empty() {
         return Ok(Decision::Initialize);
     }
@@ -75,10 +99,9 @@ pub async fn decide_fresh(
     let mut last_report = Instant::now();
     loop {
         let mut answered = 1; // this node
+        let mut existing = None;
         for addr in &others {
-            let Ok(reply) = hello(channels, guard, addr).await else {
-                continue;
-            };
+            let Ok(reply) = hello(channels, guard, addr).await else { continue };
             answered += 1;
             if reply.known_incarnation.is_some() {
                 return Err(format!(
@@ -88,22 +111,25 @@ pub async fn decide_fresh(
                 ));
             }
             if reply.has_genesis {
-                tracing::info!(peer = %addr, cluster = %reply.cluster_id, "the cluster exists; joining as a member that has not started before");
-                return Ok(Decision::Join);
+                existing.get_or_insert((addr.to_string(), reply.cluster_id));
             }
+        }
+        // Every reachable peer was asked first: any of them remembering this node wins.
+        if let Some((addr, cluster)) = existing {
+            tracing::info!(peer = %addr, cluster = %cluster, "the cluster exists; joining as a member that has not started before");
+            return Ok(Decision::Join);
         }
         if answered >= majority {
             return Ok(Decision::Initialize);
         }
         if Instant::now() > deadline {
-            return Err(format!("only {answered} of {} members answered within {BOOTSTRAP_TIMEOUT:?}; start the others", members.len()));
+            return Err(format!(
+                "only {answered} of {} members answered within {BOOTSTRAP_TIMEOUT:?}; start the others",
+                members.len()
+            ));
         }
         if last_report.elapsed() > Duration::from_secs(5) {
-            tracing::info!(
-                answered,
-                needed = majority,
-                "waiting for a majority of the initial members"
-            );
+            tracing::info!(answered, needed = majority, "waiting for a majority of the initial members");
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -33,10 +33,7 @@ impl ClusterService {
     }
 
     fn node(&self) -> Result<&Arc<Node>, Status> {
-        self.cell
-            .node
-            .get()
-            .ok_or_else(|| Status::unavailable("the node is starting"))
+        self.cell.node.get().ok_or_else(|| Status::unavailable("the node is starting"))
     }
 }
 
@@ -46,10 +43,7 @@ fn unavailable(e: super::Error) -> Status {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn forward(
-        &self,
-        request: Request<ForwardRequest>,
-    ) -> Result<Response<ForwardReply>, Status> {
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let node = self.node()?;
         peer::admit_request(&request, node.guard.as_ref())?;
         let txs: Vec<Transaction> = serde_json::from_slice(&request.into_inner().txs)
@@ -72,10 +66,7 @@ impl Cluster for ClusterService {
         let node = self.node()?;
         peer::admit_request(&request, node.guard.as_ref())?;
         let index = node.leader_read_index().await.map_err(unavailable)?;
-        Ok(peer::response(
-            ReadIndexReply { index },
-            node.guard.as_ref(),
-        ))
+        Ok(peer::response(ReadIndexReply { index }, node.guard.as_ref()))
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
@@ -91,9 +82,7 @@ impl Cluster for ClusterService {
             cluster_id: local.cluster_id.clone(),
             has_genesis: head.is_some() || !local.cluster_id.is_empty(),
             head_height: head.map(|h| h.height),
-            known_incarnation: from
-                .filter(|f| *f != local.node_id)
-                .and_then(|f| guard.known_incarnation(f)),
+            known_incarnation: from.filter(|f| *f != local.node_id).and_then(|f| guard.known_incarnation(f)),
             node_id: local.node_id,
         };
         Ok(peer::response(reply, guard))

@@ -17,11 +17,7 @@ pub struct NodeGuard {
 impl NodeGuard {
     /// A guard for the node whose identity and data directory these are.
     pub fn new(identity: Arc<Mutex<Identity>>, data: &DataDir) -> crate::store::Result<NodeGuard> {
-        Ok(NodeGuard {
-            identity,
-            known: Mutex::new(KnownPeers::load(data)?),
-            data: data.clone(),
-        })
+        Ok(NodeGuard { identity, known: Mutex::new(KnownPeers::load(data)?), data: data.clone() })
     }
 
     /// The incarnation recorded for `node`, if it was ever heard from.

@@ -141,9 +141,7 @@ const QUORUM_STALE: Duration = Duration::from_millis(1000);
 const LEADERLESS: Duration = Duration::from_secs(4);
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn consensus_err(e: impl std::fmt::Display) -> StartError {
@@ -161,37 +159,25 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         let existing = Identity::load(data)?;
         let fresh = existing.is_none();
-        let identity =
-            existing.unwrap_or_else(|| Identity::generate(node_id_for(&config.advertise)));
+        let identity = existing
+            .unwrap_or_else(|| Identity::generate(node_id_for(&bootstrap::normalize(&config.advertise))));
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
         let guard = Arc::new(guard::NodeGuard::new(shared_identity.clone(), data)?);
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone());
         let mut stop = shutdown.subscribe();
-        let server = crate::rpc::serve(
-            listener,
-            Arc::new(cell.clone()),
-            cell.routes(data.tmp()),
-            async move {
+        let server =
+            crate::rpc::serve(listener, Arc::new(cell.clone()), cell.routes(data.tmp()), async move {
                 let _ = stop.wait_for(|s| *s).await;
-            },
-        );
+            });
         tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
         });
-        let started = Self::start_consensus(
-            data,
-            config,
-            identity,
-            fresh,
-            shared_identity,
-            guard,
-            &cell,
-            &shutdown,
-        )
-        .await;
+        let started =
+            Self::start_consensus(data, config, identity, fresh, shared_identity, guard, &cell, &shutdown)
+                .await;
         if started.is_err() {
             shutdown.send_replace(true);
         }
@@ -212,15 +198,11 @@ impl Node {
         shutdown: &watch::Sender<bool>,
     ) -> Result<Arc<Node>, StartError> {
         let members = bootstrap::members(&config.advertise, &config.peers);
-        let peers: Vec<String> = members
-            .iter()
-            .filter(|(id, _)| **id != identity.node_id)
-            .map(|(_, a)| a.clone())
-            .collect();
+        let peers: Vec<String> =
+            members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
         let channels = Channels::default();
         let decision = if fresh {
-            let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members)
-                .await;
+            let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members).await;
             let d = d.map_err(StartError::Refused)?;
             identity.save(data)?;
             tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory");
@@ -235,28 +217,19 @@ impl Node {
         let log_store = LogStore::open(&data.raft())?;
         let state_machine = StateMachineStore::open(data, shared_identity)?;
         let shared = state_machine.shared();
-        let raft_config = crate::consensus::raft_config(config.snapshot_every)
-            .validate()
-            .map_err(consensus_err)?;
+        let raft_config =
+            crate::consensus::raft_config(config.snapshot_every).validate().map_err(consensus_err)?;
         let network = Network::new(channels.clone(), guard.clone(), data.chain());
-        let raft = Raft::new(
-            identity.node_id,
-            Arc::new(raft_config),
-            network,
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(consensus_err)?;
+        let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log_store, state_machine)
+            .await
+            .map_err(consensus_err)?;
         let _ = cell.raft.set(raft.clone());
         if decision == Some(bootstrap::Decision::Initialize)
             && !raft.is_initialized().await.map_err(consensus_err)?
         {
             tracing::info!(?members, "initializing a new cluster");
-            let nodes: std::collections::BTreeMap<u64, BasicNode> = members
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-                .collect();
+            let nodes: std::collections::BTreeMap<u64, BasicNode> =
+                members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
             raft.initialize(nodes).await.map_err(consensus_err)?;
         }
 
@@ -287,11 +260,7 @@ impl Node {
             commit_timeout: node.config.commit_timeout,
         };
         tokio::spawn(batcher::run(ctx, queue, shutdown.subscribe()));
-        tokio::spawn(track_leaderless(
-            raft.metrics(),
-            node.leaderless_since.clone(),
-            shutdown.subscribe(),
-        ));
+        tokio::spawn(track_leaderless(raft.metrics(), node.leaderless_since.clone(), shutdown.subscribe()));
         let self_id = node.id();
         let metrics = raft.metrics();
         let others = move || {
@@ -303,12 +272,7 @@ impl Node {
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect()
         };
-        tokio::spawn(members::poll(
-            channels,
-            node.views.clone(),
-            others,
-            shutdown.subscribe(),
-        ));
+        tokio::spawn(members::poll(channels, node.views.clone(), others, shutdown.subscribe()));
         Ok(node)
     }
 
@@ -331,9 +295,7 @@ impl Node {
         };
         let applied = self.submit(Transaction { request, op }).await?;
         match applied.outcome {
-            Outcome::Ok | Outcome::Duplicate => Ok(Committed {
-                height: applied.height,
-            }),
+            Outcome::Ok | Outcome::Duplicate => Ok(Committed { height: applied.height }),
             Outcome::Rejected(reject) => Err(Error::Rejected(reject)),
         }
     }
@@ -349,9 +311,7 @@ impl Node {
             // Refuse before proposing, so nothing can change later.
             return Err(Error::NoQuorum);
         }
-        self.proposals
-            .send(batcher::Proposal { tx, reply })
-            .map_err(|_| Error::ShuttingDown)?;
+        self.proposals.send(batcher::Proposal { tx, reply }).map_err(|_| Error::ShuttingDown)?;
         let timeout = self.config.commit_timeout;
         tokio::select! {
             r = tokio::time::timeout(timeout, result) => match r {
@@ -385,15 +345,11 @@ impl Node {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         match m.current_leader {
-            Some(leader) if leader == self.id() => m
-                .millis_since_quorum_ack
-                .is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64),
+            Some(leader) if leader == self.id() => {
+                m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64)
+            }
             Some(_) => false,
-            None => self
-                .leaderless_since
-                .lock()
-                .unwrap()
-                .is_some_and(|t| t.elapsed() > LEADERLESS),
+            None => self.leaderless_since.lock().unwrap().is_some_and(|t| t.elapsed() > LEADERLESS),
         }
     }
 
@@ -415,12 +371,8 @@ impl Node {
             let leader = {
                 let metrics = self.raft.metrics();
                 let m = metrics.borrow();
-                m.current_leader.and_then(|l| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| (l, n.addr.clone()))
-                })
+                m.current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
             };
             let attempt = match leader {
                 Some((l, _)) if l == self.id() => self.leader_read_index().await,
@@ -446,12 +398,8 @@ impl Node {
             self.guard.as_ref(),
             self.config.commit_timeout,
         );
-        let response = ClusterClient::new(channel)
-            .read_index(request)
-            .await
-            .map_err(|_| Error::NotLeader)?;
-        crate::rpc::peer::admit_response(&response, self.guard.as_ref())
-            .map_err(|_| Error::NotLeader)?;
+        let response = ClusterClient::new(channel).read_index(request).await.map_err(|_| Error::NotLeader)?;
+        crate::rpc::peer::admit_response(&response, self.guard.as_ref()).map_err(|_| Error::NotLeader)?;
         Ok(response.into_inner().index)
     }
 
@@ -509,10 +457,7 @@ impl Node {
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut metrics = self.raft.metrics();
         let ready = async move {
-            metrics
-                .wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some())
-                .await
-                .is_ok()
+            metrics.wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some()).await.is_ok()
         };
         tokio::time::timeout(timeout, ready).await.unwrap_or(false)
     }

@@ -60,15 +60,9 @@ mod tests {
         let round = queue.next_round().unwrap();
         assert_eq!(round.len(), 1);
         let (b, _rb) = oneshot::channel();
-        assert!(
-            !queue.enqueue(b),
-            "a read during a round joins the next one"
-        );
+        assert!(!queue.enqueue(b), "a read during a round joins the next one");
         assert_eq!(queue.next_round().unwrap().len(), 1);
-        assert!(
-            queue.next_round().is_none(),
-            "the loop ends when nobody waits"
-        );
+        assert!(queue.next_round().is_none(), "the loop ends when nobody waits");
         let (c, _rc) = oneshot::channel();
         assert!(queue.enqueue(c), "and the next read starts it again");
     }

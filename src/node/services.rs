@@ -32,22 +32,14 @@ pub struct NodeCell {
 impl NodeCell {
     /// Empty cells around `guard`.
     pub fn new(guard: Arc<NodeGuard>) -> NodeCell {
-        NodeCell {
-            node: Arc::default(),
-            raft: Arc::default(),
-            guard,
-        }
+        NodeCell { node: Arc::default(), raft: Arc::default(), guard }
     }
 
     /// The peer services (`Raft`, `Cluster`); snapshots are staged under `staging`.
     pub fn routes(&self, staging: PathBuf) -> tonic::service::Routes {
-        let raft = RaftServer::new(RaftService::new(
-            self.raft.clone(),
-            self.guard.clone(),
-            staging,
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft = RaftServer::new(RaftService::new(self.raft.clone(), self.guard.clone(), staging))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let cluster = ClusterServer::new(super::cluster_service::ClusterService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -61,8 +53,7 @@ impl AdminHandler for NodeCell {
             Some(node) => node.status_json(),
             None => {
                 let local = crate::rpc::peer::PeerGuard::local(self.guard.as_ref());
-                serde_json::json!({ "node_id": local.node_id, "ready": false, "starting": true })
-                    .to_string()
+                serde_json::json!({ "node_id": local.node_id, "ready": false, "starting": true }).to_string()
             }
         }
     }

@@ -64,7 +64,7 @@ pub(super) fn build(node: &Node) -> Status {
     let replica = node.replica();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let ready = metrics.running_state.is_ok() && metrics.current_leader.is_some();
+    let ready = metrics.running_state.is_ok() && metrics.current_leader.is_some() && !node.knows_no_quorum();
     let views = node.views.lock().unwrap().clone();
     let own_height = replica.head.map(|h| h.height);
     let fresh = |at: std::time::Instant| at.elapsed() < std::time::Duration::from_secs(3);
@@ -82,12 +82,7 @@ pub(super) fn build(node: &Node) -> Status {
             MemberStatus {
                 id: *id,
                 addr: n.addr.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .to_owned(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_owned(),
                 head_height,
                 lag: None,
                 reachable,

@@ -30,9 +30,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        Ok(Response::new(pb::StatusReply {
-            json: self.handler.status_json(),
-        }))
+        Ok(Response::new(pb::StatusReply { json: self.handler.status_json() }))
     }
 }
 
@@ -42,14 +40,8 @@ pub async fn fetch_status(addr: &str, timeout: std::time::Duration) -> Result<St
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
     let mut client = pb::admin_client::AdminClient::new(channel);
-    let reply = client
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(|e| format!("{addr}: {}", e.message()))?;
+    let reply = client.status(pb::StatusRequest {}).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }

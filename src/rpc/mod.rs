@@ -36,9 +36,7 @@ pub async fn serve(
     peers: tonic::service::Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let routes = peers.add_service(pb::admin_server::AdminServer::new(
-        admin::AdminService::new(admin),
-    ));
+    let routes = peers.add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(admin)));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)

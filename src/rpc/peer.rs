@@ -40,20 +40,8 @@ impl PeerMeta {
         if let Ok(v) = self.cluster_id.parse() {
             md.insert(CLUSTER, v);
         }
-        md.insert(
-            FROM,
-            self.node_id
-                .to_string()
-                .parse()
-                .expect("digits are valid metadata"),
-        );
-        md.insert(
-            INCARNATION,
-            self.incarnation
-                .to_string()
-                .parse()
-                .expect("digits are valid metadata"),
-        );
+        md.insert(FROM, self.node_id.to_string().parse().expect("digits are valid metadata"));
+        md.insert(INCARNATION, self.incarnation.to_string().parse().expect("digits are valid metadata"));
     }
 
     fn read(md: &MetadataMap) -> Result<PeerMeta, String> {
@@ -141,20 +129,12 @@ mod tests {
 
     #[test]
     fn metadata_round_trips() {
-        let meta = PeerMeta {
-            cluster_id: "abc".into(),
-            node_id: 7,
-            incarnation: 42,
-        };
+        let meta = PeerMeta { cluster_id: "abc".into(), node_id: 7, incarnation: 42 };
         let mut md = MetadataMap::new();
         meta.attach(&mut md);
         assert_eq!(PeerMeta::read(&md).unwrap(), meta);
         assert!(PeerMeta::read(&MetadataMap::new()).is_err());
-        let fresh = PeerMeta {
-            cluster_id: String::new(),
-            node_id: 1,
-            incarnation: 2,
-        };
+        let fresh = PeerMeta { cluster_id: String::new(), node_id: 1, incarnation: 2 };
         let mut md = MetadataMap::new();
         fresh.attach(&mut md);
         assert_eq!(PeerMeta::read(&md).unwrap(), fresh);

@@ -62,10 +62,7 @@ pub struct ReadBlock {
 /// Reads every block in order, calling `f` on each. A line that does not parse is an error
 /// unless it is the torn last line of the last segment: then `Ok(Some(offset))` tells where
 /// the good part of that file ends.
-pub fn read_all(
-    dir: &Path,
-    f: impl FnMut(ReadBlock) -> Result<()>,
-) -> Result<Option<(PathBuf, u64)>> {
+pub fn read_all(dir: &Path, f: impl FnMut(ReadBlock) -> Result<()>) -> Result<Option<(PathBuf, u64)>> {
     read_from(dir, 0, f)
 }
 
@@ -77,10 +74,7 @@ pub fn read_from(
 ) -> Result<Option<(PathBuf, u64)>> {
     let mut segs = segments(dir)?;
     // Keep the segment holding `from` and everything after it.
-    let skip = segs
-        .iter()
-        .rposition(|(first, _)| *first <= from)
-        .unwrap_or(0);
+    let skip = segs.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
     segs.drain(..skip);
     let last = segs.len().saturating_sub(1);
     for (i, (_, path)) in segs.iter().enumerate() {
@@ -97,10 +91,7 @@ pub fn read_from(
             let complete = line.last() == Some(&b'\n');
             match serde_json::from_slice::<Block>(&line) {
                 Ok(block) if complete && block.height < from => {}
-                Ok(block) if complete => f(ReadBlock {
-                    block,
-                    path: path.clone(),
-                })?,
+                Ok(block) if complete => f(ReadBlock { block, path: path.clone() })?,
                 result => {
                     let at_tail = i == last && reader.fill_buf().ctx("read", path)?.is_empty();
                     if at_tail {
@@ -110,10 +101,7 @@ pub fn read_from(
                         Err(e) => format!("unreadable block at byte {offset}: {e}"),
                         Ok(_) => format!("unterminated block at byte {offset}"),
                     };
-                    return Err(Error::Corrupt {
-                        path: path.clone(),
-                        detail,
-                    });
+                    return Err(Error::Corrupt { path: path.clone(), detail });
                 }
             }
             offset += n as u64;
@@ -133,30 +121,17 @@ impl ChainFile {
         })?;
         if let Some((path, offset)) = torn {
             tracing::warn!(file = %path.display(), offset, "cutting a torn block left by a crash; its entry is applied again");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .ctx("open", &path)?;
+            let file = OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
             file.set_len(offset).ctx("truncate", &path)?;
             file.sync_all().ctx("fsync", &path)?;
         }
         let segment = match segments(dir)?.pop() {
-            Some((first, path)) => Some((
-                first,
-                OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .ctx("open", &path)?,
-            )),
+            Some((first, path)) => {
+                Some((first, OpenOptions::new().append(true).open(&path).ctx("open", &path)?))
+            }
             None => None,
         };
-        Ok(ChainFile {
-            dir: dir.to_owned(),
-            segment,
-            pending: Vec::new(),
-            head,
-            synced_dir: true,
-        })
+        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true })
     }
 
     /// The last appended block, synced or not.
@@ -182,11 +157,7 @@ impl ChainFile {
             file.sync_data().ctx("fsync", &path)?;
         }
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .ctx("create", &path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).ctx("create", &path)?;
         self.segment = Some((first, file));
         self.synced_dir = false;
         Ok(())
@@ -269,9 +240,6 @@ mod tests {
         let mut lines: Vec<&str> = text.lines().collect();
         lines[1] = "garbage";
         std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
-        assert!(matches!(
-            ChainFile::open(tmp.path(), |_| Ok(())),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(ChainFile::open(tmp.path(), |_| Ok(())), Err(Error::Corrupt { .. })));
     }
 }

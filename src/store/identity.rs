@@ -30,10 +30,7 @@ impl Identity {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    path: path.clone(),
-                    detail: e.to_string(),
-                }),
+                .map_err(|e| Error::Corrupt { path: path.clone(), detail: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx("read", &path),
         }
@@ -41,11 +38,7 @@ impl Identity {
 
     /// Makes a new identity for a new directory.
     pub fn generate(node_id: NodeId) -> Identity {
-        Identity {
-            node_id,
-            incarnation: rand::random::<u64>() >> 1,
-            cluster_id: None,
-        }
+        Identity { node_id, incarnation: rand::random::<u64>() >> 1, cluster_id: None }
     }
 
     /// Writes `identity.json` durably.
@@ -107,10 +100,9 @@ impl KnownPeers {
     pub fn load(dir: &DataDir) -> Result<KnownPeers> {
         let path = Self::path(dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                path,
-                detail: e.to_string(),
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path, detail: e.to_string() })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownPeers::default()),
             Err(e) => Err(e).ctx("read", &path),
         }
@@ -118,9 +110,6 @@ impl KnownPeers {
 
     /// Writes `peers.json` durably.
     pub fn save(&self, dir: &DataDir) -> Result<()> {
-        write_durable(
-            &Self::path(dir),
-            &serde_json::to_vec_pretty(self).expect("peers serialize"),
-        )
+        write_durable(&Self::path(dir), &serde_json::to_vec_pretty(self).expect("peers serialize"))
     }
 }

@@ -59,11 +59,7 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        })
+        self.map_err(|source| Error::Io { op, path: path.to_owned(), source })
     }
 }
 
@@ -77,16 +73,8 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory layout if it is missing.
     pub fn create(root: &Path) -> Result<DataDir> {
-        let dir = DataDir {
-            root: root.to_owned(),
-        };
-        for sub in [
-            dir.root.clone(),
-            dir.chain(),
-            dir.states(),
-            dir.raft(),
-            dir.tmp(),
-        ] {
+        let dir = DataDir { root: root.to_owned() };
+        for sub in [dir.root.clone(), dir.chain(), dir.states(), dir.raft(), dir.tmp()] {
             std::fs::create_dir_all(&sub).ctx("create directory", &sub)?;
         }
         Ok(dir)
@@ -94,9 +82,7 @@ impl DataDir {
 
     /// Opens an existing directory without creating anything (for `log`, `verify`).
     pub fn open_existing(root: &Path) -> Result<DataDir> {
-        let dir = DataDir {
-            root: root.to_owned(),
-        };
+        let dir = DataDir { root: root.to_owned() };
         std::fs::metadata(dir.chain()).ctx("open chain directory", &dir.chain())?;
         Ok(dir)
     }
@@ -137,8 +123,5 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fsyncs a directory, making names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .ctx("open directory", dir)?
-        .sync_all()
-        .ctx("fsync directory", dir)
+    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
 }

@@ -55,21 +55,14 @@ impl RaftLog {
         for entry in std::fs::read_dir(dir).ctx("list", dir)? {
             let name = entry.ctx("list", dir)?.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name
-                .strip_prefix("log-")
-                .and_then(|s| s.strip_suffix(".seg"))
-            {
+            if let Some(n) = name.strip_prefix("log-").and_then(|s| s.strip_suffix(".seg")) {
                 if let Ok(first) = n.parse::<u64>() {
                     firsts.push(first);
                 }
             }
         }
         firsts.sort();
-        let mut log = RaftLog {
-            dir: dir.to_owned(),
-            segments: BTreeMap::new(),
-            index: BTreeMap::new(),
-        };
+        let mut log = RaftLog { dir: dir.to_owned(), segments: BTreeMap::new(), index: BTreeMap::new() };
         let last = firsts.last().copied();
         for first in firsts {
             log.load_segment(first, Some(first) == last)?;
@@ -79,25 +72,15 @@ impl RaftLog {
 
     fn load_segment(&mut self, first: u64, is_last: bool) -> Result<()> {
         let path = segment_path(&self.dir, first);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .ctx("open", &path)?;
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).ctx("open", &path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).ctx("read", &path)?;
         let mut offset = 0usize;
         while offset < bytes.len() {
             match decode_record(&bytes[offset..]) {
                 Some((index, payload_len)) => {
-                    self.index.insert(
-                        index,
-                        Location {
-                            segment: first,
-                            offset: offset as u64,
-                            len: payload_len,
-                        },
-                    );
+                    self.index
+                        .insert(index, Location { segment: first, offset: offset as u64, len: payload_len });
                     offset += HEADER + payload_len as usize;
                 }
                 None if is_last => {
@@ -107,21 +90,11 @@ impl RaftLog {
                     break;
                 }
                 None => {
-                    return Err(Error::Corrupt {
-                        path,
-                        detail: format!("bad log record at byte {offset}"),
-                    });
+                    return Err(Error::Corrupt { path, detail: format!("bad log record at byte {offset}") });
                 }
             }
         }
-        self.segments.insert(
-            first,
-            Segment {
-                path,
-                file,
-                len: offset as u64,
-            },
-        );
+        self.segments.insert(first, Segment { path, file, len: offset as u64 });
         Ok(())
     }
 
@@ -152,38 +125,21 @@ impl RaftLog {
             sync_dir(&self.dir)?;
             self.segments.insert(index, Segment { path, file, len: 0 });
         }
-        let (&first, seg) = self
-            .segments
-            .iter_mut()
-            .next_back()
-            .expect("a segment exists");
+        let (&first, seg) = self.segments.iter_mut().next_back().expect("a segment exists");
         let mut record = Vec::with_capacity(HEADER + payload.len());
         record.extend_from_slice(&index.to_be_bytes());
         record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         record.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
         record.extend_from_slice(payload);
-        seg.file
-            .write_all_at(&record, seg.len)
-            .ctx("write", &seg.path)?;
-        self.index.insert(
-            index,
-            Location {
-                segment: first,
-                offset: seg.len,
-                len: payload.len() as u32,
-            },
-        );
+        seg.file.write_all_at(&record, seg.len).ctx("write", &seg.path)?;
+        self.index.insert(index, Location { segment: first, offset: seg.len, len: payload.len() as u32 });
         seg.len += record.len() as u64;
         Ok(())
     }
 
     /// A handle on the segment that takes appends, to fsync (possibly from another thread).
     pub fn sync_handle(&self) -> Result<File> {
-        let seg = self
-            .segments
-            .values()
-            .next_back()
-            .expect("sync after an append");
+        let seg = self.segments.values().next_back().expect("sync after an append");
         seg.file.try_clone().ctx("dup", &seg.path)
     }
 
@@ -194,9 +150,7 @@ impl RaftLog {
         };
         let seg = &self.segments[&loc.segment];
         let mut buf = vec![0u8; loc.len as usize];
-        seg.file
-            .read_exact_at(&mut buf, loc.offset + HEADER as u64)
-            .ctx("read", &seg.path)?;
+        seg.file.read_exact_at(&mut buf, loc.offset + HEADER as u64).ctx("read", &seg.path)?;
         Ok(Some(buf))
     }
 
@@ -206,11 +160,7 @@ impl RaftLog {
             return Ok(());
         };
         self.index.split_off(&index);
-        let later: Vec<u64> = self
-            .segments
-            .range(loc.segment + 1..)
-            .map(|(k, _)| *k)
-            .collect();
+        let later: Vec<u64> = self.segments.range(loc.segment + 1..).map(|(k, _)| *k).collect();
         for first in later {
             let seg = self.segments.remove(&first).unwrap();
             std::fs::remove_file(&seg.path).ctx("remove", &seg.path)?;
@@ -255,9 +205,7 @@ impl RaftLog {
     pub fn save_meta_lazy(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         let tmp = path.with_extension("tmp");
-        File::create(&tmp)
-            .and_then(|mut f| f.write_all(bytes))
-            .ctx("write", &tmp)?;
+        File::create(&tmp).and_then(|mut f| f.write_all(bytes)).ctx("write", &tmp)?;
         std::fs::rename(&tmp, &path).ctx("rename", &path)
     }
 }
@@ -310,12 +258,7 @@ mod tests {
         let seg = segment_path(tmp.path(), 1);
         let len = std::fs::metadata(&seg).unwrap().len();
         drop(log);
-        OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(len - 1)
-            .unwrap();
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 1).unwrap();
         let log = RaftLog::open(tmp.path()).unwrap();
         assert_eq!(log.bounds(), Some((1, 1)));
     }

@@ -34,11 +34,7 @@ pub struct StatesDir {
 impl StatesDir {
     /// Uses the `states/` and `tmp/` of a data directory.
     pub fn new(dir: &DataDir) -> StatesDir {
-        StatesDir {
-            root: dir.states(),
-            tmp: dir.tmp(),
-            counter: AtomicU64::new(0),
-        }
+        StatesDir { root: dir.states(), tmp: dir.tmp(), counter: AtomicU64::new(0) }
     }
 
     fn path(&self, id: &StateId) -> PathBuf {
@@ -48,9 +44,7 @@ impl StatesDir {
     /// Mirrors one change of an applied block. `tree` is the tree after the block.
     pub fn apply(&self, change: &Change, tree: &Tree) -> Result<()> {
         match change {
-            Change::Wrote(id) | Change::ModeChanged(id) | Change::MadeDir(id) => {
-                self.write_state(id, tree)
-            }
+            Change::Wrote(id) | Change::ModeChanged(id) | Change::MadeDir(id) => self.write_state(id, tree),
             Change::Removed(id) => remove_file(&self.path(id)),
             Change::RemovedDir(id) => remove_tree(&self.path(id)),
             Change::Renamed { from, to } => {
@@ -108,11 +102,8 @@ impl StatesDir {
     }
 
     fn write_subtree(&self, top: &StateId, tree: &Tree) -> Result<()> {
-        let ids: Vec<StateId> = tree
-            .iter()
-            .map(|(id, _)| id.clone())
-            .filter(|id| id.is_within(top))
-            .collect();
+        let ids: Vec<StateId> =
+            tree.iter().map(|(id, _)| id.clone()).filter(|id| id.is_within(top)).collect();
         for id in ids {
             self.write_state(&id, tree)?;
         }
@@ -150,10 +141,7 @@ impl StatesDir {
     fn find_extra(&self, dir: &Path, tree: &Tree, out: &mut Vec<Mismatch>) -> Result<()> {
         for entry in std::fs::read_dir(dir).ctx("list", dir)? {
             let path = entry.ctx("list", dir)?.path();
-            let rel = path
-                .strip_prefix(&self.root)
-                .expect("below root")
-                .to_owned();
+            let rel = path.strip_prefix(&self.root).expect("below root").to_owned();
             let known = rel
                 .to_str()
                 .and_then(|s| StateId::parse(s).ok())
@@ -183,10 +171,10 @@ impl StatesDir {
                 }
             }
         }
-        // Leftovers of interrupted writes.
+        // Leftovers of interrupted writes and of snapshots whose transfer was cut short.
         if let Ok(entries) = std::fs::read_dir(&self.tmp) {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = remove_tree(&entry.path());
             }
         }
         Ok(mismatches.len())
@@ -201,11 +189,7 @@ fn remove_file(path: &Path) -> Result<()> {
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
-    let result = if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
+    let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match result {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
         _ => Ok(()),
@@ -218,21 +202,8 @@ mod tests {
     use crate::chain::{ApplyCtx, Content, RenameMode, RequestId, Transaction, TxOp};
 
     fn apply(tree: &mut Tree, states: &StatesDir, seq: u64, op: TxOp) {
-        let tx = Transaction {
-            request: RequestId {
-                node: 1,
-                incarnation: 1,
-                seq,
-            },
-            op,
-        };
-        let (_, changes) = tree.apply(
-            &ApplyCtx {
-                height: seq,
-                timestamp_ms: seq,
-            },
-            &tx,
-        );
+        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
+        let (_, changes) = tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
         for c in &changes {
             states.apply(c, tree).unwrap();
         }
@@ -248,52 +219,20 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         let states = StatesDir::new(&dir);
         let mut tree = Tree::new();
-        apply(
-            &mut tree,
-            &states,
-            1,
-            TxOp::Mkdir {
-                id: sid("d"),
-                mode: 0o755,
-            },
-        );
-        apply(
-            &mut tree,
-            &states,
-            2,
-            TxOp::Put {
-                id: sid("d/f"),
-                content: Content::from(&b"hi"[..]),
-            },
-        );
-        apply(
-            &mut tree,
-            &states,
-            3,
-            TxOp::Put {
-                id: sid("g"),
-                content: Content::from(&b"g"[..]),
-            },
-        );
+        apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755 });
+        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
+        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
         apply(
             &mut tree,
             &states,
             4,
-            TxOp::Rename {
-                from: sid("d"),
-                to: sid("e"),
-                mode: RenameMode::Replace,
-            },
+            TxOp::Rename { from: sid("d"), to: sid("e"), mode: RenameMode::Replace },
         );
         apply(
             &mut tree,
             &states,
             5,
-            TxOp::Rename {
-                from: sid("g"),
-                to: sid("e/f"),
-                mode: RenameMode::Exchange,
-            },
+            TxOp::Rename { from: sid("g"), to: sid("e/f"), mode: RenameMode::Exchange },
         );
         assert_eq!(std::fs::read(dir.states().join("e/f")).unwrap(), b"g");
         assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
