@@ -110,21 +110,9 @@ fn write_state(path: &Path, data: &[u8]) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: plain syscalls on a valid path and buffer.
     unsafe {
-        let fd = libc::open(
-            c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-            0o644,
-        );
-        assert!(
-            fd >= 0,
-            "open {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(
-            libc::write(fd, data.as_ptr().cast(), data.len()),
-            data.len() as isize
-        );
+        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
+        assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
+        assert_eq!(libc::write(fd, data.as_ptr().cast(), data.len()), data.len() as isize);
         assert_eq!(
             libc::close(fd),
             0,
@@ -165,11 +153,7 @@ impl Figures {
         s[((s.len() as f64 - 1.0) * p).round() as usize]
     }
     fn line(&self, what: &str) {
-        println!(
-            "{what:<58} p50 {:>9.1} µs   p99 {:>9.1} µs",
-            us(self.pct(0.5)),
-            us(self.pct(0.99))
-        );
+        println!("{what:<58} p50 {:>9.1} µs   p99 {:>9.1} µs", us(self.pct(0.5)), us(self.pct(0.99)));
     }
 }
 
@@ -197,49 +181,30 @@ fn concurrent_writes(mnt: &Path, writers: usize, run_for: Duration) -> (f64, Fig
         .collect();
     std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    let samples: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    (
-        samples.len() as f64 / run_for.as_secs_f64(),
-        Figures(samples),
-    )
+    let samples: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    (samples.len() as f64 / run_for.as_secs_f64(), Figures(samples))
 }
 
 fn main() {
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lightchain");
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("lightchain");
     if !binary.exists() {
-        eprintln!(
-            "{} is missing: run `cargo build --release` first",
-            binary.display()
-        );
+        eprintln!("{} is missing: run `cargo build --release` first", binary.display());
         std::process::exit(2);
     }
     let data_100 = [b'a'; 100];
     println!("lightchain benchmark — single-node cluster, 100-byte states unless noted\n");
 
     let plain = tempfile::tempdir().unwrap();
-    Figures::time(500, |i| {
-        write_fsync_plain(&plain.path().join(format!("p{}", i % 50)), &data_100)
-    })
-    .line("floor: plain open+write+fsync+close (same disk)");
+    Figures::time(500, |i| write_fsync_plain(&plain.path().join(format!("p{}", i % 50)), &data_100))
+        .line("floor: plain open+write+fsync+close (same disk)");
 
     println!("\nsingle-node cluster");
     let node = Mounted::start(&binary, &[]);
     for i in 0..50 {
         write_state(&node.mnt.join(format!("w{i}")), &data_100);
     }
-    Figures::time(2000, |i| {
-        write_state(&node.mnt.join(format!("w{}", i % 50)), &data_100)
-    })
-    .line("write, 1 writer (open+write+close)");
+    Figures::time(2000, |i| write_state(&node.mnt.join(format!("w{}", i % 50)), &data_100))
+        .line("write, 1 writer (open+write+close)");
     let (rate, figures) = concurrent_writes(&node.mnt, 32, Duration::from_secs(5));
     figures.line(&format!("write, 32 writers: {rate:>8.0} writes/s"));
     let mut buf = Vec::new();
@@ -272,7 +237,8 @@ fn main() {
     let (rate, figures) = concurrent_writes(&foll.mnt, 32, Duration::from_secs(5));
     figures.line(&format!("write, 32 writers on a follower: {rate:>8.0} writes/s"));
     Figures::time(3000, |_| read_all(&lead.mnt.join("w1"), &mut buf)).line("linearizable read on the leader");
-    Figures::time(3000, |_| read_all(&foll.mnt.join("w1"), &mut buf)).line("linearizable read on a follower (read index)");
+    Figures::time(3000, |_| read_all(&foll.mnt.join("w1"), &mut buf))
+        .line("linearizable read on a follower (read index)");
     drop(cluster);
 
     println!("\nlocal reads (--read-consistency local, single node)");
@@ -288,11 +254,9 @@ fn main() {
     }
     Figures::time(20_000, |_| read_all(&node.mnt.join("hot"), &mut buf))
         .line("hot read, local mode, through the mount");
-    Figures::time(20_000, |_| read_all(&plain_hot, &mut buf))
-        .line("hot read of the plain file in states/");
+    Figures::time(20_000, |_| read_all(&plain_hot, &mut buf)).line("hot read of the plain file in states/");
     Figures::time(500, |_| read_all(&node.mnt.join("big"), &mut buf))
         .line("1 MiB read, local mode, through the mount");
-    Figures::time(500, |_| read_all(&plain_big, &mut buf))
-        .line("1 MiB read of the plain file in states/");
+    Figures::time(500, |_| read_all(&plain_big, &mut buf)).line("1 MiB read of the plain file in states/");
     assert_eq!(buf.len(), 1 << 20);
 }
