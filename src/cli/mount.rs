@@ -90,7 +90,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         MountOption::NoAtime,
     ];
     options.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
-    options.n_threads = Some(2);
+    options.n_threads = Some(4);
     let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;

@@ -269,9 +269,7 @@ impl StateMachineStore {
     fn publish(&self, changes: Vec<(NodeId, Change)>, last_index: u64) -> Result<(), StoreError> {
         {
             let replica = self.shared.replica.read().unwrap();
-            for (_, change) in &changes {
-                self.states.apply(change, &replica.tree)?;
-            }
+            self.states.apply_all(changes.iter().map(|(_, c)| c), &replica.tree)?;
         }
         self.shared.applied_index.send_replace(last_index);
         if !changes.is_empty() {
