@@ -41,11 +41,10 @@ fn kill9_during_write_loop_keeps_every_acknowledged_write() {
             while !stop.load(Ordering::SeqCst) {
                 let path = dir.join(i.to_string());
                 let content = format!("loop entry {i}\n");
-                let fd =
-                    match open_raw(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644) {
-                        Ok(fd) => fd,
-                        Err(e) => return format!("open of #{i} failed: {e}"),
-                    };
+                let fd = match open_raw(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644) {
+                    Ok(fd) => fd,
+                    Err(e) => return format!("open of #{i} failed: {e}"),
+                };
                 let result = write_all_raw(fd, content.as_bytes())
                     .and_then(|_| fsync_raw(fd))
                     .and_then(|_| close_raw(fd));
@@ -75,33 +74,18 @@ fn kill9_during_write_loop_keeps_every_acknowledged_write() {
         .expect("writer thread still blocked 30 s after kill -9 of the server")
         .expect("writer thread panicked");
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= 3,
-        "too few writes were acknowledged before the kill ({}): {ended}",
-        acked.len()
-    );
-    eprintln!(
-        "{} writes acknowledged before kill -9; writer ended with: {ended}",
-        acked.len()
-    );
+    assert!(acked.len() >= 3, "too few writes were acknowledged before the kill ({}): {ended}", acked.len());
+    eprintln!("{} writes acknowledged before kill -9; writer ended with: {ended}", acked.len());
 
     n.restart(); // same data dir and mountpoint, no manual umount
     for i in &acked {
         let want = format!("loop entry {i}\n");
         let got = fs::read(n.path(&format!("loop/{i}"))).unwrap_or_else(|e| {
-            panic!(
-                "acknowledged write loop/{i} lost after kill -9 ({} acked): {e}",
-                acked.len()
-            )
+            panic!("acknowledged write loop/{i} lost after kill -9 ({} acked): {e}", acked.len())
         });
+        assert_eq!(String::from_utf8_lossy(&got), want, "content of acknowledged loop/{i}");
         assert_eq!(
-            String::from_utf8_lossy(&got),
-            want,
-            "content of acknowledged loop/{i}"
-        );
-        assert_eq!(
-            n.state_file(&format!("loop/{i}"))
-                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            n.state_file(&format!("loop/{i}")).map(|b| String::from_utf8_lossy(&b).into_owned()),
             Some(want),
             "states/loop/{i} after restart (repair at start-up)"
         );
@@ -122,22 +106,11 @@ fn restart_after_kill9_replaces_the_dead_mount() {
         "after kill -9 the dead FUSE mount is still in /proc/mounts (setup check)"
     );
     n.restart();
-    assert_eq!(
-        read(&n.path("survivor")),
-        b"still here\n",
-        "committed content after restart"
-    );
+    assert_eq!(read(&n.path("survivor")), b"still here\n", "committed content after restart");
     let line = mount_line(&n.mount()).expect("mounted after restart");
-    assert!(
-        line.contains("fuse"),
-        "the new mount is a FUSE mount: {line}"
-    );
+    assert!(line.contains("fuse"), "the new mount is a FUSE mount: {line}");
     let lines = mount_lines(&n.mount());
-    assert_eq!(
-        lines.len(),
-        1,
-        "the dead mount must be replaced, not stacked under the new one: {lines:#?}"
-    );
+    assert_eq!(lines.len(), 1, "the dead mount must be replaced, not stacked under the new one: {lines:#?}");
 }
 
 #[test]
@@ -150,10 +123,7 @@ fn restart_after_sigterm_keeps_everything() {
     n.restart();
     assert_eq!(read(&n.path("dir/kept")), b"persisted\n");
     let s = n.status_json();
-    assert_eq!(
-        s["head_hash"], head,
-        "the chain head survives a clean restart unchanged"
-    );
+    assert_eq!(s["head_hash"], head, "the chain head survives a clean restart unchanged");
     put(&n.path("dir/kept"), b"changed after restart\n");
     assert_eq!(read(&n.path("dir/kept")), b"changed after restart\n");
 }
@@ -162,15 +132,8 @@ fn restart_after_sigterm_keeps_everything() {
 fn refuses_to_replace_a_non_fuse_mount() {
     let mut n = Node::prepare(Opts::default());
     let src = std::ffi::CString::new("tmpfs").unwrap();
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            cpath(&n.mount()).as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc =
+        unsafe { libc::mount(src.as_ptr(), cpath(&n.mount()).as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     assert_eq!(rc, 0, "mount tmpfs for the test: {}", errno_name(errno()));
     fs::write(n.path("marker"), b"tmpfs content").unwrap();
     n.spawn();
@@ -191,24 +154,11 @@ fn refuses_to_replace_a_non_fuse_mount() {
             n.log_tail(50)
         );
     };
-    assert!(
-        !status.success(),
-        "exit status must be non-zero when MOUNTPOINT holds another mount"
-    );
+    assert!(!status.success(), "exit status must be non-zero when MOUNTPOINT holds another mount");
     let line = mount_line(&n.mount()).expect("the tmpfs must still be mounted");
-    assert!(
-        line.starts_with("tmpfs "),
-        "the tmpfs must be left alone, found: {line}"
-    );
-    assert_eq!(
-        fs::read(n.path("marker")).unwrap(),
-        b"tmpfs content",
-        "tmpfs content untouched"
-    );
-    assert!(
-        n.log().lines().count() > 1,
-        "lightchain must explain why it refused (empty log)"
-    );
+    assert!(line.starts_with("tmpfs "), "the tmpfs must be left alone, found: {line}");
+    assert_eq!(fs::read(n.path("marker")).unwrap(), b"tmpfs content", "tmpfs content untouched");
+    assert!(n.log().lines().count() > 1, "lightchain must explain why it refused (empty log)");
 }
 
 // ----- clean shutdown -----
@@ -219,14 +169,8 @@ fn sigterm_exits_zero_and_unmounts() {
     put(&n.path("f"), b"x");
     assert!(is_mounted(&n.mount()), "mounted while running");
     let status = n.sigterm();
-    assert!(
-        status.success(),
-        "exit status after SIGTERM must be 0, got {status:?}"
-    );
-    assert!(
-        !is_mounted(&n.mount()),
-        "the mountpoint must be gone from /proc/mounts after SIGTERM"
-    );
+    assert!(status.success(), "exit status after SIGTERM must be 0, got {status:?}");
+    assert!(!is_mounted(&n.mount()), "the mountpoint must be gone from /proc/mounts after SIGTERM");
     assert_verify_ok(&n);
 }
 
@@ -234,14 +178,8 @@ fn sigterm_exits_zero_and_unmounts() {
 fn sigint_exits_zero_and_unmounts() {
     let mut n = node();
     let status = n.sigint();
-    assert!(
-        status.success(),
-        "exit status after SIGINT must be 0, got {status:?}"
-    );
-    assert!(
-        !is_mounted(&n.mount()),
-        "the mountpoint must be gone from /proc/mounts after SIGINT"
-    );
+    assert!(status.success(), "exit status after SIGINT must be 0, got {status:?}");
+    assert!(!is_mounted(&n.mount()), "the mountpoint must be gone from /proc/mounts after SIGINT");
 }
 
 #[test]
@@ -262,51 +200,26 @@ fn data_dir_has_the_documented_layout() {
     put(&n.path("greeting"), b"hello\n");
     n.stop();
     let data = n.data();
-    let identity: Value = serde_json::from_str(
-        &fs::read_to_string(data.join("identity.json")).expect("identity.json"),
-    )
-    .expect("identity.json is JSON");
+    let identity: Value =
+        serde_json::from_str(&fs::read_to_string(data.join("identity.json")).expect("identity.json"))
+            .expect("identity.json is JSON");
     assert!(identity.is_object(), "identity.json: {identity}");
     assert!(data.join("raft").is_dir(), "raft/ exists");
-    assert_eq!(
-        fs::read(data.join("states/greeting")).unwrap(),
-        b"hello\n",
-        "states/greeting"
-    );
+    assert_eq!(fs::read(data.join("states/greeting")).unwrap(), b"hello\n", "states/greeting");
     let files = n.chain_files();
     assert!(!files.is_empty(), "chain/ has segments");
     let first = files[0].file_name().unwrap().to_str().unwrap().to_string();
-    assert_eq!(
-        first,
-        format!("{:020}.jsonl", 0),
-        "first segment is named after height 0, zero-padded to 20"
-    );
+    assert_eq!(first, format!("{:020}.jsonl", 0), "first segment is named after height 0, zero-padded to 20");
     for f in &files {
         let stem = f.file_stem().unwrap().to_str().unwrap();
-        assert!(
-            stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()),
-            "segment name {stem}"
-        );
+        assert!(stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()), "segment name {stem}");
     }
     let blocks = n.chain_blocks();
-    assert_eq!(
-        blocks[0]["height"].as_u64(),
-        Some(0),
-        "the first block is the genesis"
-    );
+    assert_eq!(blocks[0]["height"].as_u64(), Some(0), "the first block is the genesis");
     for (i, b) in blocks.iter().enumerate() {
-        assert_eq!(
-            b["height"].as_u64(),
-            Some(i as u64),
-            "heights are consecutive in chain/"
-        );
+        assert_eq!(b["height"].as_u64(), Some(i as u64), "heights are consecutive in chain/");
         if i > 0 {
-            assert_eq!(
-                b["prev_hash"],
-                blocks[i - 1]["hash"],
-                "block {i} links to block {}",
-                i - 1
-            );
+            assert_eq!(b["prev_hash"], blocks[i - 1]["hash"], "block {i} links to block {}", i - 1);
         }
     }
 }
@@ -347,10 +260,7 @@ fn verify_reports_the_tampered_block() {
     fs::write(&file, tampered).unwrap();
 
     let (status, out, err) = n.verify();
-    assert!(
-        !status.success(),
-        "verify must fail on a tampered chain\nstdout: {out}\nstderr: {err}"
-    );
+    assert!(!status.success(), "verify must fail on a tampered chain\nstdout: {out}\nstderr: {err}");
     let all = format!("{out}\n{err}");
     assert!(
         mentions_block(&all, height),
@@ -390,11 +300,7 @@ fn assert_state_history(n: &Node, when: &str) {
         .filter(|b| json_contains_str(b, "history-"))
         .map(|b| b["height"].as_u64().unwrap())
         .collect();
-    assert_eq!(
-        heights.len(),
-        3,
-        "three blocks in chain/ carry the three versions"
-    );
+    assert_eq!(heights.len(), 3, "three blocks in chain/ carry the three versions");
     let run = n.log_cli(&["greeting"]);
     assert_ok(&run, &format!("log greeting ({when})"));
     let tokens: Vec<&str> = run.1.split_whitespace().collect();
@@ -417,10 +323,7 @@ fn assert_state_history(n: &Node, when: &str) {
         .1
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("log --json line is not JSON ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log --json line is not JSON ({e}): {l}")))
         .collect();
     let pos = |s: &str| {
         lines
@@ -446,18 +349,11 @@ fn assert_whole_chain_log(n: &Node, when: &str) -> Vec<Value> {
         .1
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("log --json line is not JSON ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log --json line is not JSON ({e}): {l}")))
         .collect();
     assert!(!blocks.is_empty(), "log --json ({when}) printed nothing");
     for (i, b) in blocks.iter().enumerate() {
-        assert_eq!(
-            b["height"].as_u64(),
-            Some(i as u64),
-            "log --json ({when}): heights from 0, consecutive"
-        );
+        assert_eq!(b["height"].as_u64(), Some(i as u64), "log --json ({when}): heights from 0, consecutive");
         if i > 0 {
             assert_eq!(
                 b["prev_hash"],
@@ -468,10 +364,7 @@ fn assert_whole_chain_log(n: &Node, when: &str) -> Vec<Value> {
     }
     let on_disk: Vec<Value> = n.chain_blocks().iter().map(|b| b["hash"].clone()).collect();
     let logged: Vec<Value> = blocks.iter().map(|b| b["hash"].clone()).collect();
-    assert_eq!(
-        logged, on_disk,
-        "log --json ({when}) shows exactly the blocks in chain/"
-    );
+    assert_eq!(logged, on_disk, "log --json ({when}) shows exactly the blocks in chain/");
     let run = n.log_cli(&[]);
     assert_ok(&run, &format!("log ({when})"));
     assert!(
@@ -504,10 +397,7 @@ fn log_json_of_whole_chain_while_running_and_after_stop() {
     );
     n.stop();
     let stopped = assert_whole_chain_log(&n, "after stop");
-    assert_eq!(
-        running, stopped,
-        "the log after stop equals the log while running (no writes in between)"
-    );
+    assert_eq!(running, stopped, "the log after stop equals the log while running (no writes in between)");
 }
 
 // ----- status CLI -----
@@ -521,10 +411,7 @@ fn status_cli_reports_a_healthy_node_and_fails_when_it_is_gone() {
     assert_ok(&run, "lightchain status --json");
     let v: Value = serde_json::from_str(run.1.trim())
         .unwrap_or_else(|e| panic!("status --json is not one JSON document ({e}): {}", run.1));
-    assert!(
-        json_contains_str(&v, &n.listen_addr()),
-        "status --json must show the member address: {v}"
-    );
+    assert!(json_contains_str(&v, &n.listen_addr()), "status --json must show the member address: {v}");
     n.stop();
     let run = n.status_cli(&[]);
     assert!(

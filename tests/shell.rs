@@ -25,16 +25,9 @@ fn ok(n: &Node, script: &str) -> String {
 #[test]
 fn readme_tour() {
     let n = node();
+    assert_eq!(ok(&n, "echo hello > greeting && cat greeting"), "hello\n", "echo > then cat");
     assert_eq!(
-        ok(&n, "echo hello > greeting && cat greeting"),
-        "hello\n",
-        "echo > then cat"
-    );
-    assert_eq!(
-        ok(
-            &n,
-            "mkdir -p app && echo 1 > app/v && mv app/v app/w && ls app"
-        ),
+        ok(&n, "mkdir -p app && echo 1 > app/v && mv app/v app/w && ls app"),
         "w\n",
         "mkdir -p, echo, mv, ls"
     );
@@ -43,41 +36,28 @@ fn readme_tour() {
         "hello\n",
         "the state as a plain file in DATA/states"
     );
-    assert_eq!(
-        n.state_file("app/w").as_deref(),
-        Some(&b"1\n"[..]),
-        "states/app/w"
-    );
+    assert_eq!(n.state_file("app/w").as_deref(), Some(&b"1\n"[..]), "states/app/w");
     assert_eq!(n.state_file("app/v"), None, "states/app/v is gone after mv");
 }
 
 #[test]
 fn echo_redirect_overwrites() {
     let n = node();
-    assert_eq!(
-        ok(&n, "echo first version > f && echo second > f && cat f"),
-        "second\n"
-    );
+    assert_eq!(ok(&n, "echo first version > f && echo second > f && cat f"), "second\n");
     assert_eq!(n.state_file("f").as_deref(), Some(&b"second\n"[..]));
 }
 
 #[test]
 fn append_redirect_appends() {
     let n = node();
-    assert_eq!(
-        ok(&n, "echo a > f && echo b >> f && echo c >> f && cat f"),
-        "a\nb\nc\n"
-    );
+    assert_eq!(ok(&n, "echo a > f && echo b >> f && echo c >> f && cat f"), "a\nb\nc\n");
     assert_eq!(n.state_file("f").as_deref(), Some(&b"a\nb\nc\n"[..]));
 }
 
 #[test]
 fn many_appends_in_a_loop_keep_every_line() {
     let n = node();
-    let out = ok(
-        &n,
-        "for i in $(seq 1 25); do echo line-$i >> journal; done; cat journal",
-    );
+    let out = ok(&n, "for i in $(seq 1 25); do echo line-$i >> journal; done; cat journal");
     let want: String = (1..=25).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(out, want, "25 appended lines in order");
 }
@@ -85,10 +65,7 @@ fn many_appends_in_a_loop_keep_every_line() {
 #[test]
 fn printf_and_cat_multiline() {
     let n = node();
-    assert_eq!(
-        ok(&n, "printf 'x\\ny\\n\\tz' > multi && cat multi"),
-        "x\ny\n\tz"
-    );
+    assert_eq!(ok(&n, "printf 'x\\ny\\n\\tz' > multi && cat multi"), "x\ny\n\tz");
 }
 
 #[test]
@@ -98,30 +75,16 @@ fn cp_into_and_within_the_mount() {
     let src = outside.path().join("source.bin");
     let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&src, &content).unwrap();
-    ok(
-        &n,
-        &format!(
-            "cp '{}' copied.bin && cmp '{}' copied.bin",
-            src.display(),
-            src.display()
-        ),
-    );
+    ok(&n, &format!("cp '{}' copied.bin && cmp '{}' copied.bin", src.display(), src.display()));
     ok(&n, "cp copied.bin again.bin && cmp copied.bin again.bin");
-    assert_eq!(
-        n.state_file("copied.bin"),
-        Some(content.clone()),
-        "states/copied.bin"
-    );
+    assert_eq!(n.state_file("copied.bin"), Some(content.clone()), "states/copied.bin");
     assert_eq!(n.state_file("again.bin"), Some(content), "states/again.bin");
 }
 
 #[test]
 fn cp_preserve_within_the_mount() {
     let n = node();
-    ok(
-        &n,
-        "echo keep > orig && chmod 640 orig && cp -p orig dup && cmp orig dup",
-    );
+    ok(&n, "echo keep > orig && chmod 640 orig && cp -p orig dup && cmp orig dup");
     assert_eq!(ok(&n, "stat -c %a dup"), "640\n", "cp -p keeps the mode");
 }
 
@@ -132,17 +95,8 @@ fn cp_over_the_size_limit_fails_with_file_too_large() {
     let src = outside.path().join("huge");
     fs::write(&src, vec![b'h'; 2 * DEFAULT_MAX_STATE_SIZE]).unwrap();
     let run = n.sh(&format!("cp '{}' huge", src.display()));
-    assert!(
-        !run.0.success(),
-        "cp of 2 MiB must fail; stdout {} stderr {}",
-        run.1,
-        run.2
-    );
-    assert!(
-        run.2.contains("File too large"),
-        "cp must report EFBIG, stderr: {}",
-        run.2
-    );
+    assert!(!run.0.success(), "cp of 2 MiB must fail; stdout {} stderr {}", run.1, run.2);
+    assert!(run.2.contains("File too large"), "cp must report EFBIG, stderr: {}", run.2);
     let size = fs::metadata(n.path("huge")).map(|m| m.len()).unwrap_or(0);
     assert_eq!(size, 0, "no partial content may be committed");
 }
@@ -151,21 +105,9 @@ fn cp_over_the_size_limit_fails_with_file_too_large() {
 fn head_over_the_size_limit_fails_with_file_too_large() {
     let n = node();
     let run = n.sh("head -c 2097152 /dev/zero > big");
-    assert!(
-        !run.0.success(),
-        "writing 2 MiB must fail; stderr {}",
-        run.2
-    );
-    assert!(
-        run.2.contains("File too large"),
-        "head must report EFBIG, stderr: {}",
-        run.2
-    );
-    assert_eq!(
-        ok(&n, "stat -c %s big"),
-        "0\n",
-        "only the empty creation is committed"
-    );
+    assert!(!run.0.success(), "writing 2 MiB must fail; stderr {}", run.2);
+    assert!(run.2.contains("File too large"), "head must report EFBIG, stderr: {}", run.2);
+    assert_eq!(ok(&n, "stat -c %s big"), "0\n", "only the empty creation is committed");
 }
 
 #[test]
@@ -181,15 +123,8 @@ fn mv_renames_and_moves_into_directories() {
 #[test]
 fn mv_directory_moves_subtree() {
     let n = node();
-    ok(
-        &n,
-        "mkdir -p src/x/y && echo 1 > src/one && echo 2 > src/x/y/two && mv src dst",
-    );
-    assert_eq!(
-        ok(&n, "find dst -type f | sort"),
-        "dst/one\ndst/x/y/two\n",
-        "moved tree"
-    );
+    ok(&n, "mkdir -p src/x/y && echo 1 > src/one && echo 2 > src/x/y/two && mv src dst");
+    assert_eq!(ok(&n, "find dst -type f | sort"), "dst/one\ndst/x/y/two\n", "moved tree");
     assert_eq!(ok(&n, "cat dst/x/y/two"), "2\n");
     assert!(!n.state_path("src").exists(), "states/src must be gone");
     assert_eq!(n.state_file("dst/x/y/two").as_deref(), Some(&b"2\n"[..]));
@@ -200,26 +135,15 @@ fn mv_no_clobber_keeps_target() {
     let n = node();
     ok(&n, "echo a > a && echo b > b");
     let _ = n.sh("mv -n a b");
-    assert_eq!(
-        ok(&n, "cat a b"),
-        "a\nb\n",
-        "mv -n must leave both files alone"
-    );
+    assert_eq!(ok(&n, "cat a b"), "a\nb\n", "mv -n must leave both files alone");
 }
 
 #[test]
 fn rm_removes_files_and_trees() {
     let n = node();
-    ok(
-        &n,
-        "echo x > lone && mkdir -p tree/sub && echo y > tree/sub/leaf && echo z > tree/top",
-    );
+    ok(&n, "echo x > lone && mkdir -p tree/sub && echo y > tree/sub/leaf && echo z > tree/top");
     ok(&n, "rm lone && rm -r tree");
-    assert_eq!(
-        ok(&n, "ls -A | grep -v '^.lightchain$' | wc -l"),
-        "0\n",
-        "everything removed"
-    );
+    assert_eq!(ok(&n, "ls -A | grep -v '^.lightchain$' | wc -l"), "0\n", "everything removed");
     assert_eq!(n.state_file("lone"), None);
     assert!(!n.state_path("tree").exists(), "states/tree removed");
 }
@@ -239,11 +163,7 @@ fn rmdir_of_non_empty_directory_fails() {
     ok(&n, "mkdir d && echo x > d/f");
     let run = n.sh("rmdir d");
     assert!(!run.0.success(), "rmdir of a non-empty directory must fail");
-    assert!(
-        run.2.contains("Directory not empty"),
-        "ENOTEMPTY expected, stderr: {}",
-        run.2
-    );
+    assert!(run.2.contains("Directory not empty"), "ENOTEMPTY expected, stderr: {}", run.2);
     assert_eq!(ok(&n, "cat d/f"), "x\n");
 }
 
@@ -253,28 +173,15 @@ fn touch_creates_and_touches_again() {
     ok(&n, "touch t && touch t && test -f t && test ! -s t");
     ok(&n, "echo data > u && touch u");
     assert_eq!(ok(&n, "cat u"), "data\n", "touch keeps content");
-    assert_eq!(
-        n.state_file("t").as_deref(),
-        Some(&b""[..]),
-        "states/t is an empty file"
-    );
+    assert_eq!(n.state_file("t").as_deref(), Some(&b""[..]), "states/t is an empty file");
 }
 
 #[test]
 fn noclobber_second_redirect_fails_and_keeps_content() {
     let n = node();
-    let run = n.sh(
-        "set -o noclobber; echo a > lock || exit 10; if echo b > lock; then exit 11; fi; exit 0",
-    );
-    assert_ok(
-        &run,
-        "noclobber script (exit 10: first create failed, 11: second overwrite succeeded)",
-    );
-    assert!(
-        run.2.contains("cannot overwrite"),
-        "bash must complain, stderr: {}",
-        run.2
-    );
+    let run = n.sh("set -o noclobber; echo a > lock || exit 10; if echo b > lock; then exit 11; fi; exit 0");
+    assert_ok(&run, "noclobber script (exit 10: first create failed, 11: second overwrite succeeded)");
+    assert!(run.2.contains("cannot overwrite"), "bash must complain, stderr: {}", run.2);
     assert_eq!(ok(&n, "cat lock"), "a\n", "lock still holds a");
 }
 
@@ -287,17 +194,9 @@ fn noclobber_race_has_one_winner() {
                   done; wait";
     let out = ok(&n, script);
     let winners: Vec<&str> = out.lines().filter(|l| l.starts_with("won-")).collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "exactly one shell may win the lock, got {winners:?}"
-    );
+    assert_eq!(winners.len(), 1, "exactly one shell may win the lock, got {winners:?}");
     let id = winners[0].trim_start_matches("won-");
-    assert_eq!(
-        ok(&n, "cat lock"),
-        format!("{id}\n"),
-        "the lock holds the winner's id"
-    );
+    assert_eq!(ok(&n, "cat lock"), format!("{id}\n"), "the lock holds the winner's id");
 }
 
 #[test]
@@ -305,28 +204,15 @@ fn ls_l_and_stat_show_committed_size() {
     let n = node();
     ok(&n, "printf 12345 > five");
     assert_eq!(ok(&n, "stat -c %s five"), "5\n");
-    assert_eq!(
-        ok(&n, "ls -l five | awk '{print $5}'"),
-        "5\n",
-        "ls -l size column"
-    );
-    let age: i64 = ok(&n, "echo $(( $(date +%s) - $(stat -c %Y five) ))")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        age.abs() <= 5,
-        "mtime must be within 5 s of now, is {age} s off"
-    );
+    assert_eq!(ok(&n, "ls -l five | awk '{print $5}'"), "5\n", "ls -l size column");
+    let age: i64 = ok(&n, "echo $(( $(date +%s) - $(stat -c %Y five) ))").trim().parse().unwrap();
+    assert!(age.abs() <= 5, "mtime must be within 5 s of now, is {age} s off");
 }
 
 #[test]
 fn sed_in_place_edits() {
     let n = node();
-    ok(
-        &n,
-        "echo 'hello world' > conf && sed -i 's/world/chain/' conf",
-    );
+    ok(&n, "echo 'hello world' > conf && sed -i 's/world/chain/' conf");
     assert_eq!(ok(&n, "cat conf"), "hello chain\n");
     assert_eq!(n.state_file("conf").as_deref(), Some(&b"hello chain\n"[..]));
 }
@@ -336,10 +222,7 @@ fn tee_and_dd_with_fsync() {
     let n = node();
     assert_eq!(ok(&n, "echo piped | tee t"), "piped\n");
     assert_eq!(ok(&n, "cat t"), "piped\n");
-    ok(
-        &n,
-        "dd if=/dev/zero of=z bs=1k count=10 conv=fsync status=none",
-    );
+    ok(&n, "dd if=/dev/zero of=z bs=1k count=10 conv=fsync status=none");
     assert_eq!(ok(&n, "stat -c %s z"), "10240\n");
     assert_eq!(n.state_file("z").map(|c| c.len()), Some(10240));
 }
@@ -348,13 +231,7 @@ fn tee_and_dd_with_fsync() {
 fn find_lists_nested_tree() {
     let n = node();
     ok(&n, "mkdir -p x/y && touch x/1 x/y/2 && echo top > 3");
-    assert_eq!(
-        ok(
-            &n,
-            "find . -path ./.lightchain -prune -o -type f -print | sort"
-        ),
-        "./3\n./x/1\n./x/y/2\n"
-    );
+    assert_eq!(ok(&n, "find . -path ./.lightchain -prune -o -type f -print | sort"), "./3\n./x/1\n./x/y/2\n");
 }
 
 #[test]
@@ -375,8 +252,5 @@ fn writing_into_control_dir_fails() {
 fn status_is_readable_with_jq() {
     let n = node();
     assert_eq!(ok(&n, "jq -r .ready .lightchain/status"), "true\n");
-    assert_eq!(
-        ok(&n, "jq -r '.members | length' .lightchain/status"),
-        "1\n"
-    );
+    assert_eq!(ok(&n, "jq -r '.members | length' .lightchain/status"), "1\n");
 }

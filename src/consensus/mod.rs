@@ -76,9 +76,9 @@ pub mod typ {
 pub fn raft_config(snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "lightchain".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: 200,
+        election_timeout_min: 750,
+        election_timeout_max: 1500,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),

@@ -70,6 +70,14 @@ impl Cluster for ClusterService {
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        // A caller that has a genesis is an established member: remember its incarnation (and
+        // refuse it if it changed). A caller without one is a new node deciding how to start:
+        // answer, but remember nothing, so a refused attempt leaves no trace.
+        let established =
+            request.metadata().get("lc-cluster").and_then(|v| v.to_str().ok()).is_some_and(|c| !c.is_empty());
+        if established {
+            peer::admit_request(&request, self.cell.guard.as_ref())?;
+        }
         let from = request
             .metadata()
             .get("lc-from")
@@ -84,6 +92,7 @@ impl Cluster for ClusterService {
             head_height: head.map(|h| h.height),
             known_incarnation: from.filter(|f| *f != local.node_id).and_then(|f| guard.known_incarnation(f)),
             node_id: local.node_id,
+            ready: self.cell.node.get().is_some_and(|n| n.is_ready()),
         };
         Ok(peer::response(reply, guard))
     }

@@ -55,6 +55,9 @@ impl PeerGuard for NodeGuard {
                  vote record and must not vote as the old member; wipe it and add it back as a new member",
                 remote.node_id, remote.incarnation
             )),
+            // Only a member with a genesis is remembered: a node still deciding how to start
+            // (or one refused) must leave no trace, or its next attempt would look wiped.
+            None if remote.cluster_id.is_empty() => Ok(()),
             None => {
                 known.incarnations.insert(remote.node_id, remote.incarnation);
                 if let Err(e) = known.save(&self.data) {

@@ -1,6 +1,6 @@
 //! What this node knows of the other members' progress, refreshed in the background.
 //!
-//! Once a second, each member's admin service is asked for its status (short deadline); the
+//! Once a second, each member is asked how far its chain goes (short deadline); the
 //! latest answers feed the `members` of this node's status document, so `.lightchain/status`
 //! and `lightchain status` show every member's applied height and lag.
 
@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::rpc::pb::admin_client::AdminClient;
-use crate::rpc::pb::StatusRequest;
-use crate::rpc::peer::Channels;
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::pb::HelloRequest;
+use crate::rpc::peer::{self, Channels, PeerGuard};
 
 /// The last answer of one member.
 #[derive(Clone, Debug)]
@@ -26,23 +26,21 @@ pub struct MemberView {
 /// Member views by node id.
 pub type Views = Arc<Mutex<HashMap<u64, MemberView>>>;
 
-/// Asks one member for its status.
-async fn ask(channels: &Channels, addr: &str) -> Option<MemberView> {
+/// Asks one member how far it is (`Cluster.Hello`, which also tells it this node's
+/// incarnation, so every member remembers every other one).
+async fn ask(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Option<MemberView> {
     let channel = channels.get(addr).ok()?;
-    let mut request = tonic::Request::new(StatusRequest {});
-    request.set_timeout(Duration::from_millis(800));
-    let reply = AdminClient::new(channel).status(request).await.ok()?;
-    let json: serde_json::Value = serde_json::from_str(&reply.into_inner().json).ok()?;
-    Some(MemberView {
-        head_height: json["head_height"].as_u64(),
-        ready: json["ready"].as_bool().unwrap_or(false),
-        at: Instant::now(),
-    })
+    let request = peer::request(HelloRequest {}, guard, Duration::from_millis(800));
+    let response = ClusterClient::new(channel).hello(request).await.ok()?;
+    peer::admit_response(&response, guard).ok()?;
+    let reply = response.into_inner();
+    Some(MemberView { head_height: reply.head_height, ready: reply.ready, at: Instant::now() })
 }
 
 /// Refreshes `views` for the members `members()` returns until `stop` fires.
 pub async fn poll(
     channels: Channels,
+    guard: std::sync::Arc<dyn PeerGuard>,
     views: Views,
     members: impl Fn() -> Vec<(u64, String)> + Send + 'static,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -54,7 +52,7 @@ pub async fn poll(
             _ = stop.wait_for(|s| *s) => return,
         }
         for (id, addr) in members() {
-            if let Some(view) = ask(&channels, &addr).await {
+            if let Some(view) = ask(&channels, guard.as_ref(), &addr).await {
                 views.lock().unwrap().insert(id, view);
             }
         }

@@ -137,8 +137,9 @@ pub struct Node {
 
 /// A leader whose last majority acknowledgement is older than this knows it has no quorum.
 const QUORUM_STALE: Duration = Duration::from_millis(1000);
-/// A node that has known no leader for this long knows there is no quorum.
-const LEADERLESS: Duration = Duration::from_secs(4);
+/// A node that has known no leader for this long (longer than an election takes) knows
+/// there is no quorum.
+const LEADERLESS: Duration = Duration::from_millis(2500);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -230,7 +231,16 @@ impl Node {
             tracing::info!(?members, "initializing a new cluster");
             let nodes: std::collections::BTreeMap<u64, BasicNode> =
                 members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-            raft.initialize(nodes).await.map_err(consensus_err)?;
+            match raft.initialize(nodes).await {
+                Ok(()) => {}
+                // A peer's election reached this node first: the cluster is forming already.
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(
+                    e,
+                ))) => {
+                    tracing::info!(reason = %e, "a peer is already forming the cluster")
+                }
+                Err(e) => return Err(consensus_err(e)),
+            }
         }
 
         let (proposals, queue) = mpsc::unbounded_channel();
@@ -272,7 +282,13 @@ impl Node {
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect()
         };
-        tokio::spawn(members::poll(channels, node.views.clone(), others, shutdown.subscribe()));
+        tokio::spawn(members::poll(
+            channels,
+            node.guard.clone(),
+            node.views.clone(),
+            others,
+            shutdown.subscribe(),
+        ));
         Ok(node)
     }
 
@@ -450,7 +466,7 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics.running_state.is_ok() && metrics.current_leader.is_some()
+        metrics.running_state.is_ok() && metrics.current_leader.is_some() && !self.knows_no_quorum()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.

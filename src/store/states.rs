@@ -52,7 +52,24 @@ impl StatesDir {
     pub fn apply_all<'a>(&self, changes: impl IntoIterator<Item = &'a Change>, tree: &Tree) -> Result<()> {
         let changes: Vec<&Change> = changes.into_iter().collect();
         let only_writes = changes.iter().all(|c| matches!(c, Change::Wrote(_) | Change::ModeChanged(_)));
-        if !only_writes || changes.len() < 4 {
+        if !only_writes {
+            // Changes are mirrored from the tree as it is after the whole batch, so a file
+            // written and then moved or removed within the batch can leave a stale copy
+            // behind a rename: settle every path the batch touched against the tree.
+            changes.iter().try_for_each(|c| self.apply(c, tree))?;
+            let mut touched: Vec<&StateId> = Vec::new();
+            for change in &changes {
+                match change {
+                    Change::Renamed { from, to } => touched.extend([from, to]),
+                    Change::Exchanged { a, b } => touched.extend([a, b]),
+                    _ => {}
+                }
+            }
+            touched.sort();
+            touched.dedup();
+            return touched.into_iter().try_for_each(|top| self.settle(top, tree));
+        }
+        if changes.len() < 4 {
             return changes.into_iter().try_for_each(|c| self.apply(c, tree));
         }
         let ids: std::collections::BTreeSet<&StateId> = changes
@@ -144,9 +161,14 @@ impl StatesDir {
 
     /// Every difference between `states/` and `tree`.
     pub fn compare(&self, tree: &Tree) -> Result<Vec<Mismatch>> {
+        self.compare_within(tree, &StateId::root())
+    }
+
+    /// [`compare`](Self::compare), limited to `top` and what lies below it.
+    fn compare_within(&self, tree: &Tree, top: &StateId) -> Result<Vec<Mismatch>> {
         let mut out = Vec::new();
         for (id, entry) in tree.iter() {
-            if id.is_root() {
+            if id.is_root() || !id.is_within(top) {
                 continue;
             }
             let path = self.path(id);
@@ -166,7 +188,12 @@ impl StatesDir {
                 out.push(Mismatch::Stale(id.clone()));
             }
         }
-        self.find_extra(&self.root, tree, &mut out)?;
+        let start = self.path(top);
+        if top.is_root() || start.is_dir() {
+            self.find_extra(&start, tree, &mut out)?;
+        } else if start.exists() && tree.get(top).is_none() {
+            out.push(Mismatch::Extra(PathBuf::from(top.as_str())));
+        }
         Ok(out)
     }
 
@@ -182,6 +209,18 @@ impl StatesDir {
                 None => out.push(Mismatch::Extra(rel)),
                 Some(true) if path.is_dir() => self.find_extra(&path, tree, out)?,
                 Some(_) => {} // a kind mismatch is reported as Stale
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `top` and everything below it on disk match the tree (quietly: this is the
+    /// normal end of a batch that moved things, not a repair).
+    fn settle(&self, top: &StateId, tree: &Tree) -> Result<()> {
+        for m in self.compare_within(tree, top)? {
+            match m {
+                Mismatch::Extra(rel) => remove_tree(&self.root.join(rel))?,
+                Mismatch::Stale(id) => self.write_state(&id, tree)?,
             }
         }
         Ok(())

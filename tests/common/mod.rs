@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -107,10 +109,7 @@ impl Node {
 
     /// Creates the directories but spawns nothing (for tests that arrange the mountpoint first).
     pub fn prepare(opts: Opts) -> Node {
-        let tmp = tempfile::Builder::new()
-            .prefix("lightchain-test-")
-            .tempdir()
-            .expect("create temp dir");
+        let tmp = tempfile::Builder::new().prefix("lightchain-test-").tempdir().expect("create temp dir");
         let root = tmp.path().canonicalize().expect("canonicalize temp dir");
         fs::create_dir(root.join("data")).expect("create data/");
         fs::create_dir(root.join("mnt")).expect("create mnt/");
@@ -165,11 +164,15 @@ impl Node {
         self.root.join("node.log")
     }
 
+    /// Fixes the address the node listens on (before `spawn`): a cluster member's node id derives from its
+    /// address, so it must keep it across restarts, and its peers must know it before it starts.
+    pub fn set_listen(&mut self, addr: &str) {
+        self.listen = Some(addr.to_string());
+    }
+
     /// The address the node bound, as reported by its status.
     pub fn listen_addr(&self) -> String {
-        self.listen
-            .clone()
-            .expect("node has not reported its listen address yet")
+        self.listen.clone().expect("node has not reported its listen address yet")
     }
 
     /// Whether the child is still running (does not reap it).
@@ -182,30 +185,16 @@ impl Node {
 
     /// Spawns `lightchain mount` with the node's options (does not wait for readiness).
     pub fn spawn(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "spawn: the previous child was not reaped"
-        );
+        assert!(self.child.is_none(), "spawn: the previous child was not reaped");
         self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open node.log");
+        let mut log =
+            OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open node.log");
         use std::io::Write;
         writeln!(log, "===== test harness: start #{} =====", self.starts).unwrap();
 
-        let listen = self
-            .listen
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut cmd = Command::new(BIN);
-        cmd.arg("mount")
-            .arg(self.mount())
-            .arg("--data")
-            .arg(self.data())
-            .arg("--listen")
-            .arg(&listen);
+        cmd.arg("mount").arg(self.mount()).arg("--data").arg(self.data()).arg("--listen").arg(&listen);
         if let Some(size) = self.opts.max_state_size {
             cmd.arg("--max-state-size").arg(size.to_string());
         }
@@ -242,12 +231,21 @@ impl Node {
         self.watchdog_stop = Some(tx);
         let pid = Arc::clone(&self.pid);
         let fired = Arc::clone(&self.watchdog_fired);
+        let mount = self.mount();
         thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
-                if let Some(p) = *pid.lock().unwrap() {
-                    fired.store(true, Ordering::SeqCst);
-                    eprintln!("test harness watchdog: node pid {p} still running after {WATCHDOG:?}, killing it");
-                    unsafe { libc::kill(p, libc::SIGKILL) };
+                let Some(p) = *pid.lock().unwrap() else { return };
+                fired.store(true, Ordering::SeqCst);
+                eprintln!("test harness watchdog: node pid {p} still running after {WATCHDOG:?}, killing it");
+                unsafe { libc::kill(p, libc::SIGKILL) };
+                // If it cannot die (a thread stuck on its own mount), abort the FUSE connection too.
+                if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(KILL_GRACE) {
+                    if pid.lock().unwrap().is_some() {
+                        eprintln!(
+                            "test harness watchdog: pid {p} survived SIGKILL; aborting its FUSE connection"
+                        );
+                        force_unmount(&mount);
+                    }
                 }
             }
         });
@@ -271,12 +269,7 @@ impl Node {
                 None => last = "read of .lightchain/status hung for 10 s".into(),
                 Some(Err(e)) => last = format!("read error: {e}"),
                 Some(Ok(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
-                    Err(e) => {
-                        last = format!(
-                            "unparseable JSON ({e}): {}",
-                            String::from_utf8_lossy(&bytes)
-                        )
-                    }
+                    Err(e) => last = format!("unparseable JSON ({e}): {}", String::from_utf8_lossy(&bytes)),
                     Ok(v) if v["ready"] == Value::Bool(true) => {
                         let listen = v["listen"]
                             .as_str()
@@ -303,70 +296,63 @@ impl Node {
         let bytes = with_timeout(Duration::from_secs(10), move || fs::read(&p))
             .expect("read of .lightchain/status hung for 10 s")
             .expect("read .lightchain/status");
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "status is not JSON ({e}): {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
     }
 
     /// `head_height` from the status.
     pub fn head_height(&self) -> u64 {
         let s = self.status_json();
-        s["head_height"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("status has no numeric head_height: {s}"))
+        s["head_height"].as_u64().unwrap_or_else(|| panic!("status has no numeric head_height: {s}"))
     }
 
     /// Sends `sig` to the child.
     pub fn signal(&self, sig: i32) {
-        let pid = self
-            .pid
-            .lock()
-            .unwrap()
-            .expect("signal: node is not running");
+        let pid = self.pid.lock().unwrap().expect("signal: node is not running");
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
     }
 
     /// `kill -9` the child and reap it. The mount is left dead (as after a crash).
+    ///
+    /// A process whose thread is stuck in the kernel on its own mount (e.g. a FUSE notification waiting for
+    /// a directory lock that a request to this very process holds) cannot finish dying, and the mount stays
+    /// hung. The harness then aborts the FUSE connection (`umount -f`), reaps the node and fails the test
+    /// with the stuck threads' kernel stacks, instead of hanging.
     pub fn kill9(&mut self) {
         self.signal(libc::SIGKILL);
-        self.wait_exit(Duration::from_secs(20))
-            .expect("node did not die within 20 s of SIGKILL");
+        if self.wait_exit(KILL_GRACE).is_some() {
+            return;
+        }
+        let pid = self.pid.lock().unwrap().expect("pid of the unreaped child");
+        let stuck = thread_report(pid);
+        force_unmount(&self.mount());
+        let status = self.wait_exit(Duration::from_secs(20));
+        panic!(
+            "node pid {pid} did not exit within {KILL_GRACE:?} of SIGKILL (after aborting its FUSE connection \
+             with umount -f: {status:?}); its threads:\n{stuck}\n{}",
+            self.log_tail(40)
+        );
     }
 
     /// SIGTERM the child and wait (up to 30 s) for its exit status.
     pub fn sigterm(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        self.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!(
-                "node did not exit within 30 s of SIGTERM\n{}",
-                self.log_tail(100)
-            )
-        })
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("node did not exit within 30 s of SIGTERM\n{}", self.log_tail(100)))
     }
 
     /// SIGINT the child and wait (up to 30 s) for its exit status.
     pub fn sigint(&mut self) -> ExitStatus {
         self.signal(libc::SIGINT);
-        self.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!(
-                "node did not exit within 30 s of SIGINT\n{}",
-                self.log_tail(100)
-            )
-        })
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("node did not exit within 30 s of SIGINT\n{}", self.log_tail(100)))
     }
 
     /// Stops the node with SIGTERM and asserts a clean exit.
     pub fn stop(&mut self) {
         let status = self.sigterm();
-        assert!(
-            status.success(),
-            "node exited with {status:?} after SIGTERM\n{}",
-            self.log_tail(100)
-        );
+        assert!(status.success(), "node exited with {status:?} after SIGTERM\n{}", self.log_tail(100));
     }
 
     /// Waits for the child to exit (up to `timeout`) and reaps it.
@@ -395,10 +381,7 @@ impl Node {
     /// Starts the node again on the same data directory and mountpoint, without unmounting anything first:
     /// after a `kill9` the binary must replace the dead FUSE mount itself (DESIGN §1.1).
     pub fn restart(&mut self) {
-        assert!(
-            !self.is_running(),
-            "restart: the node is still running; stop or kill it first"
-        );
+        assert!(!self.is_running(), "restart: the node is still running; stop or kill it first");
         if self.child.is_some() {
             self.reap();
         }
@@ -441,11 +424,7 @@ impl Node {
     /// Runs `bash -c script` in the mount with `$DATA` and `$MNT` set.
     pub fn sh(&self, script: &str) -> (ExitStatus, String, String) {
         let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(script)
-            .current_dir(self.mount())
-            .env("DATA", self.data())
-            .env("MNT", self.mount());
+        cmd.arg("-c").arg(script).current_dir(self.mount()).env("DATA", self.data()).env("MNT", self.mount());
         run_command(cmd, CMD_TIMEOUT)
     }
 
@@ -475,10 +454,7 @@ impl Node {
         self.chain_text()
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("chain line is not JSON ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("chain line is not JSON ({e}): {l}")))
             .collect()
     }
 
@@ -500,11 +476,36 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = self.pid.lock().unwrap().take();
+            let pid = *self.pid.lock().unwrap();
             if let Some(pid) = pid {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                // Never block forever on a node that cannot die: abort its FUSE connection if it must.
+                let wait = |d: Duration| {
+                    let deadline = Instant::now() + d;
+                    while !exited_nowait(pid) {
+                        if Instant::now() > deadline {
+                            return false;
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    true
+                };
+                if !wait(KILL_GRACE) {
+                    eprintln!(
+                        "test harness: node pid {pid} survived SIGKILL; aborting its FUSE connection\n{}",
+                        thread_report(pid)
+                    );
+                    force_unmount(&self.mount());
+                }
+                if wait(Duration::from_secs(20)) {
+                    *self.pid.lock().unwrap() = None;
+                    let _ = child.wait();
+                } else {
+                    eprintln!("test harness: node pid {pid} still alive; leaving it unreaped");
+                }
+            } else {
+                let _ = child.wait();
             }
-            let _ = child.wait();
         }
         self.watchdog_stop = None;
         // Detach whatever is mounted there (several times, in case mounts were stacked).
@@ -517,10 +518,7 @@ impl Drop for Node {
         }
         // A panic inside the node is a bug even when the test's own assertions passed.
         if !thread::panicking() && self.log().contains("panicked at") {
-            panic!(
-                "the lightchain node panicked during this test\n{}",
-                self.log_tail(80)
-            );
+            panic!("the lightchain node panicked during this test\n{}", self.log_tail(80));
         }
         if thread::panicking() || self.watchdog_fired.load(Ordering::SeqCst) {
             if self.watchdog_fired.load(Ordering::SeqCst) {
@@ -529,6 +527,42 @@ impl Drop for Node {
             eprintln!("{}", self.log_tail(150));
         }
     }
+}
+
+/// How long a SIGKILLed node may take to exit before the harness aborts its FUSE connection.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// `umount -f`: for FUSE this aborts the connection (every request waiting on it fails with `ENOTCONN`),
+/// which frees a server thread blocked in the kernel on its own mount. The mount itself may stay until
+/// `Drop` detaches it.
+pub fn force_unmount(mnt: &Path) {
+    if let Ok(c) = CString::new(mnt.as_os_str().as_bytes()) {
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) };
+    }
+}
+
+/// Each thread of `pid` with its state, wait channel and kernel stack (when readable), for reports of a
+/// process that does not die.
+pub fn thread_report(pid: i32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("stat").rsplit(") ").next().unwrap_or("").chars().next().unwrap_or('?');
+        out.push_str(&format!(
+            "  thread {} {:?} state {state} wchan {}\n",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+        for line in read("stack").lines().take(8) {
+            out.push_str(&format!("      {line}\n"));
+        }
+    }
+    out
 }
 
 /// Removes inherited `LIGHTCHAIN_*` variables so only explicit flags configure the child.
@@ -544,12 +578,7 @@ fn clean_env(cmd: &mut Command) {
 fn exited_nowait(pid: i32) -> bool {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
     };
     if rc != 0 {
         // ECHILD: already reaped.
@@ -573,9 +602,7 @@ pub fn with_timeout<T: Send + 'static>(
 
 /// Runs `cmd` with piped stdout/stderr, killing it after `timeout`.
 pub fn run_command(mut cmd: Command, timeout: Duration) -> (ExitStatus, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
     let mut out = child.stdout.take().unwrap();
@@ -633,30 +660,21 @@ pub fn assert_ok(run: &(ExitStatus, String, String), what: &str) {
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let want = path.to_str().unwrap().replace(' ', "\\040");
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 /// The `/proc/mounts` line for `path`, if mounted.
 pub fn mount_line(path: &Path) -> Option<String> {
     let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let want = path.to_str().unwrap().replace(' ', "\\040");
-    mounts
-        .lines()
-        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .map(str::to_string)
+    mounts.lines().find(|l| l.split(' ').nth(1) == Some(want.as_str())).map(str::to_string)
 }
 
 /// Every `/proc/mounts` line for `path` (more than one if mounts are stacked).
 pub fn mount_lines(path: &Path) -> Vec<String> {
     let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let want = path.to_str().unwrap().replace(' ', "\\040");
-    mounts
-        .lines()
-        .filter(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .map(str::to_string)
-        .collect()
+    mounts.lines().filter(|l| l.split(' ').nth(1) == Some(want.as_str())).map(str::to_string).collect()
 }
 
 // ----- raw syscalls: every result observed -----
@@ -708,11 +726,7 @@ pub fn assert_errno<T: std::fmt::Debug>(res: io::Result<T>, allowed: &[i32], wha
         Ok(v) => panic!("{what}: expected failure with {names:?}, but it succeeded ({v:?})"),
         Err(e) => {
             let got = e.raw_os_error().unwrap_or(-1);
-            assert!(
-                allowed.contains(&got),
-                "{what}: expected {names:?}, got {} ({e})",
-                errno_name(got)
-            );
+            assert!(allowed.contains(&got), "{what}: expected {names:?}, got {} ({e})", errno_name(got));
         }
     }
 }
@@ -786,43 +800,25 @@ pub fn write_with_flags(path: &Path, flags: i32, content: &[u8]) -> Result<(), S
 /// Replaces (or creates) `path` with `content` and asserts that open, write and close all returned 0.
 #[track_caller]
 pub fn put(path: &Path, content: &[u8]) {
-    if let Err(step) = write_with_flags(
-        path,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-        content,
-    ) {
-        panic!(
-            "put {}: {step:?} ({})",
-            path.display(),
-            errno_name(step.errno())
-        );
+    if let Err(step) = write_with_flags(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, content) {
+        panic!("put {}: {step:?} ({})", path.display(), errno_name(step.errno()));
     }
 }
 
 /// Appends with `O_APPEND` and asserts success.
 #[track_caller]
 pub fn append(path: &Path, content: &[u8]) {
-    if let Err(step) = write_with_flags(
-        path,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
-        content,
-    ) {
-        panic!(
-            "append {}: {step:?} ({})",
-            path.display(),
-            errno_name(step.errno())
-        );
+    if let Err(step) = write_with_flags(path, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, content) {
+        panic!("append {}: {step:?} ({})", path.display(), errno_name(step.errno()));
     }
 }
 
 /// Reads a file through `File` (open + read + close).
 #[track_caller]
 pub fn read(path: &Path) -> Vec<u8> {
-    let mut f =
-        File::open(path).unwrap_or_else(|e| panic!("open {} for reading: {e}", path.display()));
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {} for reading: {e}", path.display()));
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    f.read_to_end(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     buf
 }
 
@@ -854,13 +850,8 @@ pub fn secs_from_now(t: SystemTime) -> f64 {
 /// Whether `text` mentions `block <height>` as a whole number (so `block 1` does not match `block 12`).
 pub fn mentions_block(text: &str, height: u64) -> bool {
     let needle = format!("block {height}");
-    text.match_indices(&needle).any(|(i, _)| {
-        !text[i + needle.len()..]
-            .chars()
-            .next()
-            .map(|c| c.is_ascii_digit())
-            .unwrap_or(false)
-    })
+    text.match_indices(&needle)
+        .any(|(i, _)| !text[i + needle.len()..].chars().next().map(|c| c.is_ascii_digit()).unwrap_or(false))
 }
 
 /// Whether a JSON value contains the string `s` anywhere (as a string value or inside one).
@@ -868,9 +859,7 @@ pub fn json_contains_str(v: &Value, s: &str) -> bool {
     match v {
         Value::String(x) => x.contains(s),
         Value::Array(a) => a.iter().any(|x| json_contains_str(x, s)),
-        Value::Object(o) => o
-            .iter()
-            .any(|(k, x)| k.contains(s) || json_contains_str(x, s)),
+        Value::Object(o) => o.iter().any(|(k, x)| k.contains(s) || json_contains_str(x, s)),
         _ => false,
     }
 }
