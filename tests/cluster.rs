@@ -9,7 +9,7 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -82,7 +82,7 @@ fn assert_all_in_chain(c: &Cluster, i: usize, blocks: &[serde_json::Value], acke
 }
 
 /// `open(O_WRONLY|O_CREAT|O_TRUNC)` + write + `close`, every step's result observed.
-fn try_put(path: &PathBuf, content: &str) -> Result<(), Step> {
+fn try_put(path: &Path, content: &str) -> Result<(), Step> {
     write_with_flags(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, content.as_bytes())
 }
 
@@ -190,7 +190,7 @@ fn concurrent_writers_on_all_nodes_converge_on_one_chain() {
                         }
                         // Delete every other own state written in this cycle.
                         3 => {
-                            if cycle % 2 == 0 {
+                            if cycle.is_multiple_of(2) {
                                 let id = format!("own/n{k}-{}", i - 3);
                                 match fs::remove_file(p(&id)) {
                                     Ok(()) => acked.push(Acked::Delete { id }),
@@ -419,8 +419,8 @@ fn kill9_of_the_leader_fails_over_and_keeps_every_acknowledged_write() {
     }
 
     let mut acked = Vec::new();
-    for k in 0..3 {
-        let log = logs[k].lock().unwrap();
+    for (k, log) in logs.iter().enumerate().take(3) {
+        let log = log.lock().unwrap();
         let resumed = log
             .acked
             .iter()

@@ -57,25 +57,6 @@ pub fn members(advertise: &str, peers: &[String]) -> BTreeMap<u64, String> {
     members
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_node_derives_the_same_members() {
-        let peers =
-            vec!["127.0.0.1:7071".to_owned(), " 127.0.0.1:7072".to_owned(), "127.0.0.1:7073".to_owned()];
-        let a = members("127.0.0.1:7071", &peers);
-        let b = members("127.0.0.1:7072", &peers);
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 3);
-        assert_eq!(normalize("[::1]:80"), "[::1]:80");
-        assert_eq!(normalize("Node-1.Example:7070"), "node-1.example:7070");
-        // A node not in the list is added (its own address may be omitted).
-        assert_eq!(members("127.0.0.1:7074", &peers).len(), 4);
-    }
-}
-
 async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {
     let channel = channels.get(addr)?;
     let request = peer::request(HelloRequest {}, guard, Duration::from_secs(2));
@@ -158,4 +139,23 @@ pub async fn check_existing(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_derives_the_same_members() {
+        let peers =
+            vec!["127.0.0.1:7071".to_owned(), " 127.0.0.1:7072".to_owned(), "127.0.0.1:7073".to_owned()];
+        let a = members("127.0.0.1:7071", &peers);
+        let b = members("127.0.0.1:7072", &peers);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3);
+        assert_eq!(normalize("[::1]:80"), "[::1]:80");
+        assert_eq!(normalize("Node-1.Example:7070"), "node-1.example:7070");
+        // A node not in the list is added (its own address may be omitted).
+        assert_eq!(members("127.0.0.1:7074", &peers).len(), 4);
+    }
 }
