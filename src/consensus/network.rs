@@ -145,6 +145,20 @@ impl PeerClient {
         serde_json::from_slice(&response.into_inner().payload).map_err(|e| CallError::Network(e.to_string()))
     }
 
+    /// [`call`](Self::call) with openraft's error types: a remote refusal is a remote error.
+    async fn raft_rpc<Resp: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call::<Resp, RaftError<u64>>(kind, payload, timeout).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
     /// How far the target's chain goes.
     async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
@@ -166,14 +180,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             // Ask openraft to send fewer entries at a time.
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1))));
         }
-        match self
-            .call::<AppendEntriesResponse<u64>, RaftError<u64>>("append", payload, option.hard_ttl())
-            .await
-        {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e) => Err(e.into_rpc()),
-        }
+        self.raft_rpc("append", payload, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -182,11 +189,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
-        match self.call::<VoteResponse<u64>, RaftError<u64>>("vote", payload, option.hard_ttl()).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e) => Err(e.into_rpc()),
-        }
+        self.raft_rpc("vote", payload, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
