@@ -71,6 +71,7 @@ fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
         // Segments roll rarely; when they do, the old one was fsynced at the roll, so
         // syncing the newest handle covers every write in the batch.
         let result = batch.last().unwrap().0.sync_data();
+        tracing::debug!(appends = batch.len(), "log fsynced");
         for (_, callback) in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -179,6 +180,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             inner.log.sync_handle().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
         };
+        tracing::debug!("log appended");
         self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
         Ok(())
     }

@@ -79,7 +79,10 @@ impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         peer::admit_request(&request, self.guard.as_ref())?;
         let rpc = decode(&request.into_inner().payload)?;
-        Ok(self.reply(json(&self.raft()?.append_entries(rpc).await)))
+        tracing::debug!("append_entries received");
+        let r = self.raft()?.append_entries(rpc).await;
+        tracing::debug!("append_entries answered");
+        Ok(self.reply(json(&r)))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

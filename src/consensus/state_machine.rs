@@ -422,6 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        tracing::debug!("apply start");
         let mut results = Vec::new();
         let mut changes = Vec::new();
         let mut chain = self.chain.lock().unwrap();
@@ -445,6 +446,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         drop(chain);
         synced.and(mirrored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.announce(changes, last_index);
+        tracing::debug!("apply end");
         Ok(results)
     }
 
