@@ -6,9 +6,9 @@
 //! source of truth, and at start-up [`StatesDir::repair`] compares `states/` with the tree
 //! rebuilt from the chain and fixes every difference, logging each.
 
-use std::fs::{File, Permissions};
+use std::fs::Permissions;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,12 +32,22 @@ pub struct StatesDir {
     root: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
+    /// This process's id, naming its temporary files.
+    pid: u32,
+    /// This process's umask: a mode it does not strip needs no separate chmod.
+    umask: u32,
 }
 
 impl StatesDir {
     /// Uses the `states/` and `tmp/` of a data directory.
     pub fn new(dir: &DataDir) -> StatesDir {
-        StatesDir { root: dir.states(), tmp: dir.tmp(), counter: AtomicU64::new(0) }
+        StatesDir {
+            root: dir.states(),
+            tmp: dir.tmp(),
+            counter: AtomicU64::new(0),
+            pid: std::process::id(),
+            umask: process_umask(),
+        }
     }
 
     fn path(&self, id: &StateId) -> PathBuf {
@@ -119,7 +129,7 @@ impl StatesDir {
 
     fn tmp_path(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("state-{}-{n}", std::process::id()))
+        self.tmp.join(format!("state-{}-{n}", self.pid))
     }
 
     /// Writes one state as the tree has it (file by temp + rename; directory created).
@@ -138,14 +148,28 @@ impl StatesDir {
                 std::fs::set_permissions(&path, perms).ctx("chmod", &path)
             }
             EntryKind::File(content) => {
-                if path.is_dir() {
-                    remove_tree(&path)?;
-                }
+                // Every syscall here is on the commit path of a busy node: create with the
+                // right mode, chmod only when the umask strips bits, and look for a directory
+                // in the way only when the rename says there is one.
                 let tmp = self.tmp_path();
-                let mut file = File::create(&tmp).ctx("create", &tmp)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(entry.mode)
+                    .open(&tmp)
+                    .ctx("create", &tmp)?;
                 file.write_all(content.as_bytes()).ctx("write", &tmp)?;
-                file.set_permissions(perms).ctx("chmod", &tmp)?;
-                std::fs::rename(&tmp, &path).ctx("rename", &path)
+                if entry.mode & self.umask != 0 {
+                    file.set_permissions(perms).ctx("chmod", &tmp)?;
+                }
+                drop(file);
+                match std::fs::rename(&tmp, &path) {
+                    Err(_) if path.is_dir() => {
+                        remove_tree(&path)?;
+                        std::fs::rename(&tmp, &path).ctx("rename", &path)
+                    }
+                    result => result.ctx("rename", &path),
+                }
             }
         }
     }
@@ -250,6 +274,18 @@ impl StatesDir {
         }
         Ok(mismatches.len())
     }
+}
+
+/// The umask of this process, from `/proc/self/status` (assumed the common 022 if unreadable).
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 fn remove_file(path: &Path) -> Result<()> {
