@@ -28,7 +28,7 @@ use crate::rpc::pb::ForwardRequest;
 use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
 
 /// Entries submitted and not yet applied, at most.
-const MAX_IN_FLIGHT: usize = 2;
+const MAX_IN_FLIGHT: usize = 8;
 /// Transactions per entry, at most.
 const MAX_BATCH_TXS: usize = 1024;
 /// Bytes of content per entry, at most (keeps entries well below message size limits).
