@@ -31,6 +31,8 @@ enum Op {
     Unlink(String),
     Mkdir(String),
     Rmdir(String),
+    /// Stop the node and start it again on the same data directory.
+    Restart,
 }
 
 fn path() -> impl Strategy<Value = String> {
@@ -40,14 +42,16 @@ fn path() -> impl Strategy<Value = String> {
 fn op() -> impl Strategy<Value = Op> {
     let data = prop::collection::vec(any::<u8>(), 0..16);
     prop_oneof![
-        path().prop_map(Op::Create),
-        (path(), data.clone()).prop_map(|(p, d)| Op::Write(p, d)),
-        (path(), data).prop_map(|(p, d)| Op::Append(p, d)),
-        (path(), 0u64..20).prop_map(|(p, s)| Op::Truncate(p, s)),
-        (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
-        path().prop_map(Op::Unlink),
-        path().prop_map(Op::Mkdir),
-        path().prop_map(Op::Rmdir),
+        4 => path().prop_map(Op::Create),
+        4 => (path(), data.clone()).prop_map(|(p, d)| Op::Write(p, d)),
+        4 => (path(), data).prop_map(|(p, d)| Op::Append(p, d)),
+        4 => (path(), 0u64..20).prop_map(|(p, s)| Op::Truncate(p, s)),
+        4 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        4 => path().prop_map(Op::Unlink),
+        4 => path().prop_map(Op::Mkdir),
+        4 => path().prop_map(Op::Rmdir),
+        // Rare: a restart takes an election.
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -88,6 +92,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
     };
     let below = |m: &BTreeMap<String, Model>, p: &str| m.keys().any(|k| k.starts_with(&format!("{p}/")));
     match op {
+        Op::Restart => Ok(()), // everything committed survives
         Op::Create(p) => {
             parent_ok(m, p)?;
             match m.get(p) {
@@ -209,6 +214,7 @@ async fn write_file(fs: &Fs, p: &str, flags: i32, data: &[u8]) -> Result<(), FsE
 
 async fn fs_apply(fs: &Fs, op: &Op) -> Result<(), FsError> {
     match op {
+        Op::Restart => unreachable!("restarts are done by the test loop"),
         Op::Create(p) => {
             let (dir, name) = resolve_parent(fs, p).await?;
             let (_, opened) = fs.create(dir, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY).await?;
@@ -309,11 +315,18 @@ proptest! {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         rt.block_on(async {
-            let fs = start_fs(tmp.path(), 1 << 20).await;
+            let mut fs = start_fs(tmp.path(), 1 << 20).await;
             let mut model = BTreeMap::new();
             for (step, op) in ops.iter().enumerate() {
                 let expected = model_apply(&mut model, op);
-                let got = fs_apply(&fs, op).await.map_err(|e| e.errno());
+                let got = if let Op::Restart = op {
+                    fs.node().shutdown().await;
+                    drop(fs);
+                    fs = start_fs(tmp.path(), 1 << 20).await;
+                    Ok(())
+                } else {
+                    fs_apply(&fs, op).await.map_err(|e| e.errno())
+                };
                 assert_eq!(got, expected, "step {step}: {op:?}");
                 assert_eq!(snapshot(&fs).await, model, "tree after step {step}: {op:?}");
             }
@@ -367,6 +380,37 @@ fn exclusive_create_and_control_directory() {
         assert_eq!(json["role"], "leader");
         let long = vec![b'x'; 256];
         assert_eq!(fs.mkdir(ROOT_INO, &long, 0o755, 0).await.unwrap_err().errno(), libc::ENAMETOOLONG);
+        fs.node().shutdown().await;
+    });
+}
+
+#[test]
+fn committed_states_survive_a_restart_of_the_node() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let ops = [
+            Op::Mkdir("a".into()),
+            Op::Create("a/b".into()),
+            Op::Write("a/b".into(), b"kept".to_vec()),
+            Op::Rename("a".into(), "c".into()),
+        ];
+        let mut fs = start_fs(tmp.path(), 1 << 20).await;
+        let mut model = BTreeMap::new();
+        for op in &ops {
+            model_apply(&mut model, op).unwrap();
+            fs_apply(&fs, op).await.unwrap();
+        }
+        let before = fs.node().status().head_hash;
+        fs.node().shutdown().await;
+        drop(fs);
+        fs = start_fs(tmp.path(), 1 << 20).await;
+        assert_eq!(fs.node().status().head_hash, before, "the chain head survives the restart");
+        assert_eq!(snapshot(&fs).await, model);
+        fs_apply(&fs, &Op::Append("c/b".into(), b"+more".to_vec())).await.unwrap();
+        let mut expected = model.clone();
+        model_apply(&mut expected, &Op::Append("c/b".into(), b"+more".to_vec())).unwrap();
+        assert_eq!(snapshot(&fs).await, expected, "and it keeps committing");
         fs.node().shutdown().await;
     });
 }
