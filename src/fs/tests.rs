@@ -307,6 +307,21 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
     Arc::new(Fs::new(node, FsConfig { max_state_size, uid: 0, gid: 0 }))
 }
 
+/// Runs `body` against a fresh single-node filesystem, then stops the node.
+fn with_fs<F, Fut>(max_state_size: u64, body: F)
+where
+    F: FnOnce(Arc<Fs>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let fs = start_fs(tmp.path(), max_state_size).await;
+        body(fs.clone()).await;
+        fs.node().shutdown().await;
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -337,10 +352,7 @@ proptest! {
 
 #[test]
 fn oversized_write_spoils_the_handle_and_keeps_the_old_content() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    rt.block_on(async {
-        let fs = start_fs(tmp.path(), 8).await;
+    with_fs(8, |fs| async move {
         write_file(&fs, "x", libc::O_WRONLY, b"").await.unwrap_err(); // missing: ENOENT
         let (_, o) = fs.create(ROOT_INO, b"x", 0o644, 0, libc::O_WRONLY).await.unwrap();
         fs.write(o.fh, 0, b"old").unwrap();
@@ -353,16 +365,12 @@ fn oversized_write_spoils_the_handle_and_keeps_the_old_content() {
         assert_eq!(fs.flush(o.fh).await.unwrap_err().errno(), libc::EFBIG, "spoiled");
         fs.release(o.fh);
         assert_eq!(snapshot(&fs).await.get("x"), Some(&Model::File(b"old".to_vec())));
-        fs.node().shutdown().await;
     });
 }
 
 #[test]
 fn exclusive_create_and_control_directory() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    rt.block_on(async {
-        let fs = start_fs(tmp.path(), 1 << 20).await;
+    with_fs(1 << 20, |fs| async move {
         let excl = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let (_, o) = fs.create(ROOT_INO, b"lock", 0o644, 0, excl).await.unwrap();
         fs.release(o.fh);
@@ -380,7 +388,6 @@ fn exclusive_create_and_control_directory() {
         assert_eq!(json["role"], "leader");
         let long = vec![b'x'; 256];
         assert_eq!(fs.mkdir(ROOT_INO, &long, 0o755, 0).await.unwrap_err().errno(), libc::ENAMETOOLONG);
-        fs.node().shutdown().await;
     });
 }
 

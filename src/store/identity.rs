@@ -5,8 +5,6 @@
 //! a node whose directory was wiped comes back with a new one, so its old request ids and
 //! votes can never be confused with the new ones.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::{write_durable, DataDir, Error, IoContext, Result};
@@ -54,11 +52,6 @@ pub fn node_id_for(addr: &str) -> NodeId {
     let digest = crate::chain::Digest::of(addr.as_bytes());
     let id = u64::from_be_bytes(digest.0[..8].try_into().unwrap()) >> 1;
     id.max(1)
-}
-
-/// Whether `path` holds any lightchain data.
-pub fn exists(path: &Path) -> bool {
-    path.join("identity.json").exists()
 }
 
 #[cfg(test)]
