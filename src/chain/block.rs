@@ -311,6 +311,7 @@ fn encode_outcome(e: &mut Encoder, outcome: Outcome) {
                 Reject::IsADirectory => 3,
                 Reject::NotEmpty => 4,
                 Reject::Invalid => 5,
+                Reject::NameTooLong => 6,
             });
         }
     }

@@ -15,6 +15,6 @@ mod tx;
 
 pub use block::{Block, BlockHash, BlockTx, Digest, Height, LinkError};
 pub use build::{apply_batch, replay, LogPosition, ReplayError, Tip};
-pub use state_id::{StateId, StateIdError, CONTROL_DIR, MAX_COMPONENT_LEN};
+pub use state_id::{StateId, StateIdError, CONTROL_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use tree::{ApplyCtx, Change, Entry, EntryKind, InodeNo, Tree, ROOT_INO};
 pub use tx::{Batch, Content, Members, NodeId, Outcome, Reject, RenameMode, RequestId, Transaction, TxOp};

@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Longest name component the kernel lets a filesystem hold (`NAME_MAX`).
 pub const MAX_COMPONENT_LEN: usize = 255;
 
+/// Longest whole state ID in bytes (`PATH_MAX` less its NUL). A deeper ID could be created
+/// one component at a time with relative paths, but no tool could name it from the mount's
+/// root, and the backing directory could not hold it under `states/`.
+pub const MAX_PATH_LEN: usize = 4095;
+
 /// The reserved name of the read-only control directory at the root of a mount.
 pub const CONTROL_DIR: &str = ".lightchain";
 
@@ -28,6 +33,9 @@ pub enum StateIdError {
     /// A component is longer than 255 bytes.
     #[error("name component longer than {MAX_COMPONENT_LEN} bytes")]
     TooLong,
+    /// The whole path is longer than 4,095 bytes.
+    #[error("path longer than {MAX_PATH_LEN} bytes")]
+    PathTooLong,
     /// The name holds a NUL byte.
     #[error("name contains a NUL byte")]
     Nul,
@@ -55,6 +63,9 @@ impl StateId {
         if path.is_empty() {
             return Err(StateIdError::Empty);
         }
+        if path.len() > MAX_PATH_LEN {
+            return Err(StateIdError::PathTooLong);
+        }
         for (i, component) in path.split('/').enumerate() {
             validate_component(component)?;
             if i == 0 && component == CONTROL_DIR {
@@ -71,6 +82,9 @@ impl StateId {
             return Err(StateIdError::Empty);
         }
         validate_component(name)?;
+        if self.0.len() + 1 + name.len() > MAX_PATH_LEN {
+            return Err(StateIdError::PathTooLong);
+        }
         if self.is_root() {
             if name == CONTROL_DIR {
                 return Err(StateIdError::Reserved);
@@ -207,6 +221,20 @@ mod tests {
         let dir = StateId::parse("d").unwrap();
         assert_eq!(dir.child(b".lightchain").unwrap().as_str(), "d/.lightchain");
         assert_eq!(dir.child(&[b'y'; 256]), Err(StateIdError::TooLong));
+    }
+
+    #[test]
+    fn whole_paths_stop_at_path_max() {
+        // 16 components of 255 bytes and their slashes make 4,095 bytes: the longest legal ID.
+        let component = "c".repeat(255);
+        let longest = vec![component.as_str(); 16].join("/");
+        assert_eq!(longest.len(), MAX_PATH_LEN);
+        let id = StateId::parse(&longest).unwrap();
+        assert_eq!(StateId::parse(&format!("{longest}x")), Err(StateIdError::PathTooLong));
+        let parent = id.parent().unwrap();
+        assert_eq!(parent.child(component.as_bytes()).unwrap(), id);
+        assert_eq!(id.child(b"x"), Err(StateIdError::PathTooLong));
+        assert_eq!(StateId::root().child(component.as_bytes()).unwrap().as_str().len(), 255);
     }
 
     #[test]

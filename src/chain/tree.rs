@@ -487,6 +487,10 @@ impl Tree {
         if to.is_within(from) || (mode == RenameMode::Exchange && from.is_within(to)) {
             return Err(Reject::Invalid);
         }
+        self.check_rebased_lengths(from, to)?;
+        if mode == RenameMode::Exchange {
+            self.check_rebased_lengths(to, from)?;
+        }
         let target = self.entries.get(to);
         match (mode, target) {
             (RenameMode::Exchange, None) => return Err(Reject::NotFound),
@@ -515,6 +519,16 @@ impl Tree {
         self.touch_dir(&from.parent().unwrap(), ctx);
         self.touch_dir(&to_parent, ctx);
         Ok(vec![Change::Renamed { from: from.clone(), to: to.clone() }])
+    }
+
+    /// Moving `from` to `to` must not make any path below it longer than `PATH_MAX` allows.
+    fn check_rebased_lengths(&self, from: &StateId, to: &StateId) -> Result<(), Reject> {
+        let deepest = self.descendants(from).map(|(id, _)| id.as_str().len()).max().unwrap_or(0);
+        let deepest = deepest.max(from.as_str().len());
+        match deepest - from.as_str().len() + to.as_str().len() > super::state_id::MAX_PATH_LEN {
+            true => Err(Reject::NameTooLong),
+            false => Ok(()),
+        }
     }
 
     /// Removes `top` and everything below it, returning the entries.
@@ -658,6 +672,24 @@ mod tests {
         assert_eq!(h.apply(rename("ab", "z", RenameMode::Replace)), rejected(Reject::IsADirectory));
         assert_eq!(h.apply(rename("z", "ab", RenameMode::Replace)), rejected(Reject::NotADirectory));
         assert_eq!(h.apply(rename("missing", "q", RenameMode::Replace)), rejected(Reject::NotFound));
+    }
+
+    #[test]
+    fn rename_refuses_paths_past_path_max() {
+        let mut h = Harness::new();
+        let long = "n".repeat(255);
+        let mut deep = String::new();
+        for _ in 0..15 {
+            deep = if deep.is_empty() { long.clone() } else { format!("{deep}/{long}") };
+            h.apply(TxOp::Mkdir { id: sid(&deep), mode: 0o755 });
+        }
+        h.apply(TxOp::Mkdir { id: sid("a"), mode: 0o755 });
+        h.apply(put(&format!("a/{}", "f".repeat(255)), "x"));
+        // deep/a would be fine, but deep/a/fff... is past 4,095 bytes.
+        let target = format!("{deep}/a");
+        let rename = TxOp::Rename { from: sid("a"), to: sid(&target), mode: RenameMode::Replace };
+        assert_eq!(h.apply(rename), rejected(Reject::NameTooLong));
+        assert!(h.tree.get(&sid("a")).is_some());
     }
 
     #[test]

@@ -233,6 +233,10 @@ pub enum Reject {
     /// The operation makes no sense (a directory moved into itself, the root removed).
     #[error("invalid operation")]
     Invalid,
+    /// The change would give a state a path longer than 4,095 bytes (a rename of a directory
+    /// whose deepest state would end up too deep).
+    #[error("a resulting path would be too long")]
+    NameTooLong,
 }
 
 /// What applying a transaction did, recorded in the block.

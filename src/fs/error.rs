@@ -53,7 +53,7 @@ impl FsError {
             },
             FsError::Precondition(reject) => reject_errno(*reject),
             FsError::InvalidName(e) => match e {
-                StateIdError::TooLong => libc::ENAMETOOLONG,
+                StateIdError::TooLong | StateIdError::PathTooLong => libc::ENAMETOOLONG,
                 StateIdError::Reserved => libc::EACCES,
                 StateIdError::Empty | StateIdError::Dot | StateIdError::Nul | StateIdError::NotUtf8 => {
                     libc::EINVAL
@@ -82,6 +82,7 @@ fn reject_errno(reject: Reject) -> i32 {
         Reject::IsADirectory => libc::EISDIR,
         Reject::NotEmpty => libc::ENOTEMPTY,
         Reject::Invalid => libc::EINVAL,
+        Reject::NameTooLong => libc::ENAMETOOLONG,
     }
 }
 
@@ -94,6 +95,7 @@ mod tests {
         assert_eq!(FsError::TooBig(1).errno(), libc::EFBIG);
         assert_eq!(FsError::ReadOnly.errno(), libc::EACCES);
         assert_eq!(FsError::InvalidName(StateIdError::TooLong).errno(), libc::ENAMETOOLONG);
+        assert_eq!(FsError::InvalidName(StateIdError::PathTooLong).errno(), libc::ENAMETOOLONG);
         assert_eq!(FsError::InvalidName(StateIdError::Reserved).errno(), libc::EACCES);
         assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);

@@ -314,7 +314,9 @@ impl Fs {
         let id = match self.child_id(parent, name) {
             Ok(id) => id,
             // A name that cannot be a state is simply not there, unless it is too long.
-            Err(FsError::InvalidName(e)) if e != crate::chain::StateIdError::TooLong => {
+            Err(FsError::InvalidName(e))
+                if !matches!(e, crate::chain::StateIdError::TooLong | crate::chain::StateIdError::PathTooLong) =>
+            {
                 return Err(Self::not_found())
             }
             Err(e) => return Err(e),
