@@ -61,7 +61,13 @@ pub(super) fn run(data: &Path) -> ExitCode {
             for m in mismatches.iter().take(20) {
                 match m {
                     Mismatch::Stale(id) => println!("  {id}: missing or different"),
-                    Mismatch::Extra(path) => println!("  {}: not in the chain", path.display()),
+                    Mismatch::Extra { dir, name } => {
+                        let name = String::from_utf8_lossy(name);
+                        match dir.is_root() {
+                            true => println!("  {name}: not in the chain"),
+                            false => println!("  {dir}/{name}: not in the chain"),
+                        }
+                    }
                 }
             }
             ExitCode::FAILURE
@@ -110,7 +116,7 @@ fn check(dir: &DataDir) -> Finding {
             ));
         }
     }
-    match StatesDir::new(dir).compare(&tree) {
+    match StatesDir::new(dir).compare_tree(&tree) {
         Ok(m) if m.is_empty() => Finding::Intact { blocks, head: prev, states: tree.len() - 1, torn_tail },
         Ok(m) => Finding::BadStates(m),
         Err(e) => Finding::BadChain(format!("cannot read states/: {e}")),

@@ -5,17 +5,21 @@
 //!    sealed into one block; a membership entry makes a block holding one membership
 //!    transaction (the first is the genesis, whose hash names the cluster); a blank entry
 //!    makes no block;
-//! 2. the blocks are appended to `chain/` and fsynced once for the batch;
-//! 3. their changes are mirrored into `states/`;
-//! 4. the applied index is published, waking anyone waiting to read their own write.
+//! 2. the applied index is published, waking the proposers and readers waiting for it — the
+//!    mount serves the new tree from here on;
+//! 3. the blocks go to the chain writer and the changes to the `states/` mirror, which
+//!    persist behind (DESIGN §1.4): the entries are durable in the consensus log already.
 //!
 //! Readers (the filesystem) share the [`Replica`] behind a lock held only for in-memory work.
-//! A failure to write the chain or `states/` is returned to openraft, which stops the node:
-//! a replica that cannot record what it applied must not keep serving.
+//! `states/` is derived data and never stops the node (the mirror logs, counts and retries).
+//! A failure to write `chain/` is fatal: the next apply returns it to openraft, which stops.
+//! A snapshot (which lets the log be purged) waits until the chain holds every block it
+//! covers, so the manifest never claims a block that is not on disk.
 //!
 //! At start-up the chain is replayed from the genesis: every block is rebuilt from its
-//! transactions and must come out identical, `states/` is repaired to match, and the applied
-//! position is that of the last block — so a restart re-applies only what the chain lacks.
+//! transactions and must come out identical, and the applied position is that of the last
+//! durable block — so a restart re-applies only what the chain lacks; the mirror then
+//! repairs `states/` against the tree, in the background.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,8 +37,9 @@ use crate::chain::{
     apply_batch, replay, Block, Change, LogPosition, Members, NodeId, Outcome, RequestId, Tip, Transaction,
     Tree, TxOp,
 };
-use crate::store::chain_file::ChainFile;
+use crate::store::chain_file::{ChainFile, ChainWriter};
 use crate::store::identity::Identity;
+use crate::store::mirror::{Mirror, TreeReader};
 use crate::store::states::StatesDir;
 use crate::store::{DataDir, Error as StoreError};
 
@@ -62,16 +67,18 @@ pub struct Shared {
     /// The data directory's identity (the cluster id is filled in by the genesis).
     pub identity: Arc<Mutex<Identity>>,
     /// Every applied batch's changes, with the node that asked for each (for the kernel
-    /// cache invalidation of remote changes). Sent after `states/` is written.
+    /// cache invalidation). Sent once the batch is applied in memory.
     pub changes: broadcast::Sender<Arc<Vec<(NodeId, Change)>>>,
+    /// Writes `chain/` behind the acknowledgement.
+    pub chain: ChainWriter,
+    /// Writes `states/` behind the acknowledgement.
+    pub mirror: Mirror,
 }
 
 /// openraft's state machine. Clones share everything (one is the snapshot builder).
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<Shared>,
-    chain: Arc<Mutex<ChainFile>>,
-    states: Arc<StatesDir>,
     data: DataDir,
 }
 
@@ -170,29 +177,35 @@ impl StateMachineStore {
             }
             _ => {}
         }
-        let states = StatesDir::new(data);
-        let repaired = states.repair(&tree)?;
-        if repaired > 0 {
-            tracing::warn!(repaired, "states/ differed from the chain and was repaired");
-        }
         let head = chain.head();
         let snapshot = read_manifest(data)?.and_then(|m| m.meta.last_log_id);
         // Blank entries after the last block make no block but may have been snapshotted.
         let last_applied = std::cmp::max(last_block_log_id, snapshot);
         tracing::info!(height = head.map(|h| h.height), states = tree.len() - 1, "chain replayed");
         let (applied_index, _) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let thread_failed =
+            |e: std::io::Error| StoreError::Io { op: "start thread", path: data.root.clone(), source: e };
+        // The mirror reads the tree through the replica it is part of: a weak link, set below.
+        let link: Arc<std::sync::OnceLock<std::sync::Weak<Shared>>> = Arc::default();
+        let reader: TreeReader = {
+            let link = link.clone();
+            Arc::new(move |f: &mut dyn FnMut(&Tree)| {
+                if let Some(shared) = link.get().and_then(|w| w.upgrade()) {
+                    f(&shared.replica.read().unwrap().tree);
+                }
+            })
+        };
         let shared = Arc::new(Shared {
             replica: RwLock::new(Replica { tree, head, last_applied, membership }),
             applied_index,
             identity,
             changes: broadcast::channel(1024).0,
+            chain: ChainWriter::start(chain).map_err(thread_failed)?,
+            mirror: Mirror::start(StatesDir::new(data), reader).map_err(thread_failed)?,
         });
-        Ok(StateMachineStore {
-            shared,
-            chain: Arc::new(Mutex::new(chain)),
-            states: Arc::new(states),
-            data: data.clone(),
-        })
+        let _ = link.set(Arc::downgrade(&shared));
+        shared.mirror.repair(head.map(|h| h.height));
+        Ok(StateMachineStore { shared, data: data.clone() })
     }
 
     /// The state readers share.
@@ -203,7 +216,7 @@ impl StateMachineStore {
     fn apply_entry(
         &self,
         replica: &mut Replica,
-        chain: &mut ChainFile,
+        blocks: &mut Vec<Arc<Block>>,
         entry: Entry,
         changes: &mut Vec<(NodeId, Change)>,
     ) -> Result<BatchResult, StoreError> {
@@ -252,9 +265,10 @@ impl StateMachineStore {
                 (block, vec![Outcome::Ok])
             }
         };
-        chain.append(&block)?;
         replica.head = Some(Tip::of(&block));
-        Ok(BatchResult { height: Some(block.height), outcomes })
+        let height = block.height;
+        blocks.push(Arc::new(block));
+        Ok(BatchResult { height: Some(height), outcomes })
     }
 
     fn record_cluster_id(&self, genesis: &Block) -> Result<(), StoreError> {
@@ -265,46 +279,49 @@ impl StateMachineStore {
         identity.save(&self.data)
     }
 
-    /// Mirrors applied changes into `states/`, then tells readers and the cache invalidator.
-    fn publish(&self, changes: Vec<(NodeId, Change)>, last_index: u64) -> Result<(), StoreError> {
-        self.mirror(&changes)?;
-        self.announce(changes, last_index);
-        Ok(())
-    }
-
-    /// Writes applied changes into `states/`.
-    fn mirror(&self, changes: &[(NodeId, Change)]) -> Result<(), StoreError> {
-        let replica = self.shared.replica.read().unwrap();
-        self.states.apply_all(changes.iter().map(|(_, c)| c), &replica.tree)
-    }
-
-    /// Wakes readers waiting for the applied index and hands the changes to the invalidator.
-    fn announce(&self, changes: Vec<(NodeId, Change)>, last_index: u64) {
+    /// Wakes waiters for the applied index, and hands the changes to the cache invalidator
+    /// and the `states/` mirror.
+    fn announce(&self, changes: Vec<(NodeId, Change)>, last_index: u64, height: Option<u64>) {
         self.shared.applied_index.send_replace(last_index);
+        let changes = Arc::new(changes);
+        if let Some(height) = height {
+            // Even a block that changed nothing moves the mirror's height along.
+            self.shared.mirror.submit(height, changes.clone());
+        }
         if !changes.is_empty() {
             // No subscriber (no mount yet) is fine.
-            let _ = self.shared.changes.send(Arc::new(changes));
+            let _ = self.shared.changes.send(changes);
         }
     }
 
-    fn current_manifest(&self) -> Result<Manifest, StoreError> {
-        // The chain must be durable before a snapshot lets the log be purged.
-        self.chain.lock().unwrap().sync()?;
-        let replica = self.shared.replica.read().unwrap();
-        let last = replica.last_applied;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: replica.membership.clone(),
-            snapshot_id: format!("{}-{}", last.map_or(0, |l| l.index), replica.head.map_or(0, |h| h.height)),
+    /// The manifest of what is applied now, once `chain/` holds every block it covers.
+    async fn current_manifest(&self) -> Result<Manifest, StoreError> {
+        let manifest = {
+            let replica = self.shared.replica.read().unwrap();
+            let last = replica.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: replica.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    last.map_or(0, |l| l.index),
+                    replica.head.map_or(0, |h| h.height)
+                ),
+            };
+            Manifest { meta, head: replica.head }
         };
-        Ok(Manifest { meta, head: replica.head })
+        // Read first, then wait: the manifest covers nothing the chain does not hold.
+        self.shared.chain.wait_durable(manifest.head.map(|h| h.height)).await?;
+        Ok(manifest)
     }
 
     /// Appends the staged blocks this node lacked and adopts the snapshot's position.
-    fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
-        let mut chain = self.chain.lock().unwrap();
+    async fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
+        // Every block applied so far is on disk before the staged ones follow it.
+        let head = self.shared.replica.read().unwrap().head;
+        self.shared.chain.wait_durable(head.map(|h| h.height)).await?;
         let mut changes = Vec::new();
-        {
+        self.shared.chain.with_file(|chain| {
             let mut replica = self.shared.replica.write().unwrap();
             if let Some(dir) = &data.staged_blocks {
                 check_staged(dir, replica.head, data.manifest.head)?;
@@ -340,9 +357,9 @@ impl StateMachineStore {
             }
             replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
-        }
-        chain.sync()?;
-        drop(chain);
+            drop(replica);
+            chain.sync()
+        })?;
         let bytes = serde_json::to_vec(&data.manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)?;
         if let Some(dir) = &data.staged_blocks {
@@ -353,7 +370,9 @@ impl StateMachineStore {
             changes = changes.len(),
             "snapshot installed"
         );
-        self.publish(changes, meta.last_log_id.map_or(0, |l| l.index))
+        let height = data.manifest.head.map(|h| h.height);
+        self.announce(changes, meta.last_log_id.map_or(0, |l| l.index), height);
+        Ok(())
     }
 }
 
@@ -398,7 +417,7 @@ fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let manifest = self.current_manifest().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let manifest = self.current_manifest().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -423,29 +442,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: openraft::OptionalSend,
     {
         tracing::debug!("apply start");
+        if let Some(reason) = self.shared.chain.failure() {
+            let e = StoreError::Corrupt {
+                path: self.data.chain(),
+                detail: format!("cannot write the chain: {reason}"),
+            };
+            return Err(sm_err(ErrorVerb::Write, e));
+        }
         let mut results = Vec::new();
         let mut changes = Vec::new();
-        let mut chain = self.chain.lock().unwrap();
-        let last_index = {
-            // Readers wait for this lock, so it covers in-memory work only, never an fsync.
+        let mut blocks = Vec::new();
+        let (last_index, height) = {
+            // Readers wait for this lock, so it covers in-memory work only, never disk I/O.
             let mut replica = self.shared.replica.write().unwrap();
             for entry in entries {
-                let result = self.apply_entry(&mut replica, &mut chain, entry, &mut changes);
+                let result = self.apply_entry(&mut replica, &mut blocks, entry, &mut changes);
                 results.push(result.map_err(|e| sm_err(ErrorVerb::Write, e))?);
             }
-            replica.last_applied.map_or(0, |l| l.index)
+            (replica.last_applied.map_or(0, |l| l.index), replica.head.map(|h| h.height))
         };
-        // The chain's fsync and the writes into states/ are independent disk work: overlap them.
-        // Both finish before the entries count as applied. (A crash can leave states/ ahead of
-        // the durable chain; start-up repairs states/ from the chain, which the log refills.)
-        let (synced, mirrored) = std::thread::scope(|scope| {
-            let mirror = scope.spawn(|| self.mirror(&changes));
-            let synced = chain.sync();
-            (synced, mirror.join().expect("the states/ writer panicked"))
-        });
-        drop(chain);
-        synced.and(mirrored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.announce(changes, last_index);
+        for block in blocks {
+            self.shared.chain.append(block);
+        }
+        self.announce(changes, last_index, height);
         tracing::debug!("apply end");
         Ok(results)
     }
@@ -464,7 +483,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        self.install(meta, *snapshot).map_err(|e| sm_err(ErrorVerb::Write, e))
+        self.install(meta, *snapshot).await.map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

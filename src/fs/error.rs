@@ -37,6 +37,15 @@ pub enum FsError {
     /// An argument is invalid (an unknown rename flag, a name that is not UTF-8).
     #[error("invalid argument")]
     InvalidArgument,
+    /// The inode the kernel named is gone (removed or replaced, possibly on another node):
+    /// an `open` is retried by the kernel with a fresh lookup; an append handle's commit fails
+    /// instead of adding its bytes to nothing.
+    #[error("the state this handle or lookup named no longer exists")]
+    Stale,
+    /// `states/` did not reach the committed version within the commit timeout (`fsync`);
+    /// the commit itself is durable.
+    #[error("states/ did not catch up with the commit in time")]
+    MirrorBehind,
 }
 
 impl FsError {
@@ -65,6 +74,8 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NotPermitted => libc::EPERM,
             FsError::InvalidArgument => libc::EINVAL,
+            FsError::Stale => libc::ESTALE,
+            FsError::MirrorBehind => libc::EIO,
         }
     }
 

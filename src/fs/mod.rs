@@ -11,10 +11,20 @@
 //! return only once the block is applied here. A handle whose write or commit failed is
 //! spoiled: later writes and commits fail with the same error. `release` never commits.
 //!
-//! Reads serve a snapshot taken at `open`. In linearizable mode an open (except an `O_TRUNC`
-//! one) and a lookup that finds nothing first wait for a read index, and the kernel is told
-//! to cache nothing; in local mode the replica is served as it is, with long TTLs and kept
-//! page caches.
+//! Reads serve a snapshot taken at `open`, whole (DESIGN §1.3: no torn or mixed view). The
+//! kernel's page cache belongs to the inode, not the handle, and the kernel's idea of the
+//! inode's size changes under a reader when a writer on this mount truncates or extends it
+//! (§5), so a read handle uses the page cache only where that cannot show it anything else
+//! than its own snapshot: in linearizable mode never (direct I/O: every read is answered from
+//! the handle); in local mode only while no write handle of the inode is open here and no
+//! cached handle of another version is, and the cache is kept across opens only while it
+//! holds the version being opened ([`CacheUse`]).
+//!
+//! In linearizable mode an open (except an `O_TRUNC` one) and a lookup that finds nothing
+//! first wait for a read index, and the kernel is told to cache nothing; in local mode the
+//! replica is served as it is, with long TTLs. After the read index an open binds to the
+//! inode the kernel named; if that inode is gone (removed or replaced on another node), the
+//! open fails with `ESTALE`, on which the kernel looks the path up again and retries once.
 //!
 //! Must not: hold a lock across an `.await`, pick an errno anywhere but [`error`], or touch
 //! the backing directory (that is the state machine's job).
@@ -149,6 +159,70 @@ pub struct FsConfig {
 struct OpenFile {
     attr: Attr,
     handle: Handle,
+    /// The inode whose page-cache use this handle counts in [`CacheUse`], if any.
+    cached: Option<u64>,
+}
+
+/// How this mount's open handles use the kernel's page cache of each inode.
+#[derive(Default)]
+struct CacheUse {
+    /// Per inode: the version (height of the block that last changed it) whose pages the
+    /// kernel may hold, and how many open read handles read through the cache.
+    readers: HashMap<u64, (u64, usize)>,
+    /// Per inode: how many write handles are open.
+    writers: HashMap<u64, usize>,
+}
+
+/// How a read handle may use the page cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CacheMode {
+    /// Bypass it: every read is answered from the handle's snapshot.
+    Direct,
+    /// Read through it; `keep` when it already holds this version.
+    Cached { keep: bool },
+}
+
+impl CacheUse {
+    /// Decides for a read handle of `version` of inode `ino`, and counts it if cached.
+    fn open_reader(&mut self, ino: u64, version: u64) -> CacheMode {
+        if self.writers.get(&ino).is_some_and(|n| *n > 0) {
+            return CacheMode::Direct;
+        }
+        match self.readers.get_mut(&ino) {
+            Some((v, n)) if *n > 0 && *v != version => CacheMode::Direct,
+            Some((v, n)) => {
+                let keep = *v == version;
+                *v = version;
+                *n += 1;
+                CacheMode::Cached { keep }
+            }
+            None => {
+                self.readers.insert(ino, (version, 1));
+                // Nothing is known of what the kernel holds: let it drop its pages.
+                CacheMode::Cached { keep: false }
+            }
+        }
+    }
+
+    fn close_reader(&mut self, ino: u64) {
+        if let Some((_, n)) = self.readers.get_mut(&ino) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn open_writer(&mut self, ino: u64) {
+        *self.writers.entry(ino).or_default() += 1;
+        // Whatever a writer does, the cached pages are no longer known to be one version.
+        if let Some((v, _)) = self.readers.get_mut(&ino) {
+            *v = u64::MAX;
+        }
+    }
+
+    fn close_writer(&mut self, ino: u64) {
+        if let Some(n) = self.writers.get_mut(&ino) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// An open file's content.
@@ -171,6 +245,8 @@ struct WriteHandle {
     dirty: bool,
     /// Bumped by every change, to tell whether a commit covered the latest one.
     version: u64,
+    /// Height of the block of this handle's last commit (what `fsync` waits for in `states/`).
+    committed_at: Option<u64>,
     /// The error that spoiled this handle.
     spoiled: Option<FsError>,
 }
@@ -198,6 +274,7 @@ pub struct Fs {
     node: Arc<Node>,
     config: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    cache: Mutex<CacheUse>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
@@ -209,7 +286,14 @@ fn mtime_of(ms: u64) -> SystemTime {
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
-        Fs { node, config, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+        Fs {
+            node,
+            config,
+            handles: Mutex::default(),
+            cache: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
     }
 
     /// The node below.
@@ -315,7 +399,10 @@ impl Fs {
             Ok(id) => id,
             // A name that cannot be a state is simply not there, unless it is too long.
             Err(FsError::InvalidName(e))
-                if !matches!(e, crate::chain::StateIdError::TooLong | crate::chain::StateIdError::PathTooLong) =>
+                if !matches!(
+                    e,
+                    crate::chain::StateIdError::TooLong | crate::chain::StateIdError::PathTooLong
+                ) =>
             {
                 return Err(Self::not_found())
             }
@@ -348,9 +435,9 @@ impl Fs {
         Ok(attr)
     }
 
-    fn insert_handle(&self, attr: Attr, handle: Handle) -> u64 {
+    fn insert_handle(&self, attr: Attr, handle: Handle, cached: Option<u64>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle })));
+        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle, cached })));
         fh
     }
 
@@ -368,6 +455,7 @@ impl Fs {
             let fh = self.insert_handle(
                 self.control_attr(STATUS_INO),
                 Handle::Read(Content::from(self.status_bytes())),
+                None,
             );
             return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
         }
@@ -381,11 +469,17 @@ impl Fs {
             let barrier = self.node.read_barrier().await.map_err(FsError::from);
             self.logged("open", &id, barrier)?;
         }
+        // Bind to the inode the kernel named, as it is now: the path may name another state
+        // by now, and the content must be that of the inode the handle writes back to.
+        let id = match self.node.replica().tree.id_of(ino) {
+            Some(id) => id.clone(),
+            None => return self.logged("open", &id, Err(FsError::Stale)),
+        };
         self.open_id(ino, &id, flags)
     }
 
     fn open_id(&self, ino: u64, id: &StateId, flags: i32) -> Result<Opened, FsError> {
-        let (content, attr) = {
+        let (content, attr, version) = {
             let replica = self.node.replica();
             match replica.tree.get(id) {
                 None => return Err(Self::not_found()),
@@ -393,14 +487,25 @@ impl Fs {
                     return Err(FsError::Precondition(crate::chain::Reject::IsADirectory))
                 }
                 Some(entry @ Entry { kind: EntryKind::File(content), .. }) => {
-                    (content.clone(), self.attr_of(entry))
+                    (content.clone(), self.attr_of(entry), entry.changed_at)
                 }
             }
         };
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
-            let fh = self.insert_handle(attr, Handle::Read(content));
-            return Ok(Opened { fh, direct_io: false, keep_cache: self.local_reads(), no_flush: true });
+            let mode = match self.local_reads() {
+                true => self.cache.lock().unwrap().open_reader(ino, version),
+                false => CacheMode::Direct,
+            };
+            let cached = matches!(mode, CacheMode::Cached { .. }).then_some(ino);
+            let fh = self.insert_handle(attr, Handle::Read(content), cached);
+            return Ok(match mode {
+                CacheMode::Direct => Opened { fh, direct_io: true, keep_cache: false, no_flush: true },
+                CacheMode::Cached { keep } => {
+                    Opened { fh, direct_io: false, keep_cache: keep, no_flush: true }
+                }
+            });
         }
+        self.cache.lock().unwrap().open_writer(ino);
         let truncate = flags & libc::O_TRUNC != 0;
         let append = flags & libc::O_APPEND != 0 && !truncate;
         let handle = WriteHandle {
@@ -410,9 +515,10 @@ impl Fs {
             dirty: truncate && !content.is_empty(),
             base: content,
             version: 0,
+            committed_at: None,
             spoiled: None,
         };
-        let fh = self.insert_handle(attr, Handle::Write(handle));
+        let fh = self.insert_handle(attr, Handle::Write(handle), None);
         // Direct I/O: every write reaches the buffer, and the kernel refuses a shared writable
         // mmap (ENODEV), whose stores would bypass flush and never be committed.
         Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: false })
@@ -509,6 +615,13 @@ impl Fs {
                 return Ok(());
             }
             let Some(id) = self.node.replica().tree.id_of(w.ino).cloned() else {
+                if w.append {
+                    // Bytes meant for the end of a state that no longer exists (rotated or
+                    // removed, here or elsewhere): refuse rather than lose them silently.
+                    let state = format!("inode {}", w.ino);
+                    drop(open);
+                    return self.logged("commit", &state, Err(FsError::Stale));
+                }
                 // Removed while open: like an unlinked file, its data goes nowhere.
                 return Ok(());
             };
@@ -521,14 +634,16 @@ impl Fs {
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else { unreachable!("a handle keeps its kind") };
         match result {
-            Ok(_) if w.append => {
-                let committed: Vec<u8> = w.buffer.drain(..sent).collect();
-                w.base = Content::from([w.base.as_bytes(), &committed].concat());
+            Ok(committed) if w.append => {
+                let appended: Vec<u8> = w.buffer.drain(..sent).collect();
+                w.base = Content::from([w.base.as_bytes(), &appended].concat());
                 w.dirty = !w.buffer.is_empty();
+                w.committed_at = Some(committed.height);
                 Ok(())
             }
-            Ok(_) => {
+            Ok(committed) => {
                 w.dirty = w.version != version;
+                w.committed_at = Some(committed.height);
                 Ok(())
             }
             Err(e) => {
@@ -539,14 +654,32 @@ impl Fs {
         }
     }
 
-    /// `fsync`: the same commit as `flush`.
+    /// `fsync`: the same commit as `flush`, then a wait until `states/` holds it too (the
+    /// mirror is written behind; a mirror that stays behind for the commit timeout is `EIO`).
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.flush(fh).await
+        self.flush(fh).await?;
+        let committed_at = match &self.handle(fh)?.lock().unwrap().handle {
+            Handle::Write(w) => w.committed_at,
+            Handle::Read(_) => None,
+        };
+        match committed_at {
+            Some(height) if !self.node.wait_mirrored(height).await => {
+                self.logged("fsync", &format!("block {height}"), Err(FsError::MirrorBehind))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `release`: forgets the handle. Never commits.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        let Some(open) = self.handles.lock().unwrap().remove(&fh) else { return };
+        let open = open.lock().unwrap();
+        let mut cache = self.cache.lock().unwrap();
+        match (&open.handle, open.cached) {
+            (Handle::Write(w), _) => cache.close_writer(w.ino),
+            (Handle::Read(_), Some(ino)) => cache.close_reader(ino),
+            (Handle::Read(_), None) => {}
+        }
     }
 
     /// `setattr`: `ftruncate` edits the handle; `truncate(path)` and `chmod` are transactions;

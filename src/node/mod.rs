@@ -488,12 +488,28 @@ impl Node {
         serde_json::to_string(&self.status()).expect("status serializes")
     }
 
-    /// Fails every pending and future proposal with [`Error::ShuttingDown`] and stops
-    /// consensus.
+    /// Waits until `states/` holds the block at `height` (for `fsync`); false after the
+    /// commit timeout.
+    pub async fn wait_mirrored(&self, height: Height) -> bool {
+        self.shared.mirror.wait_for(height, self.config.commit_timeout).await
+    }
+
+    /// Fails every pending and future proposal with [`Error::ShuttingDown`], stops consensus,
+    /// and lets `chain/` and `states/` catch up with what was applied.
     pub async fn shutdown(&self) {
         self.shutdown.send_replace(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "consensus did not stop cleanly");
+        }
+        self.shared.chain.stop();
+        let head = self.replica().head.map(|h| h.height);
+        if let Some(head) = head {
+            if !self.shared.mirror.wait_for(head, Duration::from_secs(5)).await {
+                tracing::warn!(
+                    head,
+                    "states/ did not catch up before shutdown; it is repaired at the next start"
+                );
+            }
         }
     }
 }

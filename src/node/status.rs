@@ -49,6 +49,10 @@ pub struct Status {
     pub applied_height: Option<u64>,
     /// Index of the last consensus log entry applied here.
     pub applied_index: Option<u64>,
+    /// Height of the last block fsynced in `chain/` (written behind `applied_height`).
+    pub chain_height: Option<u64>,
+    /// The `states/` mirror, written behind `applied_height`.
+    pub mirror: MirrorView,
     /// Number of states (files and directories, the root excluded).
     pub states: usize,
     /// Whether the node serves and knows a leader.
@@ -57,6 +61,21 @@ pub struct Status {
     pub listen: String,
     /// How reads are served.
     pub read_consistency: String,
+}
+
+/// What `status` shows of the `states/` mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorView {
+    /// Height of the last block whose changes are in `states/`.
+    pub height: Option<u64>,
+    /// Blocks applied here but not yet in `states/`.
+    pub lag: u64,
+    /// Failed attempts to write `states/` since start (each is logged with its state).
+    pub errors: u64,
+    /// States whose last write failed; retried every second.
+    pub failing: usize,
+    /// The last failure: the state and the reason.
+    pub last_error: Option<String>,
 }
 
 pub(super) fn build(node: &Node) -> Status {
@@ -113,6 +132,19 @@ pub(super) fn build(node: &Node) -> Status {
         head_hash: replica.head.map(|h| h.hash.to_hex()),
         applied_height: replica.head.map(|h| h.height),
         applied_index: replica.last_applied.map(|l| l.index),
+        chain_height: node.shared.chain.durable().map(|h| h.height),
+        mirror: {
+            let m = node.shared.mirror.status();
+            let lag = own_height.map_or(0, |h| h.saturating_sub(m.height.unwrap_or(0)));
+            let lag = if m.height.is_none() && own_height.is_some() { lag + 1 } else { lag };
+            MirrorView {
+                height: m.height,
+                lag,
+                errors: m.errors,
+                failing: m.failing,
+                last_error: m.last_error,
+            }
+        },
         states: replica.tree.len() - 1,
         ready,
         listen: node.config.listen.to_string(),

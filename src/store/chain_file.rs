@@ -1,14 +1,19 @@
 //! `chain/`: the blocks, as JSON lines in segment files named by their first height.
 //!
 //! Appends go to the newest segment and become durable at [`ChainFile::sync`], which the
-//! state machine calls once per applied batch of entries (and before a snapshot lets the
-//! consensus log be purged). A crash can leave a torn last line; it was never synced, its
+//! [`ChainWriter`] thread calls once for whatever blocks queued up while it was busy (the
+//! commit path never waits for it; a snapshot does, before it lets the consensus log be
+//! purged). A crash can leave a torn last line; it was never synced, its
 //! entry is still in the consensus log, and [`ChainFile::open`] cuts it off (logged) so the
 //! entry is applied again. A bad line anywhere else is corruption and stops the start-up.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::watch;
 
 use super::{sync_dir, Error, IoContext, Result};
 use crate::chain::{Block, Height};
@@ -186,6 +191,124 @@ impl ChainFile {
             self.synced_dir = true;
         }
         Ok(())
+    }
+}
+
+/// Writes `chain/` behind the acknowledgement: the state machine hands each block over and
+/// moves on; one thread appends whatever has queued up and fsyncs it once, then publishes the
+/// durable head. A snapshot waits for [`ChainWriter::wait_durable`] before it lets the
+/// consensus log be purged, so a block is never only in memory once its entry may be gone.
+///
+/// A failure to write the chain is fatal for this process (the chain is the node's record of
+/// what it applied): the writer stops, [`ChainWriter::failure`] says why, and the state
+/// machine stops consensus at its next apply. A restart cuts any torn tail and re-applies the
+/// missing entries from the consensus log.
+pub struct ChainWriter {
+    file: Arc<Mutex<ChainFile>>,
+    blocks: Mutex<Option<mpsc::Sender<Arc<Block>>>>,
+    durable: watch::Sender<Option<Head>>,
+    failure: Arc<Mutex<Option<String>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl ChainWriter {
+    /// Starts the writer thread over an opened chain.
+    pub fn start(file: ChainFile) -> std::io::Result<ChainWriter> {
+        let (blocks, queue) = mpsc::channel::<Arc<Block>>();
+        let (durable, _) = watch::channel(file.head());
+        let file = Arc::new(Mutex::new(file));
+        let failure = Arc::new(Mutex::new(None));
+        let worker = {
+            let (file, durable, failure) = (file.clone(), durable.clone(), failure.clone());
+            std::thread::Builder::new().name("lc-chain".into()).spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut file = file.lock().unwrap();
+                    let written = std::iter::once(first)
+                        .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+                        .try_for_each(|block| file.append(&block))
+                        .and_then(|()| file.sync());
+                    match written {
+                        Ok(()) => {
+                            durable.send_replace(file.head());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot write chain/; consensus stops at the next apply");
+                            *failure.lock().unwrap() = Some(e.to_string());
+                            return;
+                        }
+                    }
+                }
+            })?
+        };
+        Ok(ChainWriter {
+            file,
+            blocks: Mutex::new(Some(blocks)),
+            durable,
+            failure,
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    /// Queues a block (blocks come in height order).
+    pub fn append(&self, block: Arc<Block>) {
+        if let Some(blocks) = self.blocks.lock().unwrap().as_ref() {
+            let _ = blocks.send(block);
+        }
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// The last durable block.
+    pub fn durable(&self) -> Option<Head> {
+        *self.durable.borrow()
+    }
+
+    /// Waits until the block at `height` (and all before it) is fsynced.
+    pub async fn wait_durable(&self, height: Option<Height>) -> Result<()> {
+        let Some(height) = height else { return Ok(()) };
+        let mut durable = self.durable.subscribe();
+        loop {
+            if durable.borrow_and_update().is_some_and(|h| h.height >= height) {
+                return Ok(());
+            }
+            if let Some(reason) = self.failure() {
+                return Err(Error::Corrupt {
+                    path: PathBuf::from("chain/"),
+                    detail: format!("the chain writer stopped: {reason}"),
+                });
+            }
+            // The writer publishes after every batch; poll for a failure now and then.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), durable.changed()).await;
+        }
+    }
+
+    /// Runs `f` on the chain file directly, with no block queued or being written. For the
+    /// rare writes that are not appends from apply (a snapshot's blocks); callers wait for
+    /// [`wait_durable`](Self::wait_durable) first.
+    pub fn with_file<T>(&self, f: impl FnOnce(&mut ChainFile) -> Result<T>) -> Result<T> {
+        let mut file = self.file.lock().unwrap();
+        let result = f(&mut file);
+        if result.is_ok() {
+            self.durable.send_replace(file.head());
+        }
+        result
+    }
+
+    /// Writes everything queued and stops the thread (a clean shutdown).
+    pub fn stop(&self) {
+        self.blocks.lock().unwrap().take();
+        if let Some(worker) = self.worker.lock().unwrap().take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for ChainWriter {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

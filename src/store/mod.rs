@@ -3,7 +3,8 @@
 //! ```text
 //! DATA/identity.json   node id, incarnation, cluster id
 //! DATA/chain/          blocks as JSON lines, one segment file per 10,000 blocks
-//! DATA/states/         the current tree of states as plain files (derived; repaired at start)
+//! DATA/states/         the current tree of states as plain files (derived, written behind;
+//!                      repaired at start; `states/.lightchain/` is the mirror's scratch space)
 //! DATA/raft/           consensus log segments, vote, committed index, snapshot manifest
 //! DATA/tmp/            scratch space for crash-safe replace-by-rename
 //! ```
@@ -12,12 +13,13 @@
 //! decides what a block means (that is `chain`). Its invariants: a write that is acknowledged
 //! as durable was fsynced (file and, for new names, the directory); a file in `states/` is
 //! replaced by rename, so a reader never sees it torn; nothing under `states/` is the source
-//! of truth — the chain is, and [`states::StatesDir::repair`] makes `states/` match it.
+//! of truth — the chain is, and the [`mirror`] makes `states/` follow it and repairs it.
 //!
 //! See `docs/architecture/store.md`.
 
 pub mod chain_file;
 pub mod identity;
+pub mod mirror;
 pub mod raft_log;
 pub mod states;
 
@@ -113,7 +115,11 @@ impl DataDir {
 /// rename it over `path`, fsync the directory. After it returns, the new content survives
 /// power loss; before, either the old or the new content is there, never a mix.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of its own per call: two writers of one file (a snapshot being built while one
+    // is installed) must not share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut file = File::create(&tmp).ctx("create", &tmp)?;
     file.write_all(bytes).ctx("write", &tmp)?;
     file.sync_all().ctx("fsync", &tmp)?;

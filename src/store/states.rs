@@ -1,36 +1,51 @@
 //! `states/`: the current tree of states as plain files, for people and tools without lightchain.
 //!
-//! Derived data. After a block is applied its changes are mirrored here: a file is written to
-//! `tmp/` and renamed into place (a reader never sees a torn file), directories are created,
-//! removed and renamed as in the tree. Files are not fsynced one by one: the chain is the
-//! source of truth, and at start-up [`StatesDir::repair`] compares `states/` with the tree
-//! rebuilt from the chain and fixes every difference, logging each.
+//! Derived data, written behind the acknowledgement by the mirror worker ([`super::mirror`]):
+//! this module only knows how to make one path on disk match one entry of the tree, how to move
+//! and remove paths, and how to find every difference between `states/` and a tree.
+//!
+//! Every call works relative to directory file descriptors (`openat`, `renameat`, `mkdirat`,
+//! `unlinkat`), walking one component at a time, so no absolute path is ever built: the
+//! longest legal state ID (4,095 bytes) under a data directory that is itself deep never hits
+//! the host's `PATH_MAX`. A file is written to a scratch directory inside `states/` (so it is
+//! on the same filesystem even when `states/` is a mount of its own) and renamed into place: a
+//! reader of `states/` never sees a torn file. The scratch directory is `states/.lightchain/`,
+//! a name no state can have.
+//!
+//! Must not: decide what the tree holds (the chain does), or let a failure here reach
+//! consensus — callers log, count and retry.
 
-use std::fs::Permissions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{DataDir, IoContext, Result};
-use crate::chain::{Change, EntryKind, StateId, Tree};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 
-/// Threads that write the files of one busy batch at once.
-const WRITER_THREADS: usize = 4;
+use super::{DataDir, Error, Result};
+use crate::chain::{Entry, EntryKind, StateId, Tree, CONTROL_DIR};
 
 /// A difference between `states/` and the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
     /// A state is missing on disk or differs in kind, content or mode.
     Stale(StateId),
-    /// Something on disk is not in the tree (path relative to `states/`).
-    Extra(PathBuf),
+    /// Something on disk is not in the tree: `name` inside the directory of state `dir`.
+    Extra {
+        /// The directory it is in (a state of the tree).
+        dir: StateId,
+        /// Its name on disk (not necessarily a valid state name).
+        name: Vec<u8>,
+    },
 }
 
 /// Writer of `states/`.
 pub struct StatesDir {
     root: PathBuf,
-    tmp: PathBuf,
     counter: AtomicU64,
     /// This process's id, naming its temporary files.
     pid: u32,
@@ -38,242 +53,438 @@ pub struct StatesDir {
     umask: u32,
 }
 
+/// Open directory descriptors for one pass over `states/`, by state ID. Cleared whenever a
+/// directory is moved or removed, since a descriptor follows the directory, not the name.
+#[derive(Default)]
+pub struct Dirs {
+    /// Directories of the tree.
+    open: HashMap<StateId, OwnedFd>,
+    /// The scratch directory.
+    scratch: Option<OwnedFd>,
+}
+
+impl Dirs {
+    /// Forgets the descriptors of the tree's directories (the scratch one stays valid).
+    pub fn clear(&mut self) {
+        self.open.clear();
+    }
+}
+
+fn io_err(op: &'static str, path: impl Into<PathBuf>, e: Errno) -> Error {
+    Error::Io { op, path: path.into(), source: std::io::Error::from(e) }
+}
+
+fn display(id: &StateId) -> PathBuf {
+    PathBuf::from(format!("states/{}", id.as_str()))
+}
+
+const DIR_FLAGS: OFlags =
+    OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
 impl StatesDir {
-    /// Uses the `states/` and `tmp/` of a data directory.
+    /// Uses the `states/` of a data directory.
     pub fn new(dir: &DataDir) -> StatesDir {
         StatesDir {
             root: dir.states(),
-            tmp: dir.tmp(),
             counter: AtomicU64::new(0),
             pid: std::process::id(),
             umask: process_umask(),
         }
     }
 
-    fn path(&self, id: &StateId) -> PathBuf {
-        self.root.join(id.as_str())
+    /// The `states/` directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
-    /// Mirrors the changes of applied blocks, in order. `tree` is the tree after them.
-    ///
-    /// The common batch — files written, nothing moved or removed — is written once per file
-    /// and spread over a few threads: each write is a create, a write and a rename, whose
-    /// latency (not CPU) bounds a busy node's block rate.
-    pub fn apply_all<'a>(&self, changes: impl IntoIterator<Item = &'a Change>, tree: &Tree) -> Result<()> {
-        let changes: Vec<&Change> = changes.into_iter().collect();
-        let only_writes = changes.iter().all(|c| matches!(c, Change::Wrote(_) | Change::ModeChanged(_)));
-        if !only_writes {
-            // Changes are mirrored from the tree as it is after the whole batch, so a file
-            // written and then moved or removed within the batch can leave a stale copy
-            // behind a rename: settle every path the batch touched against the tree.
-            changes.iter().try_for_each(|c| self.apply(c, tree))?;
-            let mut touched: Vec<&StateId> = Vec::new();
-            for change in &changes {
-                match change {
-                    Change::Renamed { from, to } => touched.extend([from, to]),
-                    Change::Exchanged { a, b } => touched.extend([a, b]),
-                    _ => {}
-                }
-            }
-            touched.sort();
-            touched.dedup();
-            return touched.into_iter().try_for_each(|top| self.settle(top, tree));
-        }
-        if changes.len() < 4 {
-            return changes.into_iter().try_for_each(|c| self.apply(c, tree));
-        }
-        let ids: std::collections::BTreeSet<&StateId> = changes
-            .iter()
-            .map(|c| match c {
-                Change::Wrote(id) | Change::ModeChanged(id) => id,
-                _ => unreachable!("only writes here"),
-            })
-            .collect();
-        let ids: Vec<&StateId> = ids.into_iter().collect();
-        let per_thread = ids.len().div_ceil(WRITER_THREADS);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = ids
-                .chunks(per_thread)
-                .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(|id| self.write_state(id, tree))))
-                .collect();
-            workers.into_iter().try_for_each(|w| w.join().expect("a states/ writer panicked"))
-        })
+    fn open_root(&self) -> Result<OwnedFd> {
+        rustix::fs::open(&self.root, DIR_FLAGS, Mode::empty()).map_err(|e| io_err("open", &self.root, e))
     }
 
-    /// Mirrors one change of an applied block. `tree` is the tree after the block.
-    pub fn apply(&self, change: &Change, tree: &Tree) -> Result<()> {
-        match change {
-            Change::Wrote(id) | Change::ModeChanged(id) | Change::MadeDir(id) => self.write_state(id, tree),
-            Change::Removed(id) => remove_file(&self.path(id)),
-            Change::RemovedDir(id) => remove_tree(&self.path(id)),
-            Change::Renamed { from, to } => {
-                let (src, dst) = (self.path(from), self.path(to));
-                if dst.is_dir() {
-                    remove_tree(&dst)?;
+    /// The descriptor of directory `id`, walking from the root one component at a time.
+    /// Missing directories on the way are created (mode 0755; the mirror then writes their
+    /// real mode) when `create` is set; their IDs are added to `made`.
+    fn dir<'a>(
+        &self,
+        dirs: &'a mut Dirs,
+        id: &StateId,
+        create: bool,
+        made: &mut Vec<StateId>,
+    ) -> Result<&'a OwnedFd> {
+        if !dirs.open.contains_key(id) {
+            let fd = match id.parent() {
+                None => self.open_root()?,
+                Some(parent) => {
+                    let parent_fd = self.dir(dirs, &parent, create, made)?;
+                    let name = id.name();
+                    match rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(Errno::NOENT) if create => {
+                            rustix::fs::mkdirat(parent_fd, name, Mode::from_raw_mode(0o755))
+                                .map_err(|e| io_err("mkdir", display(id), e))?;
+                            made.push(id.clone());
+                            rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty())
+                                .map_err(|e| io_err("open", display(id), e))?
+                        }
+                        Err(e) => return Err(io_err("open", display(id), e)),
+                    }
                 }
-                match std::fs::rename(&src, &dst) {
-                    Ok(()) => Ok(()),
-                    // The source was never mirrored (e.g. a crash before it was): rebuild it.
-                    Err(_) => self.write_subtree(to, tree),
-                }
-            }
-            Change::Exchanged { a, b } => {
-                let parked = self.tmp_path();
-                let (pa, pb) = (self.path(a), self.path(b));
-                std::fs::rename(&pa, &parked).ctx("rename", &pa)?;
-                std::fs::rename(&pb, &pa).ctx("rename", &pb)?;
-                std::fs::rename(&parked, &pb).ctx("rename", &parked)
-            }
+            };
+            dirs.open.insert(id.clone(), fd);
         }
+        Ok(&dirs.open[id])
     }
 
-    fn tmp_path(&self) -> PathBuf {
+    /// The scratch directory for files on their way into place.
+    fn scratch<'a>(&self, dirs: &'a mut Dirs) -> Result<&'a OwnedFd> {
+        if dirs.scratch.is_none() {
+            let path = self.root.join(CONTROL_DIR);
+            let root = self.dir(dirs, &StateId::root(), false, &mut Vec::new())?;
+            let fd = match rustix::fs::openat(root, CONTROL_DIR, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    rustix::fs::mkdirat(root, CONTROL_DIR, Mode::from_raw_mode(0o700))
+                        .map_err(|e| io_err("mkdir", &path, e))?;
+                    rustix::fs::openat(root, CONTROL_DIR, DIR_FLAGS, Mode::empty())
+                        .map_err(|e| io_err("open", &path, e))?
+                }
+                Err(e) => return Err(io_err("open", &path, e)),
+            };
+            dirs.scratch = Some(fd);
+        }
+        Ok(dirs.scratch.as_ref().expect("opened above"))
+    }
+
+    fn tmp_name(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("state-{}-{n}", self.pid))
+        format!("state-{}-{n}", self.pid)
     }
 
-    /// Writes one state as the tree has it (file by temp + rename; directory created).
-    fn write_state(&self, id: &StateId, tree: &Tree) -> Result<()> {
-        let Some(entry) = tree.get(id) else {
-            return Ok(());
+    /// Makes path `id` match `entry` (`None`: nothing is there). Directories missing on the
+    /// way are created; their IDs are returned so their own modes get written too.
+    pub fn write(&self, dirs: &mut Dirs, id: &StateId, entry: Option<&Entry>) -> Result<Vec<StateId>> {
+        let mut made = Vec::new();
+        let Some(parent) = id.parent() else {
+            // The root: only its mode is mirrored.
+            if let Some(entry) = entry {
+                let root = self.dir(dirs, id, false, &mut made)?;
+                rustix::fs::fchmod(root, Mode::from_raw_mode(entry.mode))
+                    .map_err(|e| io_err("chmod", &self.root, e))?;
+            }
+            return Ok(made);
         };
-        let path = self.path(id);
-        let perms = Permissions::from_mode(entry.mode);
+        let Some(entry) = entry else {
+            match self.dir(dirs, &parent, false, &mut made) {
+                Ok(_) => {}
+                // No parent on disk: nothing to remove.
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc_enoent()) => {
+                    return Ok(made)
+                }
+                Err(e) => return Err(e),
+            }
+            self.remove(dirs, &parent, id.name().as_bytes())?;
+            return Ok(made);
+        };
+        self.dir(dirs, &parent, true, &mut made)?;
+        let name = id.name();
         match &entry.kind {
             EntryKind::Dir => {
-                if !path.is_dir() {
-                    remove_file(&path)?;
-                    std::fs::create_dir(&path).ctx("mkdir", &path)?;
+                let parent_fd = self.dir(dirs, &parent, false, &mut made)?;
+                match rustix::fs::statat(parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                    Ok(_) => {
+                        self.remove(dirs, &parent, name.as_bytes())?;
+                        self.mkdir(dirs, &parent, id)?;
+                    }
+                    Err(Errno::NOENT) => self.mkdir(dirs, &parent, id)?,
+                    Err(e) => return Err(io_err("stat", display(id), e)),
                 }
-                std::fs::set_permissions(&path, perms).ctx("chmod", &path)
+                let fd = self.dir(dirs, id, false, &mut made)?;
+                rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+                    .map_err(|e| io_err("chmod", display(id), e))?;
             }
             EntryKind::File(content) => {
-                // Every syscall here is on the commit path of a busy node: create with the
-                // right mode, chmod only when the umask strips bits, and look for a directory
-                // in the way only when the rename says there is one.
-                let tmp = self.tmp_path();
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(entry.mode)
-                    .open(&tmp)
-                    .ctx("create", &tmp)?;
-                file.write_all(content.as_bytes()).ctx("write", &tmp)?;
-                if entry.mode & self.umask != 0 {
-                    file.set_permissions(perms).ctx("chmod", &tmp)?;
+                let tmp = self.tmp_name();
+                let scratch = self.scratch(dirs)?;
+                let fd = rustix::fs::openat(
+                    scratch,
+                    tmp.as_str(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(entry.mode),
+                )
+                .map_err(|e| io_err("create", display(id), e))?;
+                let mut file = std::fs::File::from(fd);
+                let written = file.write_all(content.as_bytes()).map_err(|source| Error::Io {
+                    op: "write",
+                    path: display(id),
+                    source,
+                });
+                let chmod = || {
+                    if entry.mode & self.umask != 0 {
+                        rustix::fs::fchmod(&file, Mode::from_raw_mode(entry.mode))
+                            .map_err(|e| io_err("chmod", display(id), e))?;
+                    }
+                    Ok(())
+                };
+                if let Err(e) = written.and_then(|()| chmod()) {
+                    let _ = rustix::fs::unlinkat(self.scratch(dirs)?, tmp.as_str(), AtFlags::empty());
+                    return Err(e);
                 }
                 drop(file);
-                match std::fs::rename(&tmp, &path) {
-                    Err(_) if path.is_dir() => {
-                        remove_tree(&path)?;
-                        std::fs::rename(&tmp, &path).ctx("rename", &path)
-                    }
-                    result => result.ctx("rename", &path),
+                self.place(dirs, &parent, &tmp, id)?;
+            }
+        }
+        Ok(made)
+    }
+
+    fn mkdir(&self, dirs: &mut Dirs, parent: &StateId, id: &StateId) -> Result<()> {
+        let parent_fd = self.dir(dirs, parent, false, &mut Vec::new())?;
+        rustix::fs::mkdirat(parent_fd, id.name(), Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err("mkdir", display(id), e))
+    }
+
+    /// Renames scratch file `tmp` over `id`, first removing a directory in the way.
+    fn place(&self, dirs: &mut Dirs, parent: &StateId, tmp: &str, id: &StateId) -> Result<()> {
+        for attempt in 0..2 {
+            self.scratch(dirs)?;
+            self.dir(dirs, parent, false, &mut Vec::new())?;
+            let (scratch, parent_fd) = (dirs.scratch.as_ref().expect("opened"), &dirs.open[parent]);
+            match rustix::fs::renameat(scratch, tmp, parent_fd, id.name()) {
+                Ok(()) => return Ok(()),
+                Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) if attempt == 0 => {
+                    self.remove(dirs, parent, id.name().as_bytes())?;
+                }
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(scratch, tmp, AtFlags::empty());
+                    return Err(io_err("rename", display(id), e));
                 }
             }
         }
+        unreachable!("the second attempt returns")
     }
 
-    fn write_subtree(&self, top: &StateId, tree: &Tree) -> Result<()> {
-        let ids: Vec<StateId> =
-            tree.iter().map(|(id, _)| id.clone()).filter(|id| id.is_within(top)).collect();
-        for id in ids {
-            self.write_state(&id, tree)?;
-        }
-        Ok(())
-    }
-
-    /// Every difference between `states/` and `tree`.
-    pub fn compare(&self, tree: &Tree) -> Result<Vec<Mismatch>> {
-        self.compare_within(tree, &StateId::root())
-    }
-
-    /// [`compare`](Self::compare), limited to `top` and what lies below it.
-    fn compare_within(&self, tree: &Tree, top: &StateId) -> Result<Vec<Mismatch>> {
-        let mut out = Vec::new();
-        for (id, entry) in tree.iter() {
-            if id.is_root() || !id.is_within(top) {
-                continue;
+    /// Removes `name` (a file or a whole directory) from directory `dir`; missing is fine.
+    pub fn remove(&self, dirs: &mut Dirs, dir: &StateId, name: &[u8]) -> Result<()> {
+        let name = OsStr::from_bytes(name);
+        let parent_fd = self.dir(dirs, dir, false, &mut Vec::new())?;
+        let shown = || display(dir).join(name);
+        match rustix::fs::unlinkat(parent_fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(Errno::ISDIR | Errno::PERM) => {
+                let fd = rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| io_err("open", shown(), e))?;
+                empty_dir(&fd).map_err(|e| io_err("empty", shown(), e))?;
+                let parent_fd = self.dir(dirs, dir, false, &mut Vec::new())?;
+                rustix::fs::unlinkat(parent_fd, name, AtFlags::REMOVEDIR)
+                    .map_err(|e| io_err("rmdir", shown(), e))?;
+                dirs.clear();
+                Ok(())
             }
-            let path = self.path(id);
-            let fresh = match (std::fs::symlink_metadata(&path), &entry.kind) {
-                (Ok(meta), EntryKind::Dir) => {
-                    meta.is_dir() && meta.permissions().mode() & 0o7777 == entry.mode
-                }
-                (Ok(meta), EntryKind::File(content)) => {
-                    meta.is_file()
-                        && meta.permissions().mode() & 0o7777 == entry.mode
-                        && meta.len() == content.len() as u64
-                        && std::fs::read(&path).ctx("read", &path)? == content.as_bytes()
-                }
-                (Err(_), _) => false,
+            Err(e) => Err(io_err("remove", shown(), e)),
+        }
+    }
+
+    /// Moves `from` to `to` on disk, replacing what is at `to`. Returns false when `from` is
+    /// not on disk (never mirrored): the caller then writes `to` from the tree.
+    pub fn rename(&self, dirs: &mut Dirs, from: &StateId, to: &StateId) -> Result<bool> {
+        let (Some(from_dir), Some(to_dir)) = (from.parent(), to.parent()) else { return Ok(false) };
+        for attempt in 0..2 {
+            let src = match self.dir(dirs, &from_dir, false, &mut Vec::new()) {
+                Ok(fd) => fd.try_clone().map_err(|source| Error::Io {
+                    op: "dup",
+                    path: display(&from_dir),
+                    source,
+                })?,
+                Err(_) => return Ok(false),
             };
-            if !fresh {
+            let dst = self.dir(dirs, &to_dir, true, &mut Vec::new())?;
+            match rustix::fs::renameat(&src, from.name(), dst, to.name()) {
+                Ok(()) => {
+                    dirs.clear();
+                    return Ok(true);
+                }
+                Err(Errno::NOENT) => return Ok(false),
+                Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) if attempt == 0 => {
+                    self.remove(dirs, &to_dir, to.name().as_bytes())?;
+                }
+                Err(e) => return Err(io_err("rename", display(from), e)),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Swaps `a` and `b` on disk. Returns false when either is missing.
+    pub fn exchange(&self, dirs: &mut Dirs, a: &StateId, b: &StateId) -> Result<bool> {
+        let (Some(a_dir), Some(b_dir)) = (a.parent(), b.parent()) else { return Ok(false) };
+        let a_fd = match self.dir(dirs, &a_dir, false, &mut Vec::new()) {
+            Ok(fd) => {
+                fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(&a_dir), source })?
+            }
+            Err(_) => return Ok(false),
+        };
+        let Ok(b_fd) = self.dir(dirs, &b_dir, false, &mut Vec::new()) else { return Ok(false) };
+        match rustix::fs::renameat_with(&a_fd, a.name(), b_fd, b.name(), RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                dirs.clear();
+                Ok(true)
+            }
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(io_err("exchange", display(a), e)),
+        }
+    }
+
+    /// Every difference between `states/` at `top` (and below) and `entries`, which must be
+    /// the tree's entries at and below `top`, in path order.
+    pub fn compare(
+        &self,
+        dirs: &mut Dirs,
+        top: &StateId,
+        entries: &[(StateId, Entry)],
+    ) -> Result<Vec<Mismatch>> {
+        let mut out = Vec::new();
+        let known: BTreeSet<&StateId> = entries.iter().map(|(id, _)| id).collect();
+        for (id, entry) in entries {
+            if !self.is_fresh(dirs, id, entry)? {
                 out.push(Mismatch::Stale(id.clone()));
             }
         }
-        let start = self.path(top);
-        if top.is_root() || start.is_dir() {
-            self.find_extra(&start, tree, &mut out)?;
-        } else if start.exists() && tree.get(top).is_none() {
-            out.push(Mismatch::Extra(PathBuf::from(top.as_str())));
+        // Extras: walk the directories the tree has, below `top`.
+        for (id, entry) in entries {
+            if !entry.is_dir() {
+                continue;
+            }
+            let Ok(fd) = self.dir(dirs, id, false, &mut Vec::new()) else { continue };
+            let fd = fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
+            for name in list(&fd).map_err(|e| io_err("list", display(id), e))? {
+                if id.is_root() && name == CONTROL_DIR.as_bytes() {
+                    continue; // the scratch directory
+                }
+                let child = id.child(&name).ok();
+                if !child.as_ref().is_some_and(|c| known.contains(c)) {
+                    out.push(Mismatch::Extra { dir: id.clone(), name });
+                }
+            }
+        }
+        // `top` itself on disk while the tree has nothing there.
+        if entries.is_empty() {
+            if let Some(parent) = top.parent() {
+                if let Ok(fd) = self.dir(dirs, &parent, false, &mut Vec::new()) {
+                    if rustix::fs::statat(fd, top.name(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                        out.push(Mismatch::Extra { dir: parent, name: top.name().as_bytes().to_vec() });
+                    }
+                }
+            }
         }
         Ok(out)
     }
 
-    fn find_extra(&self, dir: &Path, tree: &Tree, out: &mut Vec<Mismatch>) -> Result<()> {
-        for entry in std::fs::read_dir(dir).ctx("list", dir)? {
-            let path = entry.ctx("list", dir)?.path();
-            let rel = path.strip_prefix(&self.root).expect("below root").to_owned();
-            let known = rel
-                .to_str()
-                .and_then(|s| StateId::parse(s).ok())
-                .and_then(|id| tree.get(&id).map(|e| e.is_dir()));
-            match known {
-                None => out.push(Mismatch::Extra(rel)),
-                Some(true) if path.is_dir() => self.find_extra(&path, tree, out)?,
-                Some(_) => {} // a kind mismatch is reported as Stale
-            }
+    fn is_fresh(&self, dirs: &mut Dirs, id: &StateId, entry: &Entry) -> Result<bool> {
+        let Some(parent) = id.parent() else {
+            let root = self.dir(dirs, id, false, &mut Vec::new())?;
+            let st = rustix::fs::fstat(root).map_err(|e| io_err("stat", &self.root, e))?;
+            return Ok(st.st_mode & 0o7777 == entry.mode);
+        };
+        let Ok(parent_fd) = self.dir(dirs, &parent, false, &mut Vec::new()) else { return Ok(false) };
+        let st = match rustix::fs::statat(parent_fd, id.name(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_err("stat", display(id), e)),
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if st.st_mode & 0o7777 != entry.mode {
+            return Ok(false);
         }
-        Ok(())
+        Ok(match &entry.kind {
+            EntryKind::Dir => kind == FileType::Directory,
+            EntryKind::File(content) => {
+                if kind != FileType::RegularFile || st.st_size as u64 != content.len() as u64 {
+                    return Ok(false);
+                }
+                let fd = rustix::fs::openat(
+                    parent_fd,
+                    id.name(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open", display(id), e))?;
+                let mut bytes = Vec::with_capacity(content.len());
+                std::fs::File::from(fd).read_to_end(&mut bytes).map_err(|source| Error::Io {
+                    op: "read",
+                    path: display(id),
+                    source,
+                })?;
+                bytes == content.as_bytes()
+            }
+        })
     }
 
-    /// Makes `top` and everything below it on disk match the tree (quietly: this is the
-    /// normal end of a batch that moved things, not a repair).
-    fn settle(&self, top: &StateId, tree: &Tree) -> Result<()> {
-        for m in self.compare_within(tree, top)? {
-            match m {
-                Mismatch::Extra(rel) => remove_tree(&self.root.join(rel))?,
-                Mismatch::Stale(id) => self.write_state(&id, tree)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `states/` match `tree`, logging every repair. Returns how many were made.
-    pub fn repair(&self, tree: &Tree) -> Result<usize> {
-        let mismatches = self.compare(tree)?;
+    /// Makes `top` and everything below it match `entries` (see [`compare`](Self::compare)).
+    /// Returns the mismatches it fixed; stops at the first failure.
+    pub fn settle(
+        &self,
+        dirs: &mut Dirs,
+        top: &StateId,
+        entries: &[(StateId, Entry)],
+    ) -> Result<Vec<Mismatch>> {
+        let mismatches = self.compare(dirs, top, entries)?;
+        let by_id: HashMap<&StateId, &Entry> = entries.iter().map(|(id, e)| (id, e)).collect();
         for m in &mismatches {
             match m {
-                Mismatch::Extra(rel) => {
-                    tracing::warn!(path = %rel.display(), "repair: removing a file in states/ that the chain does not have");
-                    remove_tree(&self.root.join(rel))?;
-                }
+                Mismatch::Extra { dir, name } => self.remove(dirs, dir, name)?,
+                // Parents come first in path order, so they exist by now.
                 Mismatch::Stale(id) => {
-                    tracing::warn!(state = %id, "repair: rewriting a state that differs from the chain");
-                    // Parents come first in path order, so they exist by now.
-                    self.write_state(id, tree)?;
+                    self.write(dirs, id, by_id.get(id).copied())?;
                 }
             }
         }
-        // Leftovers of interrupted writes and of snapshots whose transfer was cut short.
-        if let Ok(entries) = std::fs::read_dir(&self.tmp) {
-            for entry in entries.flatten() {
-                let _ = remove_tree(&entry.path());
-            }
-        }
-        Ok(mismatches.len())
+        Ok(mismatches)
     }
+
+    /// Removes what interrupted writes left in the scratch directory.
+    pub fn clean_scratch(&self, dirs: &mut Dirs) -> Result<()> {
+        let fd = self.scratch(dirs)?;
+        empty_dir(fd).map_err(|e| io_err("empty", self.root.join(CONTROL_DIR), e))
+    }
+
+    /// Every difference between all of `states/` and `tree` (for `lightchain verify`).
+    pub fn compare_tree(&self, tree: &Tree) -> Result<Vec<Mismatch>> {
+        let entries: Vec<(StateId, Entry)> = tree.iter().map(|(id, e)| (id.clone(), e.clone())).collect();
+        self.compare(&mut Dirs::default(), &StateId::root(), &entries)
+    }
+}
+
+fn libc_enoent() -> i32 {
+    Errno::NOENT.raw_os_error()
+}
+
+/// The names in directory `fd`, `.` and `..` left out.
+fn list(fd: &OwnedFd) -> std::result::Result<Vec<Vec<u8>>, Errno> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(fd.as_fd())? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes everything inside directory `fd` (depth first, one descriptor per level).
+fn empty_dir(fd: &OwnedFd) -> std::result::Result<(), Errno> {
+    for name in list(fd)? {
+        let name = OsStr::from_bytes(&name);
+        match rustix::fs::unlinkat(fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::ISDIR | Errno::PERM) => {
+                let child = rustix::fs::openat(fd, name, DIR_FLAGS, Mode::empty())?;
+                empty_dir(&child)?;
+                rustix::fs::unlinkat(fd, name, AtFlags::REMOVEDIR)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The umask of this process, from `/proc/self/status` (assumed the common 022 if unreadable).
@@ -288,69 +499,83 @@ fn process_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
-        _ => Ok(()),
-    }
-}
-
-fn remove_tree(path: &Path) -> Result<()> {
-    let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
-    match result {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chain::{ApplyCtx, Content, RenameMode, RequestId, Transaction, TxOp};
 
-    fn apply(tree: &mut Tree, states: &StatesDir, seq: u64, op: TxOp) {
-        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
-        let (_, changes) = tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
-        for c in &changes {
-            states.apply(c, tree).unwrap();
-        }
-    }
-
     fn sid(s: &str) -> StateId {
         StateId::parse(s).unwrap()
     }
 
+    fn apply(tree: &mut Tree, seq: u64, op: TxOp) {
+        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
+        tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
+    }
+
+    fn entries(tree: &Tree) -> Vec<(StateId, Entry)> {
+        tree.iter().map(|(id, e)| (id.clone(), e.clone())).collect()
+    }
+
     #[test]
-    fn mirrors_changes_and_repairs_damage() {
+    fn settles_to_the_tree_and_repairs_damage() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::create(tmp.path()).unwrap();
         let states = StatesDir::new(&dir);
+        let mut dirs = Dirs::default();
         let mut tree = Tree::new();
-        apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755 });
-        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
-        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
-        apply(
-            &mut tree,
-            &states,
-            4,
-            TxOp::Rename { from: sid("d"), to: sid("e"), mode: RenameMode::Replace },
-        );
-        apply(
-            &mut tree,
-            &states,
-            5,
-            TxOp::Rename { from: sid("g"), to: sid("e/f"), mode: RenameMode::Exchange },
-        );
-        assert_eq!(std::fs::read(dir.states().join("e/f")).unwrap(), b"g");
-        assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
-        assert!(states.compare(&tree).unwrap().is_empty());
+        apply(&mut tree, 1, TxOp::Mkdir { id: sid("d"), mode: 0o750 });
+        apply(&mut tree, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
+        apply(&mut tree, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
+        let root = StateId::root();
+        states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
+        assert_eq!(std::fs::read(dir.states().join("d/f")).unwrap(), b"hi");
+        assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
 
+        // A rename on disk follows a rename in the tree.
+        apply(&mut tree, 4, TxOp::Rename { from: sid("d"), to: sid("e"), mode: RenameMode::Replace });
+        assert!(states.rename(&mut dirs, &sid("d"), &sid("e")).unwrap());
+        apply(&mut tree, 5, TxOp::Rename { from: sid("g"), to: sid("e/f"), mode: RenameMode::Exchange });
+        assert!(states.exchange(&mut dirs, &sid("g"), &sid("e/f")).unwrap());
+        assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
+        assert_eq!(std::fs::read(dir.states().join("e/f")).unwrap(), b"g");
+
+        // Hand edits: a torn file, a stray file, a deleted file, a stray directory.
         std::fs::write(dir.states().join("g"), b"torn").unwrap();
         std::fs::write(dir.states().join("stray"), b"x").unwrap();
         std::fs::remove_file(dir.states().join("e/f")).unwrap();
-        assert_eq!(states.compare(&tree).unwrap().len(), 3);
-        assert_eq!(states.repair(&tree).unwrap(), 3);
-        assert!(states.compare(&tree).unwrap().is_empty());
+        std::fs::create_dir_all(dir.states().join("e/junk/deeper")).unwrap();
+        let fixed = states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
+        assert_eq!(fixed.len(), 4, "{fixed:?}");
+        assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
         assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn the_longest_legal_path_is_mirrored_under_a_deep_data_directory() {
+        // The data directory itself sits deep, so states/ + the ID is far past PATH_MAX.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut base = tmp.path().to_owned();
+        for _ in 0..4 {
+            base = base.join("b".repeat(200));
+        }
+        let dir = DataDir::create(&base).unwrap();
+        let states = StatesDir::new(&dir);
+        let mut tree = Tree::new();
+        let component = "c".repeat(255);
+        let mut id = String::new();
+        for seq in 1..16 {
+            id = if id.is_empty() { component.clone() } else { format!("{id}/{component}") };
+            apply(&mut tree, seq, TxOp::Mkdir { id: sid(&id), mode: 0o755 });
+        }
+        let file = format!("{id}/{component}");
+        assert_eq!(file.len(), crate::chain::MAX_PATH_LEN);
+        apply(&mut tree, 16, TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]) });
+        let mut dirs = Dirs::default();
+        states.settle(&mut dirs, &StateId::root(), &entries(&tree)).unwrap();
+        assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
+        // Removing it again works too.
+        states.remove(&mut dirs, &StateId::root(), component.as_bytes()).unwrap();
+        assert!(std::fs::read_dir(dir.states()).unwrap().all(|e| e.unwrap().file_name() == CONTROL_DIR));
     }
 }

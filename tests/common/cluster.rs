@@ -246,7 +246,8 @@ impl Cluster {
                 let a = self.nodes[live[0]].data().join("states");
                 let b = self.nodes[i].data().join("states");
                 let mut cmd = Command::new("diff");
-                cmd.arg("-r").arg(&a).arg(&b);
+                // states/.lightchain/ is the mirror's scratch space, not a state.
+                cmd.arg("-r").arg("-x").arg(".lightchain").arg(&a).arg(&b);
                 let (status, out, err) = run_command(cmd, CMD_TIMEOUT);
                 if !status.success() {
                     differences.push_str(&format!(

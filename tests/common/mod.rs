@@ -141,8 +141,10 @@ impl Node {
         self.mount().join(rel)
     }
 
-    /// `DATA/states/<rel>`.
+    /// `DATA/states/<rel>`, once `states/` caught up with what the node applied (it is written
+    /// behind the acknowledgement).
     pub fn state_path(&self, rel: &str) -> PathBuf {
+        self.wait_written_behind();
         self.data().join("states").join(rel)
     }
 
@@ -176,6 +178,26 @@ impl Node {
     }
 
     /// Whether the child is still running (does not reap it).
+    /// `chain/` and `states/` are written behind the acknowledgement (DESIGN §1.4): while the
+    /// node runs, waits until its status says both hold everything applied (no-op when stopped).
+    pub fn wait_written_behind(&self) {
+        if !self.is_running() || self.listen.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self.status_json();
+            let head = st["head_height"].as_u64();
+            let caught_up = head.is_none()
+                || (st["chain_height"].as_u64() >= head && st["mirror"]["height"].as_u64() >= head);
+            if caught_up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "chain/ and states/ did not catch up in 20 s: {st}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         match *self.pid.lock().unwrap() {
             Some(pid) => !exited_nowait(pid),
@@ -442,6 +464,7 @@ impl Node {
 
     /// All of `DATA/chain/` as text.
     pub fn chain_text(&self) -> String {
+        self.wait_written_behind();
         self.chain_files()
             .iter()
             .map(|p| fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
