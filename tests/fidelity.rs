@@ -379,3 +379,31 @@ fn no_torn_reads_across_mounts_of_a_cluster() {
         }
     }
 }
+
+// ----- handles bind to what they opened -----
+
+#[test]
+fn an_append_to_a_state_removed_while_open_fails_its_close() {
+    let n = Node::start(Opts::default());
+    put(&n.path("log"), b"first\n");
+    let fd = open_raw(&n.path("log"), libc::O_WRONLY | libc::O_APPEND, 0).unwrap();
+    fs::remove_file(n.path("log")).unwrap();
+    write_all_raw(fd, b"lost?\n").unwrap();
+    assert_errno(close_raw(fd), &[libc::ESTALE], "close of an append handle whose state is gone");
+    assert_errno(fs::metadata(n.path("log")), &[libc::ENOENT], "nothing was recreated");
+    assert!(n.log().contains("commit"), "the refusal is logged");
+}
+
+#[test]
+fn an_append_follows_its_state_through_a_rotation() {
+    let n = Node::start(Opts::default());
+    put(&n.path("app.log"), b"one\n");
+    let fd = open_raw(&n.path("app.log"), libc::O_WRONLY | libc::O_APPEND, 0).unwrap();
+    // logrotate: the old file moves aside and a new one takes its name.
+    fs::rename(n.path("app.log"), n.path("app.log.1")).unwrap();
+    put(&n.path("app.log"), b"fresh\n");
+    write_all_raw(fd, b"two\n").unwrap();
+    close_raw(fd).expect("the append commits");
+    assert_eq!(read(&n.path("app.log.1")), b"one\ntwo\n", "the bytes went to the state the app opened");
+    assert_eq!(read(&n.path("app.log")), b"fresh\n", "the new state is untouched");
+}
