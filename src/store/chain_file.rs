@@ -220,8 +220,12 @@ impl ChainWriter {
         let failure = Arc::new(Mutex::new(None));
         let worker = {
             let (file, durable, failure) = (file.clone(), durable.clone(), failure.clone());
+            let delay = test_sync_delay();
             std::thread::Builder::new().name("lc-chain".into()).spawn(move || {
                 while let Ok(first) = queue.recv() {
+                    if let Some(delay) = delay {
+                        std::thread::sleep(delay);
+                    }
                     let mut file = file.lock().unwrap();
                     let written = std::iter::once(first)
                         .chain(std::iter::from_fn(|| queue.try_recv().ok()))
@@ -306,6 +310,20 @@ impl ChainWriter {
     }
 }
 
+/// Test hook, compiled into debug builds only (release builds have no such variable):
+/// `LIGHTCHAIN_TEST_CHAIN_DELAY_MS` holds every chain write back that long, widening the
+/// window in which applied blocks are not yet in `chain/` (for the snapshot/crash tests).
+fn test_sync_delay() -> Option<std::time::Duration> {
+    #[cfg(debug_assertions)]
+    {
+        let ms = std::env::var("LIGHTCHAIN_TEST_CHAIN_DELAY_MS").ok()?.parse().ok()?;
+        tracing::warn!(ms, "test hook: every chain write is delayed");
+        Some(std::time::Duration::from_millis(ms))
+    }
+    #[cfg(not(debug_assertions))]
+    None
+}
+
 impl Drop for ChainWriter {
     fn drop(&mut self) {
         self.stop();
@@ -348,6 +366,27 @@ mod tests {
         assert_eq!(seen, blocks);
         assert_eq!(file.head().unwrap().height, 4);
         assert!(std::fs::read(&seg).unwrap().ends_with(b"}\n"));
+    }
+
+    #[tokio::test]
+    async fn the_writer_reports_durable_only_what_is_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writer = ChainWriter::start(ChainFile::open(tmp.path(), |_| Ok(())).unwrap()).unwrap();
+        assert_eq!(writer.durable(), None);
+        for b in chain(50) {
+            writer.append(Arc::new(b));
+        }
+        writer.wait_durable(Some(49)).await.unwrap();
+        assert_eq!(writer.durable().map(|h| h.height), Some(49));
+        let mut seen = 0;
+        ChainFile::open(tmp.path(), |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 50, "every block reported durable is in the file");
+        writer.stop();
+        assert!(writer.failure().is_none());
     }
 
     #[test]
