@@ -1,0 +1,267 @@
+//! A conformance table: each supported call, its success and every errno it documents (DESIGN
+//! §1.2, `docs/SEMANTICS.md`), through raw syscalls on a real mount — with ENAMETOOLONG at both
+//! limits (a 256-byte component, a 4,096-byte path). After every failing call the node must
+//! still serve and the tree must be what it was; at the end a restart replays everything and
+//! `verify` passes.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::Path;
+
+use common::*;
+
+/// A call on the mount; returns the syscall's result (-1 with errno set on failure).
+type Call = Box<dyn Fn(&Path) -> libc::c_int>;
+
+struct Case {
+    /// What is being tried.
+    what: &'static str,
+    /// The call, relative to the mount.
+    call: Call,
+    /// Allowed errnos; empty means it must succeed.
+    errnos: &'static [i32],
+}
+
+fn c(p: &Path, rel: &str) -> CString {
+    let full = if rel.is_empty() { p.to_path_buf() } else { p.join(rel) };
+    cpath(&full)
+}
+
+fn open_close(p: &Path, rel: &str, flags: i32) -> libc::c_int {
+    let fd = unsafe { libc::open(c(p, rel).as_ptr(), flags, 0o644) };
+    if fd < 0 {
+        return fd;
+    }
+    unsafe { libc::close(fd) }
+}
+
+fn case(what: &'static str, errnos: &'static [i32], call: impl Fn(&Path) -> libc::c_int + 'static) -> Case {
+    Case { what, call: Box::new(call), errnos }
+}
+
+/// A name of 256 bytes (one over NAME_MAX).
+fn long_name() -> String {
+    "n".repeat(256)
+}
+
+/// A relative path of 4,096 bytes whose components are all legal (one over PATH_MAX - 1).
+fn long_path() -> String {
+    let component = "p".repeat(255);
+    let mut path = vec![component.as_str(); 16].join("/");
+    path.push('x');
+    path
+}
+
+fn cases() -> Vec<Case> {
+    use libc::*;
+    vec![
+        // open / create
+        case("open of a missing state", &[ENOENT], |p| open_close(p, "missing", O_RDONLY)),
+        case("open below a file", &[ENOTDIR], |p| open_close(p, "file/x", O_RDONLY)),
+        case("open of a directory for writing", &[EISDIR], |p| open_close(p, "dir", O_WRONLY)),
+        case("exclusive create of an existing state", &[EEXIST], |p| {
+            open_close(p, "file", O_WRONLY | O_CREAT | O_EXCL)
+        }),
+        case("create in a missing directory", &[ENOENT], |p| open_close(p, "nodir/x", O_WRONLY | O_CREAT)),
+        case("create with a 256-byte name", &[ENAMETOOLONG], |p| {
+            open_close(p, &long_name(), O_WRONLY | O_CREAT)
+        }),
+        case("create with a 4,096-byte path", &[ENAMETOOLONG], |p| {
+            open_close(p, &long_path(), O_WRONLY | O_CREAT)
+        }),
+        case("create in .lightchain/", &[EACCES, EROFS], |p| {
+            open_close(p, ".lightchain/x", O_WRONLY | O_CREAT)
+        }),
+        case("create of a new state", &[], |p| open_close(p, "new", O_WRONLY | O_CREAT)),
+        case("exclusive create of a new state", &[], |p| {
+            open_close(p, "new-excl", O_WRONLY | O_CREAT | O_EXCL)
+        }),
+        // mkdir
+        case("mkdir of an existing name", &[EEXIST], |p| unsafe { mkdir(c(p, "file").as_ptr(), 0o755) }),
+        case("mkdir in a missing directory", &[ENOENT], |p| unsafe {
+            mkdir(c(p, "nodir/d").as_ptr(), 0o755)
+        }),
+        case("mkdir below a file", &[ENOTDIR], |p| unsafe { mkdir(c(p, "file/d").as_ptr(), 0o755) }),
+        case("mkdir with a 256-byte name", &[ENAMETOOLONG], |p| unsafe {
+            mkdir(c(p, &long_name()).as_ptr(), 0o755)
+        }),
+        case("mkdir with a 4,096-byte path", &[ENAMETOOLONG], |p| unsafe {
+            mkdir(c(p, &long_path()).as_ptr(), 0o755)
+        }),
+        case("mkdir in .lightchain/", &[EACCES, EROFS], |p| unsafe {
+            mkdir(c(p, ".lightchain/d").as_ptr(), 0o755)
+        }),
+        case("mkdir of a new directory", &[], |p| unsafe { mkdir(c(p, "newdir").as_ptr(), 0o750) }),
+        // rmdir
+        case("rmdir of a non-empty directory", &[ENOTEMPTY, EEXIST], |p| unsafe {
+            rmdir(c(p, "dir").as_ptr())
+        }),
+        case("rmdir of a file", &[ENOTDIR], |p| unsafe { rmdir(c(p, "file").as_ptr()) }),
+        case("rmdir of a missing name", &[ENOENT], |p| unsafe { rmdir(c(p, "missing").as_ptr()) }),
+        case("rmdir of an empty directory", &[], |p| unsafe { rmdir(c(p, "empty").as_ptr()) }),
+        // unlink
+        case("unlink of a missing name", &[ENOENT], |p| unsafe { unlink(c(p, "missing").as_ptr()) }),
+        case("unlink of a directory", &[EISDIR, EPERM], |p| unsafe { unlink(c(p, "dir").as_ptr()) }),
+        case("unlink of a 256-byte name", &[ENAMETOOLONG], |p| unsafe {
+            unlink(c(p, &long_name()).as_ptr())
+        }),
+        case("unlink of a state", &[], |p| unsafe { unlink(c(p, "doomed").as_ptr()) }),
+        // rename
+        case("rename of a missing name", &[ENOENT], |p| unsafe {
+            rename(c(p, "missing").as_ptr(), c(p, "x").as_ptr())
+        }),
+        case("rename of a file over a directory", &[EISDIR], |p| unsafe {
+            rename(c(p, "file").as_ptr(), c(p, "dir").as_ptr())
+        }),
+        case("rename of a directory over a file", &[ENOTDIR], |p| unsafe {
+            rename(c(p, "dir").as_ptr(), c(p, "file").as_ptr())
+        }),
+        case("rename of a directory over a non-empty one", &[ENOTEMPTY, EEXIST], |p| unsafe {
+            rename(c(p, "other").as_ptr(), c(p, "dir").as_ptr())
+        }),
+        case("rename of a directory into itself", &[EINVAL], |p| unsafe {
+            rename(c(p, "dir").as_ptr(), c(p, "dir/inside").as_ptr())
+        }),
+        case("rename to a 256-byte name", &[ENAMETOOLONG], |p| unsafe {
+            rename(c(p, "file").as_ptr(), c(p, &long_name()).as_ptr())
+        }),
+        case("rename no-replace over an existing name", &[EEXIST], |p| unsafe {
+            renameat2(
+                AT_FDCWD,
+                c(p, "file").as_ptr(),
+                AT_FDCWD,
+                c(p, "other-file").as_ptr(),
+                RENAME_NOREPLACE,
+            )
+        }),
+        case("rename exchange with a missing name", &[ENOENT], |p| unsafe {
+            renameat2(AT_FDCWD, c(p, "file").as_ptr(), AT_FDCWD, c(p, "missing").as_ptr(), RENAME_EXCHANGE)
+        }),
+        case("rename into .lightchain/", &[EACCES, EROFS, EXDEV], |p| unsafe {
+            rename(c(p, "file").as_ptr(), c(p, ".lightchain/x").as_ptr())
+        }),
+        case("rename of a state", &[], |p| unsafe {
+            rename(c(p, "movable").as_ptr(), c(p, "moved").as_ptr())
+        }),
+        // truncate / ftruncate
+        case("truncate of a missing state", &[ENOENT], |p| unsafe { truncate(c(p, "missing").as_ptr(), 0) }),
+        case("truncate of a directory", &[EISDIR], |p| unsafe { truncate(c(p, "dir").as_ptr(), 0) }),
+        case("truncate past --max-state-size", &[EFBIG], |p| unsafe {
+            truncate(c(p, "file").as_ptr(), 2 << 20)
+        }),
+        case("truncate of a state", &[], |p| unsafe { truncate(c(p, "file").as_ptr(), 3) }),
+        case("ftruncate past --max-state-size", &[EFBIG], |p| {
+            let fd = unsafe { open(c(p, "other-file").as_ptr(), O_WRONLY) };
+            let rc = unsafe { ftruncate(fd, 2 << 20) };
+            let e = errno();
+            unsafe { close(fd) };
+            set_errno(e);
+            rc
+        }),
+        case("ftruncate of a read-only handle", &[EINVAL, EBADF], |p| {
+            let fd = unsafe { open(c(p, "other-file").as_ptr(), O_RDONLY) };
+            let rc = unsafe { ftruncate(fd, 0) };
+            let e = errno();
+            unsafe { close(fd) };
+            set_errno(e);
+            rc
+        }),
+        // chmod
+        case("chmod of a missing state", &[ENOENT], |p| unsafe { chmod(c(p, "missing").as_ptr(), 0o600) }),
+        case("chmod of .lightchain/status", &[EACCES, EROFS, EPERM], |p| unsafe {
+            chmod(c(p, ".lightchain/status").as_ptr(), 0o666)
+        }),
+        case("chmod of a state", &[], |p| unsafe { chmod(c(p, "other-file").as_ptr(), 0o600) }),
+        // unsupported
+        case("hard link", &[EPERM], |p| unsafe { link(c(p, "file").as_ptr(), c(p, "hard").as_ptr()) }),
+        case("mknod of a fifo", &[EPERM], |p| unsafe { mkfifo(c(p, "fifo").as_ptr(), 0o644) }),
+    ]
+}
+
+fn set_errno(e: i32) {
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn setup(n: &Node) {
+    put(&n.path("file"), b"file content\n");
+    put(&n.path("other-file"), b"other\n");
+    put(&n.path("doomed"), b"x\n");
+    put(&n.path("movable"), b"m\n");
+    std::fs::create_dir(n.path("dir")).unwrap();
+    put(&n.path("dir/child"), b"c\n");
+    std::fs::create_dir(n.path("other")).unwrap();
+    put(&n.path("other/x"), b"x\n");
+    std::fs::create_dir(n.path("empty")).unwrap();
+}
+
+/// A listing of the whole mount (paths, kinds, sizes, modes), to show nothing else changed.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".lightchain") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            out.push(format!(
+                "{} {} {:o}",
+                path.strip_prefix(root).unwrap().display(),
+                meta.len(),
+                meta.mode()
+            ));
+            if meta.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_call_succeeds_or_fails_with_its_documented_errno_and_the_node_goes_on() {
+    let mut n = Node::start(Opts::default());
+    setup(&n);
+    let mnt = n.mount();
+    let mut failures = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        let before = tree(&mnt);
+        set_errno(0);
+        let rc = (case.call)(&mnt);
+        let e = errno();
+        match (case.errnos.is_empty(), rc) {
+            (true, rc) if rc >= 0 => {}
+            (true, _) => failures.push(format!("{}: expected success, got {}", case.what, errno_name(e))),
+            (false, rc) if rc >= 0 => {
+                failures.push(format!("{}: expected {:?}, it succeeded", case.what, case.errnos))
+            }
+            (false, _) if !case.errnos.contains(&e) => failures.push(format!(
+                "{}: expected one of {:?}, got {}",
+                case.what,
+                case.errnos,
+                errno_name(e)
+            )),
+            (false, _) => {
+                let after = tree(&mnt);
+                if before != after {
+                    failures.push(format!("{}: failed as it should but changed the tree", case.what));
+                }
+            }
+        }
+        // The node still serves.
+        let canary = format!("canary-{i}");
+        put(&n.path(&canary), case.what.as_bytes());
+        assert_eq!(read(&n.path(&canary)), case.what.as_bytes(), "after {}", case.what);
+    }
+    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    let before = tree(&mnt);
+    n.stop();
+    assert_ok(&n.verify(), "verify after every case");
+    n.restart();
+    assert_eq!(tree(&n.mount()), before, "a restart replays the same tree");
+}
