@@ -158,6 +158,10 @@ pub struct FsConfig {
 struct OpenFile {
     attr: Attr,
     handle: Handle,
+    /// Taken by a commit for its whole duration: two flushes of one handle in flight at once
+    /// (a `dup`, or a child's inherited descriptor closed at `exec`) commit one after the other,
+    /// and the second commits only what the first did not.
+    commit: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An open file's content.
@@ -364,7 +368,10 @@ impl Fs {
 
     fn insert_handle(&self, attr: Attr, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle })));
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(Mutex::new(OpenFile { attr, handle, commit: Arc::default() })));
         fh
     }
 
@@ -520,6 +527,8 @@ impl Fs {
     /// `flush` (every `close`): commits a dirty handle and waits until it is applied.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
+        let commit = handle.lock().unwrap().commit.clone();
+        let _turn = commit.lock().await;
         let (op, version, sent) = {
             let open = handle.lock().unwrap();
             let Handle::Write(w) = &open.handle else {

@@ -358,11 +358,17 @@ impl Node {
     /// node when it has known no leader for [`LEADERLESS`] (longer than an election takes).
     /// During an ordinary election it does not know, and a commit waits for the new leader.
     pub fn knows_no_quorum(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        match m.current_leader {
+        // Copy out of the metrics first: a borrow of openraft's watch is a read lock, and holding
+        // it while taking another lock (or borrowing it again) can deadlock against the raft
+        // core waiting to publish new metrics.
+        let (leader, since_ack) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.millis_since_quorum_ack)
+        };
+        match leader {
             Some(leader) if leader == self.id() => {
-                m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64)
+                since_ack.is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64)
             }
             Some(_) => false,
             None => self.leaderless_since.lock().unwrap().is_some_and(|t| t.elapsed() > LEADERLESS),
@@ -464,9 +470,13 @@ impl Node {
 
     /// Whether the node serves and knows a leader.
     pub fn is_ready(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.running_state.is_ok() && metrics.current_leader.is_some() && !self.knows_no_quorum()
+        // The borrow ends before `knows_no_quorum` borrows again (see there).
+        let serving = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.running_state.is_ok() && m.current_leader.is_some()
+        };
+        serving && !self.knows_no_quorum()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.
