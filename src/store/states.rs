@@ -141,7 +141,8 @@ impl StatesDir {
         let perms = Permissions::from_mode(entry.mode);
         match &entry.kind {
             EntryKind::Dir => {
-                if !path.is_dir() {
+                // Not `is_dir()`: that follows a symlink left at this path.
+                if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                     remove_file(&path)?;
                     std::fs::create_dir(&path).ctx("mkdir", &path)?;
                 }
@@ -165,6 +166,18 @@ impl StatesDir {
                 drop(file);
                 match std::fs::rename(&tmp, &path) {
                     Err(_) if path.is_dir() => {
+                        remove_tree(&path)?;
+                        std::fs::rename(&tmp, &path).ctx("rename", &path)
+                    }
+                    result => result.ctx("rename", &path),
+                }
+            }
+            EntryKind::Symlink(target) => {
+                // Owners and times are not mirrored yet; a symlink's mode means nothing.
+                let tmp = self.tmp_path();
+                std::os::unix::fs::symlink(target, &tmp).ctx("symlink", &tmp)?;
+                match std::fs::rename(&tmp, &path) {
+                    Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {
                         remove_tree(&path)?;
                         std::fs::rename(&tmp, &path).ctx("rename", &path)
                     }
@@ -205,6 +218,10 @@ impl StatesDir {
                         && meta.permissions().mode() & 0o7777 == entry.mode
                         && meta.len() == content.len() as u64
                         && std::fs::read(&path).ctx("read", &path)? == content.as_bytes()
+                }
+                (Ok(meta), EntryKind::Symlink(target)) => {
+                    meta.file_type().is_symlink()
+                        && std::fs::read_link(&path).ctx("readlink", &path)?.as_os_str() == target.as_str()
                 }
                 (Err(_), _) => false,
             };
@@ -326,9 +343,9 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         let states = StatesDir::new(&dir);
         let mut tree = Tree::new();
-        apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755 });
-        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
-        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
+        apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755, uid: 0, gid: 0 });
+        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0 });
+        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0 });
         apply(
             &mut tree,
             &states,
