@@ -699,10 +699,31 @@ impl Fs {
         };
         let (atime, mtime) = (keep(set.atime), keep(set.mtime));
         if atime.is_some() || mtime.is_some() {
+            // Times set after writes must outlast them (`cp -p` sets them before its close):
+            // commit what open handles hold first, as ext4 has those writes already.
+            self.commit_open_writes(ino).await?;
             let committed = self.node.propose(TxOp::Times { id: id.clone(), atime, mtime }).await;
             self.logged("utimensat", &id, committed.map_err(FsError::from))?;
         }
         self.getattr(ino, set.fh)
+    }
+
+    /// Commits every dirty write handle of inode `ino` (a later `flush` of them commits nothing).
+    async fn commit_open_writes(&self, ino: u64) -> Result<(), FsError> {
+        let dirty: Vec<u64> = self
+            .handles
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, open)| {
+                matches!(&open.lock().unwrap().handle, Handle::Write(w) if w.ino == ino && w.dirty)
+            })
+            .map(|(fh, _)| *fh)
+            .collect();
+        for fh in dirty {
+            self.flush(fh).await?;
+        }
+        Ok(())
     }
 
     fn truncate_handle(&self, handle: &Mutex<OpenFile>, size: u64) -> Result<(), FsError> {
