@@ -9,6 +9,7 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::UNIX_EPOCH;
@@ -17,7 +18,7 @@ use common::*;
 
 /// Errnos DESIGN §1.1/§1.2 allow for writes into `.lightchain/`.
 const READ_ONLY: &[i32] = &[libc::EACCES, libc::EROFS];
-/// Errnos allowed for unsupported operations (hard link, symlink, mknod).
+/// Errnos allowed for unsupported operations (hard link, mknod).
 const UNSUPPORTED: &[i32] = &[libc::EPERM, libc::EOPNOTSUPP];
 
 fn node() -> Node {
@@ -551,15 +552,18 @@ fn chmod_is_reflected_by_stat() {
 }
 
 #[test]
-fn chown_to_another_uid_is_eperm() {
+fn chown_by_root_changes_owner_and_group() {
     let n = node();
     let p = n.path("owned");
     put(&p, b"x");
-    let uid_before = fs::metadata(&p).unwrap().uid();
-    let other = uid_before + 4242;
-    let rc = check(unsafe { libc::chown(cpath(&p).as_ptr(), other, other) });
-    assert_errno(rc, &[libc::EPERM], "chown to another uid");
-    assert_eq!(fs::metadata(&p).unwrap().uid(), uid_before, "owner unchanged");
+    assert_eq!((fs::metadata(&p).unwrap().uid(), fs::metadata(&p).unwrap().gid()), (0, 0), "root's file");
+    check(unsafe { libc::chown(cpath(&p).as_ptr(), 4242, 4343) }).expect("chown by root");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "owner and group after chown");
+    check(unsafe { libc::chown(cpath(&p).as_ptr(), u32::MAX, 7) }).expect("chgrp only (uid -1)");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 7));
+    assert_eq!(read(&p), b"x", "content unchanged");
 }
 
 #[test]
@@ -578,6 +582,8 @@ fn touch_of_existing_file_succeeds() {
     check(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&p).as_ptr(), times.as_ptr(), 0) })
         .expect("utimensat(explicit times) must succeed");
     assert_eq!(read(&p), b"keep\n", "touch must not change the content");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.atime(), meta.mtime()), (1_600_000_000, 1_600_000_000), "stat shows the times set");
 }
 
 // ----- unsupported operations -----
@@ -591,11 +597,16 @@ fn hard_link_is_refused() {
 }
 
 #[test]
-fn symlink_is_refused() {
+fn symlink_makes_a_link_state() {
     let n = node();
     put(&n.path("orig"), b"x");
-    assert_errno(std::os::unix::fs::symlink("orig", n.path("sym")), UNSUPPORTED, "symlink(2)");
-    assert_errno(fs::symlink_metadata(n.path("sym")), &[libc::ENOENT], "no symlink may be created");
+    std::os::unix::fs::symlink("orig", n.path("sym")).expect("symlink(2)");
+    let meta = fs::symlink_metadata(n.path("sym")).unwrap();
+    assert!(meta.file_type().is_symlink(), "lstat shows a symlink");
+    assert_eq!((meta.len(), meta.mode() & 0o7777), (4, 0o777), "size = target length, mode 0777");
+    assert_eq!(fs::read_link(n.path("sym")).unwrap(), Path::new("orig"));
+    assert_eq!(read(&n.path("sym")), b"x", "open follows the link");
+    assert_errno(std::os::unix::fs::symlink("other", n.path("sym")), &[libc::EEXIST], "symlink over a name");
 }
 
 #[test]
