@@ -51,8 +51,11 @@ fn as_user(n: &Node, user: User, script: &str) -> (ExitStatus, String, String) {
     } else {
         let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string()])
-            .args(["--groups", &groups.join(","), "bash"]);
+        cmd.args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string()]).args([
+            "--groups",
+            &groups.join(","),
+            "bash",
+        ]);
         cmd
     };
     cmd.arg("-c").arg(script).current_dir(n.mount()).env("HOME", "/").env("MNT", n.mount());

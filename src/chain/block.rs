@@ -383,7 +383,12 @@ mod tests {
     }
 
     fn put(id: &str, content: &str) -> TxOp {
-        TxOp::Put { id: StateId::parse(id).unwrap(), content: Content::from(content.as_bytes()), uid: 0, gid: 0 }
+        TxOp::Put {
+            id: StateId::parse(id).unwrap(),
+            content: Content::from(content.as_bytes()),
+            uid: 0,
+            gid: 0,
+        }
     }
 
     fn sid(id: &str) -> StateId {
@@ -511,32 +516,104 @@ mod tests {
                 });
             }
             TxOp::Create { .. } => {
-                push(&|o| if let TxOp::Create { uid, .. } = o { *uid = 0 });
-                push(&|o| if let TxOp::Create { gid, .. } = o { *gid = 1 });
-                push(&|o| if let TxOp::Create { exclusive, .. } = o { *exclusive = false });
+                push(&|o| {
+                    if let TxOp::Create { uid, .. } = o {
+                        *uid = 0
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Create { gid, .. } = o {
+                        *gid = 1
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Create { exclusive, .. } = o {
+                        *exclusive = false
+                    }
+                });
             }
             TxOp::Mkdir { .. } => {
-                push(&|o| if let TxOp::Mkdir { uid, gid, .. } = o { (*uid, *gid) = (0, 0) });
-                push(&|o| if let TxOp::Mkdir { gid, .. } = o { *gid = 7 });
+                push(&|o| {
+                    if let TxOp::Mkdir { uid, gid, .. } = o {
+                        (*uid, *gid) = (0, 0)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Mkdir { gid, .. } = o {
+                        *gid = 7
+                    }
+                });
             }
             TxOp::Symlink { .. } => {
-                push(&|o| if let TxOp::Symlink { target, .. } = o { target.push('x') });
-                push(&|o| if let TxOp::Symlink { uid, .. } = o { *uid = 0 });
-                push(&|o| if let TxOp::Symlink { gid, .. } = o { *gid = 0 });
+                push(&|o| {
+                    if let TxOp::Symlink { target, .. } = o {
+                        target.push('x')
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Symlink { uid, .. } = o {
+                        *uid = 0
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Symlink { gid, .. } = o {
+                        *gid = 0
+                    }
+                });
             }
             TxOp::Chown { .. } => {
-                push(&|o| if let TxOp::Chown { uid, .. } = o { *uid = None });
-                push(&|o| if let TxOp::Chown { uid, .. } = o { *uid = Some(0) });
-                push(&|o| if let TxOp::Chown { gid, .. } = o { *gid = None });
-                push(&|o| if let TxOp::Chown { mode, .. } = o { *mode = None });
-                push(&|o| if let TxOp::Chown { mode, .. } = o { *mode = Some(0o4755) });
+                push(&|o| {
+                    if let TxOp::Chown { uid, .. } = o {
+                        *uid = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { uid, .. } = o {
+                        *uid = Some(0)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { gid, .. } = o {
+                        *gid = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { mode, .. } = o {
+                        *mode = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { mode, .. } = o {
+                        *mode = Some(0o4755)
+                    }
+                });
             }
             TxOp::Times { .. } => {
-                push(&|o| if let TxOp::Times { atime, .. } = o { *atime = None });
-                push(&|o| if let TxOp::Times { atime, .. } = o { *atime = Some(TimeSpec::At(5)) });
-                push(&|o| if let TxOp::Times { atime, .. } = o { *atime = Some(TimeSpec::Now) });
-                push(&|o| if let TxOp::Times { mtime, .. } = o { *mtime = Some(TimeSpec::At(0)) });
-                push(&|o| if let TxOp::Times { mtime, .. } = o { *mtime = None });
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = Some(TimeSpec::At(5))
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = Some(TimeSpec::Now)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { mtime, .. } = o {
+                        *mtime = Some(TimeSpec::At(0))
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { mtime, .. } = o {
+                        *mtime = None
+                    }
+                });
             }
             _ => {}
         }
@@ -546,9 +623,8 @@ mod tests {
     #[test]
     fn every_field_of_the_new_ops_is_hashed() {
         let genesis = Block::seal(None, 0, 0, 0, 0, Digest::ZERO, vec![]);
-        let block_of = |op: TxOp| {
-            Block::seal(Some((0, genesis.hash)), 1, 1, 5, 1, Digest::ZERO, vec![tx(1, op)])
-        };
+        let block_of =
+            |op: TxOp| Block::seal(Some((0, genesis.hash)), 1, 1, 5, 1, Digest::ZERO, vec![tx(1, op)]);
         let mut hashes = std::collections::HashSet::new();
         for op in every_op() {
             let block = block_of(op.clone());

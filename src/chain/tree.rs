@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::block::{Digest, Encoder, Height};
-use super::tx::{Content, NodeId, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET};
+use super::tx::{
+    Content, NodeId, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET,
+};
 use super::StateId;
 
 /// Inode number of a state; the root directory is 1.
@@ -419,16 +421,20 @@ impl Tree {
 
     fn apply_op(&mut self, ctx: &ApplyCtx, op: &TxOp) -> Result<Vec<Change>, Reject> {
         match op {
-            TxOp::Put { id, content, uid, gid } => self.write_file(ctx, id, (*uid, *gid), |_| content.clone()),
-            TxOp::Append { id, content, uid, gid } => self.write_file(ctx, id, (*uid, *gid), |old| match old {
-                Some(old) if !old.is_empty() => {
-                    let mut bytes = Vec::with_capacity(old.len() + content.len());
-                    bytes.extend_from_slice(old.as_bytes());
-                    bytes.extend_from_slice(content.as_bytes());
-                    Content::from(bytes)
-                }
-                _ => content.clone(),
-            }),
+            TxOp::Put { id, content, uid, gid } => {
+                self.write_file(ctx, id, (*uid, *gid), |_| content.clone())
+            }
+            TxOp::Append { id, content, uid, gid } => {
+                self.write_file(ctx, id, (*uid, *gid), |old| match old {
+                    Some(old) if !old.is_empty() => {
+                        let mut bytes = Vec::with_capacity(old.len() + content.len());
+                        bytes.extend_from_slice(old.as_bytes());
+                        bytes.extend_from_slice(content.as_bytes());
+                        Content::from(bytes)
+                    }
+                    _ => content.clone(),
+                })
+            }
             TxOp::Create { id, mode, exclusive, uid, gid } => {
                 let parent = self.check_parent(id)?;
                 match self.entries.get(id) {
@@ -504,7 +510,8 @@ impl Tree {
                 if self.entries.contains_key(id) {
                     return Err(Reject::AlreadyExists);
                 }
-                let entry = self.new_entry(ctx, EntryKind::Symlink(target.clone()), SYMLINK_MODE, (*uid, *gid));
+                let entry =
+                    self.new_entry(ctx, EntryKind::Symlink(target.clone()), SYMLINK_MODE, (*uid, *gid));
                 self.insert(id.clone(), entry);
                 self.touch_dir(&parent, ctx);
                 Ok(vec![Change::Wrote(id.clone())])
@@ -720,7 +727,10 @@ mod tests {
     fn put_append_truncate_delete() {
         let mut h = Harness::new();
         assert_eq!(h.apply(put("a", "one")), Outcome::Ok);
-        assert_eq!(h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]), uid: 0, gid: 0 }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]), uid: 0, gid: 0 }),
+            Outcome::Ok
+        );
         assert_eq!(h.content("a").unwrap(), b"one+two");
         assert_eq!(h.apply(TxOp::Truncate { id: sid("a"), size: 3 }), Outcome::Ok);
         assert_eq!(h.content("a").unwrap(), b"one");
@@ -729,7 +739,10 @@ mod tests {
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), Outcome::Ok);
         assert!(h.tree.get(&sid("a")).is_none());
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), rejected(Reject::NotFound));
-        assert_eq!(h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]), uid: 0, gid: 0 }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]), uid: 0, gid: 0 }),
+            Outcome::Ok
+        );
         assert_eq!(h.content("b").unwrap(), b"x");
     }
 
@@ -854,7 +867,9 @@ mod tests {
         let ctx = ApplyCtx { height: 50, timestamp_ms: 50 };
         h.apply(put("lock", "a"));
         let request = RequestId { node: 3, incarnation: 9, seq: 77 };
-        let tx = Transaction { request, op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true, uid: 0, gid: 0 },
+        let tx = Transaction {
+            request,
+            op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true, uid: 0, gid: 0 },
         };
         assert_eq!(h.tree.apply(&ctx, &tx).0, rejected(Reject::AlreadyExists));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
@@ -882,7 +897,10 @@ mod tests {
         let rewrite = TxOp::Put { id: sid("p"), content: Content::from(&b"y"[..]), uid: 0, gid: 0 };
         assert_eq!(h.apply(rewrite), Outcome::Ok);
         assert_eq!((h.entry("p").uid, h.entry("p").gid), (uid, gid));
-        assert_eq!(h.apply(TxOp::Rename { from: sid("p"), to: sid("q"), mode: RenameMode::Replace }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("p"), to: sid("q"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
         assert_eq!(h.entry("q").uid, uid, "a rename keeps the owner");
     }
 
@@ -898,10 +916,16 @@ mod tests {
         let f = h.entry("f");
         assert_eq!((f.uid, f.gid, f.mode), (0, 50, 0o755), "owner and mode changed in one transaction");
         assert_eq!(f.ctime_ns, at, "ctime is the block's time");
-        assert_eq!(h.apply(TxOp::Chown { id: sid("nope"), uid: Some(1), gid: None, mode: None }), rejected(Reject::NotFound));
+        assert_eq!(
+            h.apply(TxOp::Chown { id: sid("nope"), uid: Some(1), gid: None, mode: None }),
+            rejected(Reject::NotFound)
+        );
         // A symlink can be chowned (lchown); its mode stays 0777.
         h.apply(symlink("l", "f"));
-        assert_eq!(h.apply(TxOp::Chown { id: sid("l"), uid: Some(7), gid: Some(7), mode: Some(0o600) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Chown { id: sid("l"), uid: Some(7), gid: Some(7), mode: Some(0o600) }),
+            Outcome::Ok
+        );
         assert_eq!((h.entry("l").uid, h.entry("l").mode), (7, SYMLINK_MODE));
     }
 
@@ -939,16 +963,25 @@ mod tests {
         let mut h = Harness::new();
         h.apply(put("f", "x"));
         let created = h.entry("f").clone();
-        assert_eq!((created.atime_ns, created.mtime_ns, created.ctime_ns), (1_000_000_000, 1_000_000_000, 1_000_000_000));
+        assert_eq!(
+            (created.atime_ns, created.mtime_ns, created.ctime_ns),
+            (1_000_000_000, 1_000_000_000, 1_000_000_000)
+        );
         // touch -d 1969-12-31: a time before the epoch; atime untouched.
         let at = -86_400_000_000_123;
         let now = h.next_ns();
-        assert_eq!(h.apply(TxOp::Times { id: sid("f"), atime: None, mtime: Some(TimeSpec::At(at)) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("f"), atime: None, mtime: Some(TimeSpec::At(at)) }),
+            Outcome::Ok
+        );
         let f = h.entry("f");
         assert_eq!((f.atime_ns, f.mtime_ns, f.ctime_ns), (created.atime_ns, at, now));
         // touch: both to the block's time.
         let now = h.next_ns();
-        assert_eq!(h.apply(TxOp::Times { id: sid("f"), atime: Some(TimeSpec::Now), mtime: Some(TimeSpec::Now) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("f"), atime: Some(TimeSpec::Now), mtime: Some(TimeSpec::Now) }),
+            Outcome::Ok
+        );
         let f = h.entry("f");
         assert_eq!((f.atime_ns, f.mtime_ns, f.ctime_ns), (now, now, now));
         // A content change sets mtime and ctime, never atime.
@@ -969,9 +1002,15 @@ mod tests {
         let now = h.next_ns();
         h.apply(put("d/x", "1"));
         assert_eq!((h.entry("d").mtime_ns, h.entry("d").ctime_ns), (now, now));
-        assert_eq!(h.apply(TxOp::Times { id: sid("d"), atime: None, mtime: Some(TimeSpec::At(0)) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("d"), atime: None, mtime: Some(TimeSpec::At(0)) }),
+            Outcome::Ok
+        );
         assert_eq!(h.entry("d").mtime_ns, 0);
-        assert_eq!(h.apply(TxOp::Times { id: sid("gone"), atime: None, mtime: None }), rejected(Reject::NotFound));
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("gone"), atime: None, mtime: None }),
+            rejected(Reject::NotFound)
+        );
     }
 
     #[test]
@@ -992,10 +1031,16 @@ mod tests {
         assert_eq!(h.apply(TxOp::Truncate { id: sid("d/l"), size: 0 }), rejected(Reject::Invalid));
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d/l") }), rejected(Reject::NotADirectory));
         // Renamed with its directory, keeping its inode; then on its own, over a file.
-        assert_eq!(h.apply(TxOp::Rename { from: sid("d"), to: sid("z"), mode: RenameMode::Replace }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("d"), to: sid("z"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
         assert_eq!(h.entry("z/l").ino, l.ino);
         h.apply(put("f", "file"));
-        assert_eq!(h.apply(TxOp::Rename { from: sid("z/l"), to: sid("f"), mode: RenameMode::Replace }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("z/l"), to: sid("f"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
         assert_eq!(h.entry("f").kind, EntryKind::Symlink("../target".into()));
         let before = h.tree.state_root();
         assert_eq!(h.apply(TxOp::Delete { id: sid("f") }), Outcome::Ok);

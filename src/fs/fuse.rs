@@ -413,12 +413,15 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
         let ttl = fs.ttl();
-        self.run(async move { fs.create(parent.0, &n, mode, umask, flags, caller).await }, move |r| match r {
-            Ok((attr, o)) => {
-                reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.create(parent.0, &n, mode, umask, flags, caller).await },
+            move |r| match r {
+                Ok((attr, o)) => {
+                    reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn fallocate(

@@ -41,8 +41,8 @@ use crate::chain::{
     mode_after_unprivileged_write, Change, Content, Entry, EntryKind, RenameMode, StateId, TimeSpec, TxOp,
     CONTROL_DIR, MAX_SYMLINK_TARGET, ROOT_INO,
 };
-pub use error::TargetError;
 use crate::node::{Node, ReadConsistency};
+pub use error::TargetError;
 
 /// Inode of the read-only control directory `.lightchain/`.
 pub const CONTROL_INO: u64 = u64::MAX - 1;
@@ -766,7 +766,13 @@ impl Fs {
     /// `symlink`: a link named `name` in `parent` holding `target`, owned by the caller. The
     /// target is stored as given: UTF-8 (else `EINVAL`), not empty (`ENOENT`), at most 4,095
     /// bytes (`ENAMETOOLONG`).
-    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, FsError> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("symlink", &String::from_utf8_lossy(name), id)?;
         let target = match std::str::from_utf8(target) {
@@ -859,7 +865,11 @@ impl Fs {
                 entries.push(DirEntry { ino: CONTROL_INO, kind: Kind::Dir, name: CONTROL_DIR.into() });
             }
             for (child, entry) in replica.tree.children(&id) {
-                entries.push(DirEntry { ino: entry.ino, kind: Kind::of(entry), name: child.name().to_owned() });
+                entries.push(DirEntry {
+                    ino: entry.ino,
+                    kind: Kind::of(entry),
+                    name: child.name().to_owned(),
+                });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);

@@ -74,7 +74,11 @@ fn path() -> impl Strategy<Value = String> {
 }
 
 fn caller() -> impl Strategy<Value = Caller> {
-    prop::sample::select(vec![Caller::ROOT, Caller { uid: 1000, gid: 1000 }, Caller { uid: 65534, gid: 65534 }])
+    prop::sample::select(vec![
+        Caller::ROOT,
+        Caller { uid: 1000, gid: 1000 },
+        Caller { uid: 65534, gid: 65534 },
+    ])
 }
 
 fn id() -> impl Strategy<Value = Option<u32>> {
@@ -520,18 +524,27 @@ fn exclusive_create_and_control_directory() {
         fs.release(o.fh);
         let err = fs.create(ROOT_INO, b"lock", 0o644, 0, excl, Caller::ROOT).await.unwrap_err();
         assert_eq!(err.errno(), libc::EEXIST);
-        let err = fs.create(ROOT_INO, CONTROL_DIR.as_bytes(), 0o644, 0, libc::O_WRONLY, Caller::ROOT).await.unwrap_err();
+        let err = fs
+            .create(ROOT_INO, CONTROL_DIR.as_bytes(), 0o644, 0, libc::O_WRONLY, Caller::ROOT)
+            .await
+            .unwrap_err();
         assert_eq!(err.errno(), libc::EACCES);
         let err = fs.create(CONTROL_INO, b"x", 0o644, 0, libc::O_WRONLY, Caller::ROOT).await.unwrap_err();
         assert_eq!(err.errno(), libc::EACCES);
-        assert_eq!(fs.open(STATUS_INO, libc::O_WRONLY, Caller::ROOT).await.unwrap_err().errno(), libc::EACCES);
+        assert_eq!(
+            fs.open(STATUS_INO, libc::O_WRONLY, Caller::ROOT).await.unwrap_err().errno(),
+            libc::EACCES
+        );
         let status = fs.open(STATUS_INO, libc::O_RDONLY, Caller::ROOT).await.unwrap();
         let json: serde_json::Value =
             serde_json::from_slice(&fs.read(status.fh, 0, 1 << 16).unwrap()).unwrap();
         assert_eq!(json["ready"], true);
         assert_eq!(json["role"], "leader");
         let long = vec![b'x'; 256];
-        assert_eq!(fs.mkdir(ROOT_INO, &long, 0o755, 0, Caller::ROOT).await.unwrap_err().errno(), libc::ENAMETOOLONG);
+        assert_eq!(
+            fs.mkdir(ROOT_INO, &long, 0o755, 0, Caller::ROOT).await.unwrap_err().errno(),
+            libc::ENAMETOOLONG
+        );
     });
 }
 
@@ -545,7 +558,11 @@ fn committed_states_survive_a_restart_of_the_node() {
             Op::Create(USER, "a/b".into()),
             Op::Write("a/b".into(), b"kept".to_vec()),
             Op::Symlink(USER, "a/l".into(), "b".into()),
-            Op::Times("a/b".into(), Some(TimeSpec::At(-1_500_000_000)), Some(TimeSpec::At(1_577_836_800_123_456_789))),
+            Op::Times(
+                "a/b".into(),
+                Some(TimeSpec::At(-1_500_000_000)),
+                Some(TimeSpec::At(1_577_836_800_123_456_789)),
+            ),
             Op::Chown(Caller::ROOT, "a/l".into(), Some(0), None),
             Op::Rename("a".into(), "c".into()),
         ];
@@ -626,17 +643,26 @@ fn touch_sets_the_block_time_and_a_truncate_makes_one_block() {
     with_fs(1 << 20, |fs| async move {
         let (attr, o) = fs.create(ROOT_INO, b"f", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
         fs.release(o.fh);
-        let set = SetAttr { atime: Some(TimeSpec::At(5)), mtime: Some(TimeSpec::At(6)), ..Default::default() };
+        let set =
+            SetAttr { atime: Some(TimeSpec::At(5)), mtime: Some(TimeSpec::At(6)), ..Default::default() };
         let a = fs.setattr(attr.ino, set, USER).await.unwrap();
         assert_eq!((ns_of(a.atime), ns_of(a.mtime)), (5, 6));
         let set = SetAttr { atime: Some(TimeSpec::Now), mtime: Some(TimeSpec::Now), ..Default::default() };
         let a = fs.setattr(attr.ino, set, USER).await.unwrap();
         let head = fs.node().replica().head.unwrap().timestamp_ms as i64 * 1_000_000;
-        assert_eq!((ns_of(a.atime), ns_of(a.mtime), ns_of(a.ctime)), (head, head, head), "now is the block's time");
+        assert_eq!(
+            (ns_of(a.atime), ns_of(a.mtime), ns_of(a.ctime)),
+            (head, head, head),
+            "now is the block's time"
+        );
         let before = fs.node().status().head_height;
         let set = SetAttr { size: Some(3), mtime: Some(TimeSpec::Now), ..Default::default() };
         fs.setattr(attr.ino, set, USER).await.unwrap();
-        assert_eq!(fs.node().status().head_height, before.map(|h| h + 1), "truncate's own mtime needs no times block");
+        assert_eq!(
+            fs.node().status().head_height,
+            before.map(|h| h + 1),
+            "truncate's own mtime needs no times block"
+        );
     });
 }
 

@@ -344,8 +344,18 @@ mod tests {
         let states = StatesDir::new(&dir);
         let mut tree = Tree::new();
         apply(&mut tree, &states, 1, TxOp::Mkdir { id: sid("d"), mode: 0o755, uid: 0, gid: 0 });
-        apply(&mut tree, &states, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0 });
-        apply(&mut tree, &states, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0 });
+        apply(
+            &mut tree,
+            &states,
+            2,
+            TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0 },
+        );
+        apply(
+            &mut tree,
+            &states,
+            3,
+            TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0 },
+        );
         apply(
             &mut tree,
             &states,
