@@ -209,3 +209,16 @@ fn owners_survive_a_restart() {
     refused_as(&n, NOBODY, "echo x > pub/a", "Permission denied");
     refused_as(&n, ALICE, "rm -f tmp/n", "Operation not permitted");
 }
+
+#[test]
+fn a_setgid_directory_gives_new_states_its_group() {
+    let n = shared_node();
+    root_ok(&n, "mkdir -m 2777 pub/team && chgrp 2000 pub/team");
+    assert_eq!(owner_and_mode(&n, "pub/team"), "0 2000 2777");
+    ok_as(&n, ALICE, "echo x > pub/team/f && mkdir pub/team/sub && ln -s f pub/team/l");
+    assert_eq!(owner_and_mode(&n, "pub/team/f"), "1000 2000 644", "a file takes the directory's group");
+    assert_eq!(owner_and_mode(&n, "pub/team/sub"), "1000 2000 2755", "a subdirectory is setgid too");
+    assert_eq!(root_ok(&n, "stat -c '%u %g' pub/team/l").trim(), "1000 2000");
+    ok_as(&n, ALICE, "echo y > pub/plain");
+    assert_eq!(owner_and_mode(&n, "pub/plain"), "1000 1000 644", "elsewhere the caller's group");
+}

@@ -504,7 +504,7 @@ impl Fs {
             return self.logged("create", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
         let exclusive = flags & libc::O_EXCL != 0;
-        let (uid, gid) = (caller.uid, caller.gid);
+        let (uid, gid, _) = self.new_owner(&id, caller);
         let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive, uid, gid };
         let committed = self.node.propose(op).await.map_err(FsError::from);
         self.logged("create", &id, committed)?;
@@ -745,6 +745,18 @@ impl Fs {
         Ok(())
     }
 
+    /// Owner and group of a state `caller` creates at `id`, and the setgid bit a new directory
+    /// inherits: in a setgid directory the group is the directory's and subdirectories are
+    /// setgid too (as ext4 does; the kernel leaves this to the filesystem).
+    fn new_owner(&self, id: &StateId, caller: Caller) -> (u32, u32, u32) {
+        const SETGID: u32 = 0o2000;
+        let replica = self.node.replica();
+        match id.parent().as_ref().and_then(|p| replica.tree.get(p)) {
+            Some(dir) if dir.mode & SETGID != 0 => (caller.uid, self.attr_of(dir).gid, SETGID),
+            _ => (caller.uid, caller.gid, 0),
+        }
+    }
+
     /// `mkdir`: a directory owned by the caller.
     pub async fn mkdir(
         &self,
@@ -756,8 +768,9 @@ impl Fs {
     ) -> Result<Attr, FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("mkdir", &String::from_utf8_lossy(name), id)?;
-        let (uid, gid) = (caller.uid, caller.gid);
-        let op = TxOp::Mkdir { id: id.clone(), mode: mode & !umask & 0o7777, uid, gid };
+        let (uid, gid, setgid) = self.new_owner(&id, caller);
+        let mode = (mode & !umask & 0o7777) | setgid;
+        let op = TxOp::Mkdir { id: id.clone(), mode, uid, gid };
         let committed = self.node.propose(op).await;
         self.logged("mkdir", &id, committed.map_err(FsError::from))?;
         self.entry_attr(&id).ok_or_else(Self::not_found)
@@ -782,7 +795,8 @@ impl Fs {
             Ok(t) => Ok(t.to_owned()),
         };
         let target = self.logged("symlink", &id, target)?;
-        let op = TxOp::Symlink { id: id.clone(), target, uid: caller.uid, gid: caller.gid };
+        let (uid, gid, _) = self.new_owner(&id, caller);
+        let op = TxOp::Symlink { id: id.clone(), target, uid, gid };
         let committed = self.node.propose(op).await;
         self.logged("symlink", &id, committed.map_err(FsError::from))?;
         self.entry_attr(&id).ok_or_else(Self::not_found)
