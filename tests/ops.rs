@@ -586,6 +586,71 @@ fn touch_of_existing_file_succeeds() {
     assert_eq!((meta.atime(), meta.mtime()), (1_600_000_000, 1_600_000_000), "stat shows the times set");
 }
 
+#[test]
+fn lchown_and_nofollow_utimensat_change_the_link_not_its_target() {
+    let n = node();
+    let (target, link) = (n.path("target"), n.path("link"));
+    put(&target, b"t");
+    std::os::unix::fs::symlink("target", &link).expect("symlink(2)");
+    check(unsafe { libc::lchown(cpath(&link).as_ptr(), 7, 8) }).expect("lchown");
+    let times =
+        [libc::timespec { tv_sec: 100, tv_nsec: 1 }, libc::timespec { tv_sec: -100, tv_nsec: 500_000_000 }];
+    let rc = unsafe {
+        libc::utimensat(libc::AT_FDCWD, cpath(&link).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
+    check(rc).expect("utimensat(AT_SYMLINK_NOFOLLOW)");
+    let l = fs::symlink_metadata(&link).unwrap();
+    assert_eq!((l.uid(), l.gid()), (7, 8), "the link's owner");
+    assert_eq!((l.atime(), l.atime_nsec(), l.mtime(), l.mtime_nsec()), (100, 1, -100, 500_000_000));
+    let t = fs::metadata(&link).unwrap();
+    assert_eq!((t.uid(), t.gid()), (0, 0), "the target is untouched");
+    assert_ne!(t.mtime(), -100);
+    // chown through the link follows it.
+    check(unsafe { libc::chown(cpath(&link).as_ptr(), 9, 9) }).expect("chown through the link");
+    assert_eq!(fs::metadata(&target).unwrap().uid(), 9);
+    assert_eq!(fs::symlink_metadata(&link).unwrap().uid(), 7);
+}
+
+#[test]
+fn futimens_before_close_keeps_the_times_over_the_commit() {
+    // What `cp -p` does: write, set times on the descriptor, then close.
+    let n = node();
+    let p = n.path("copied");
+    let fd = open_raw(&p, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644).expect("open");
+    write_all_raw(fd, b"content").expect("write");
+    let times = [
+        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 250 },
+        libc::timespec { tv_sec: 1_500_000_001, tv_nsec: 750 },
+    ];
+    check(unsafe { libc::futimens(fd, times.as_ptr()) }).expect("futimens");
+    close_raw(fd).expect("close commits nothing new");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!(read(&p), b"content");
+    assert_eq!((meta.atime(), meta.atime_nsec()), (1_500_000_000, 250));
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_500_000_001, 750), "mtime survives the close");
+    assert!(meta.ctime() > 1_500_000_001, "ctime is the block's time");
+}
+
+#[test]
+fn chown_and_utimensat_of_a_missing_name_are_enoent() {
+    let n = node();
+    let p = n.path("missing");
+    assert_errno(check(unsafe { libc::chown(cpath(&p).as_ptr(), 1, 1) }), &[libc::ENOENT], "chown");
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&p).as_ptr(), std::ptr::null(), 0) };
+    assert_errno(check(rc), &[libc::ENOENT], "utimensat");
+    let mut buf = [0 as libc::c_char; 8];
+    let rc = unsafe { libc::readlink(cpath(&p).as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_errno(check(rc as i32), &[libc::ENOENT], "readlink of a missing name");
+    put(&p, b"x");
+    let rc = unsafe { libc::readlink(cpath(&p).as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_errno(check(rc as i32), &[libc::EINVAL], "readlink of a file");
+    assert_errno(
+        check(unsafe { libc::lchown(cpath(&n.path(".lightchain/status")).as_ptr(), 1, 1) }),
+        &[libc::EACCES, libc::EPERM],
+        "chown in .lightchain/",
+    );
+}
+
 // ----- unsupported operations -----
 
 #[test]
