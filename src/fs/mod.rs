@@ -708,7 +708,8 @@ impl Fs {
         self.getattr(ino, set.fh)
     }
 
-    /// Commits every dirty write handle of inode `ino` (a later `flush` of them commits nothing).
+    /// Commits every dirty, unspoiled write handle of inode `ino` (a later `flush` of them
+    /// commits nothing new).
     async fn commit_open_writes(&self, ino: u64) -> Result<(), FsError> {
         let dirty: Vec<u64> = self
             .handles
@@ -716,7 +717,9 @@ impl Fs {
             .unwrap()
             .iter()
             .filter(|(_, open)| {
-                matches!(&open.lock().unwrap().handle, Handle::Write(w) if w.ino == ino && w.dirty)
+                // A spoiled handle commits nothing; its error belongs to its own caller.
+                let open = open.lock().unwrap();
+                matches!(&open.handle, Handle::Write(w) if w.ino == ino && w.dirty && w.spoiled.is_none())
             })
             .map(|(fh, _)| *fh)
             .collect();

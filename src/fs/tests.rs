@@ -687,3 +687,19 @@ fn symlink_targets_are_checked_and_read_back() {
         assert_eq!(fs.readlink(ROOT_INO).unwrap_err().errno(), libc::EINVAL);
     });
 }
+
+#[test]
+fn times_set_while_a_write_is_open_outlast_its_close() {
+    with_fs(1 << 20, |fs| async move {
+        let (attr, o) = fs.create(ROOT_INO, b"f", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
+        fs.write(o.fh, 0, b"copied", false).unwrap();
+        let set = SetAttr { mtime: Some(TimeSpec::At(42)), ..Default::default() };
+        assert_eq!(ns_of(fs.setattr(attr.ino, set, USER).await.unwrap().mtime), 42);
+        let height = fs.node().status().head_height;
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        assert_eq!(fs.node().status().head_height, height, "the close had nothing left to commit");
+        let after = fs.getattr(attr.ino, None).unwrap();
+        assert_eq!((ns_of(after.mtime), after.size), (42, 6));
+    });
+}
