@@ -759,3 +759,35 @@ fn wipe_and_expect_refusal(c: &mut Cluster, lost: usize) {
     );
     eprintln!("refused with {status:?}");
 }
+
+// ----- owners, symlinks and times on every member -----
+
+#[test]
+fn owners_symlinks_and_times_made_on_one_member_show_on_the_others() {
+    let c = cluster();
+    let script =
+        "mkdir -m 1777 shared && echo x > shared/f && chown 1000:2000 shared/f && chmod 4750 shared/f \
+                  && ln -s f shared/link && touch -h -d @1234567890.5 shared/link \
+                  && touch -d '2020-01-01 00:00:00 UTC' shared/f && cp -a shared copy";
+    assert_ok(&c.node(0).sh(script), "owners, links and times on member 0");
+    let stat = "TZ=UTC stat -c '%n %F %u %g %a %x %y %z' shared shared/f shared/link copy/f copy/link \
+                && readlink shared/link copy/link";
+    let on_0 = c.node(0).sh(stat);
+    assert_ok(&on_0, "stat on member 0");
+    assert!(on_0.1.contains("shared/f regular file 1000 2000 4750"), "{}", on_0.1);
+    assert!(on_0.1.contains("shared/link symbolic link 0 0 777"), "{}", on_0.1);
+    assert!(on_0.1.contains("2020-01-01 00:00:00.000000000 +0000"), "{}", on_0.1);
+    assert!(
+        on_0.1.contains("2009-02-13 23:31:30.500000000 +0000"),
+        "touch -h sets the link's own times: {}",
+        on_0.1
+    );
+    for r in 1..3 {
+        let seen = c.node(r).sh(stat);
+        assert_ok(&seen, &format!("stat on member {r}"));
+        assert_eq!(seen.1, on_0.1, "member {r} shows what member 0 made");
+    }
+    let live = c.all();
+    c.wait_converged(&live);
+    c.wait_states_identical(&live);
+}

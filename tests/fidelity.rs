@@ -407,3 +407,34 @@ fn an_append_follows_its_state_through_a_rotation() {
     assert_eq!(read(&n.path("app.log.1")), b"one\ntwo\n", "the bytes went to the state the app opened");
     assert_eq!(read(&n.path("app.log")), b"fresh\n", "the new state is untouched");
 }
+
+// ----- what the mirror carries -----
+
+#[test]
+fn states_mirrors_owners_modes_times_and_symlinks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let n = Node::start(Opts::default());
+    fs::create_dir(n.path("d")).unwrap();
+    put(&n.path("d/f"), b"owned\n");
+    std::os::unix::fs::chown(n.path("d/f"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(n.path("d/f"), fs::Permissions::from_mode(0o640)).unwrap();
+    let (st, out, err) = n.sh("touch -d '2020-01-02 03:04:05.123456789' d/f && ln -s f d/link");
+    assert!(st.success(), "{out}{err}");
+    let mounted = fs::symlink_metadata(n.path("d/f")).unwrap();
+    let mirrored = fs::symlink_metadata(n.state_path("d/f")).unwrap();
+    assert_eq!((mirrored.uid(), mirrored.gid()), (1000, 1000), "owner mirrored");
+    assert_eq!(mirrored.mode() & 0o7777, 0o640, "mode mirrored");
+    assert_eq!(
+        (mirrored.mtime(), mirrored.mtime_nsec()),
+        (mounted.mtime(), mounted.mtime_nsec()),
+        "mtime mirrored"
+    );
+    assert_eq!(
+        fs::read_link(n.state_path("d/link")).unwrap(),
+        std::path::PathBuf::from("f"),
+        "a real symlink"
+    );
+    n.wait_written_behind();
+    let st = n.status_json();
+    assert_eq!(st["mirror"]["failing"], 0, "{st}");
+}

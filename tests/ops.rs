@@ -9,6 +9,7 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::UNIX_EPOCH;
@@ -17,7 +18,7 @@ use common::*;
 
 /// Errnos DESIGN §1.1/§1.2 allow for writes into `.lightchain/`.
 const READ_ONLY: &[i32] = &[libc::EACCES, libc::EROFS];
-/// Errnos allowed for unsupported operations (hard link, symlink, mknod).
+/// Errnos allowed for unsupported operations (hard link, mknod).
 const UNSUPPORTED: &[i32] = &[libc::EPERM, libc::EOPNOTSUPP];
 
 fn node() -> Node {
@@ -551,15 +552,18 @@ fn chmod_is_reflected_by_stat() {
 }
 
 #[test]
-fn chown_to_another_uid_is_eperm() {
+fn chown_by_root_changes_owner_and_group() {
     let n = node();
     let p = n.path("owned");
     put(&p, b"x");
-    let uid_before = fs::metadata(&p).unwrap().uid();
-    let other = uid_before + 4242;
-    let rc = check(unsafe { libc::chown(cpath(&p).as_ptr(), other, other) });
-    assert_errno(rc, &[libc::EPERM], "chown to another uid");
-    assert_eq!(fs::metadata(&p).unwrap().uid(), uid_before, "owner unchanged");
+    assert_eq!((fs::metadata(&p).unwrap().uid(), fs::metadata(&p).unwrap().gid()), (0, 0), "root's file");
+    check(unsafe { libc::chown(cpath(&p).as_ptr(), 4242, 4343) }).expect("chown by root");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "owner and group after chown");
+    check(unsafe { libc::chown(cpath(&p).as_ptr(), u32::MAX, 7) }).expect("chgrp only (uid -1)");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 7));
+    assert_eq!(read(&p), b"x", "content unchanged");
 }
 
 #[test]
@@ -578,6 +582,73 @@ fn touch_of_existing_file_succeeds() {
     check(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&p).as_ptr(), times.as_ptr(), 0) })
         .expect("utimensat(explicit times) must succeed");
     assert_eq!(read(&p), b"keep\n", "touch must not change the content");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!((meta.atime(), meta.mtime()), (1_600_000_000, 1_600_000_000), "stat shows the times set");
+}
+
+#[test]
+fn lchown_and_nofollow_utimensat_change_the_link_not_its_target() {
+    let n = node();
+    let (target, link) = (n.path("target"), n.path("link"));
+    put(&target, b"t");
+    std::os::unix::fs::symlink("target", &link).expect("symlink(2)");
+    check(unsafe { libc::lchown(cpath(&link).as_ptr(), 7, 8) }).expect("lchown");
+    let times =
+        [libc::timespec { tv_sec: 100, tv_nsec: 1 }, libc::timespec { tv_sec: -100, tv_nsec: 500_000_000 }];
+    let rc = unsafe {
+        libc::utimensat(libc::AT_FDCWD, cpath(&link).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
+    check(rc).expect("utimensat(AT_SYMLINK_NOFOLLOW)");
+    let l = fs::symlink_metadata(&link).unwrap();
+    assert_eq!((l.uid(), l.gid()), (7, 8), "the link's owner");
+    assert_eq!((l.atime(), l.atime_nsec(), l.mtime(), l.mtime_nsec()), (100, 1, -100, 500_000_000));
+    let t = fs::metadata(&link).unwrap();
+    assert_eq!((t.uid(), t.gid()), (0, 0), "the target is untouched");
+    assert_ne!(t.mtime(), -100);
+    // chown through the link follows it.
+    check(unsafe { libc::chown(cpath(&link).as_ptr(), 9, 9) }).expect("chown through the link");
+    assert_eq!(fs::metadata(&target).unwrap().uid(), 9);
+    assert_eq!(fs::symlink_metadata(&link).unwrap().uid(), 7);
+}
+
+#[test]
+fn futimens_before_close_keeps_the_times_over_the_commit() {
+    // What `cp -p` does: write, set times on the descriptor, then close.
+    let n = node();
+    let p = n.path("copied");
+    let fd = open_raw(&p, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644).expect("open");
+    write_all_raw(fd, b"content").expect("write");
+    let times = [
+        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 250 },
+        libc::timespec { tv_sec: 1_500_000_001, tv_nsec: 750 },
+    ];
+    check(unsafe { libc::futimens(fd, times.as_ptr()) }).expect("futimens");
+    close_raw(fd).expect("close commits nothing new");
+    let meta = fs::metadata(&p).unwrap();
+    assert_eq!(read(&p), b"content");
+    assert_eq!((meta.atime(), meta.atime_nsec()), (1_500_000_000, 250));
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_500_000_001, 750), "mtime survives the close");
+    assert!(meta.ctime() > 1_500_000_001, "ctime is the block's time");
+}
+
+#[test]
+fn chown_and_utimensat_of_a_missing_name_are_enoent() {
+    let n = node();
+    let p = n.path("missing");
+    assert_errno(check(unsafe { libc::chown(cpath(&p).as_ptr(), 1, 1) }), &[libc::ENOENT], "chown");
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&p).as_ptr(), std::ptr::null(), 0) };
+    assert_errno(check(rc), &[libc::ENOENT], "utimensat");
+    let mut buf = [0 as libc::c_char; 8];
+    let rc = unsafe { libc::readlink(cpath(&p).as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_errno(check(rc as i32), &[libc::ENOENT], "readlink of a missing name");
+    put(&p, b"x");
+    let rc = unsafe { libc::readlink(cpath(&p).as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_errno(check(rc as i32), &[libc::EINVAL], "readlink of a file");
+    assert_errno(
+        check(unsafe { libc::lchown(cpath(&n.path(".lightchain/status")).as_ptr(), 1, 1) }),
+        &[libc::EACCES, libc::EPERM],
+        "chown in .lightchain/",
+    );
 }
 
 // ----- unsupported operations -----
@@ -591,11 +662,16 @@ fn hard_link_is_refused() {
 }
 
 #[test]
-fn symlink_is_refused() {
+fn symlink_makes_a_link_state() {
     let n = node();
     put(&n.path("orig"), b"x");
-    assert_errno(std::os::unix::fs::symlink("orig", n.path("sym")), UNSUPPORTED, "symlink(2)");
-    assert_errno(fs::symlink_metadata(n.path("sym")), &[libc::ENOENT], "no symlink may be created");
+    std::os::unix::fs::symlink("orig", n.path("sym")).expect("symlink(2)");
+    let meta = fs::symlink_metadata(n.path("sym")).unwrap();
+    assert!(meta.file_type().is_symlink(), "lstat shows a symlink");
+    assert_eq!((meta.len(), meta.mode() & 0o7777), (4, 0o777), "size = target length, mode 0777");
+    assert_eq!(fs::read_link(n.path("sym")).unwrap(), Path::new("orig"));
+    assert_eq!(read(&n.path("sym")), b"x", "open follows the link");
+    assert_errno(std::os::unix::fs::symlink("other", n.path("sym")), &[libc::EEXIST], "symlink over a name");
 }
 
 #[test]

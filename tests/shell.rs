@@ -254,3 +254,135 @@ fn status_is_readable_with_jq() {
     assert_eq!(ok(&n, "jq -r .ready .lightchain/status"), "true\n");
     assert_eq!(ok(&n, "jq -r '.members | length' .lightchain/status"), "1\n");
 }
+
+// ----- symlinks and times (DESIGN §1.2) -----
+
+/// Runs `script` in the mount and asserts it failed with `message` (the errno's text).
+#[track_caller]
+fn fails(n: &Node, script: &str, message: &str) {
+    let (status, out, err) = n.sh(script);
+    assert!(
+        !status.success() && err.contains(message),
+        "`{script}`: expected a failure with `{message}`, got {status:?}\nstdout: {out}\nstderr: {err}"
+    );
+}
+
+#[test]
+fn symlinks_through_shell_tools() {
+    let mut n = node();
+    ok(&n, "mkdir d && echo hello > d/target && ln -s target d/link && ln -s nowhere d/dangling");
+    assert_eq!(
+        ok(&n, "readlink d/link && cat d/link"),
+        "target\nhello\n",
+        "ln -s, readlink, cat through a link"
+    );
+    assert_eq!(ok(&n, "stat -c '%F %s %a' d/link"), "symbolic link 6 777\n");
+    assert_eq!(ok(&n, "ls -l d/link | sed 's/.* d\\/link/d\\/link/'"), "d/link -> target\n");
+    assert_eq!(ok(&n, "find d -type l | sort"), "d/dangling\nd/link\n", "listed as links");
+    ok(&n, "echo more >> d/link");
+    assert_eq!(ok(&n, "cat d/target"), "hello\nmore\n", "a write goes through the link to its target");
+    fails(&n, "cat d/dangling", "No such file or directory");
+    assert_eq!(ok(&n, "readlink d/dangling"), "nowhere\n");
+    ok(&n, "mv d/link d/moved");
+    assert_eq!(
+        ok(&n, "readlink d/moved && ls d"),
+        "target\ndangling\nmoved\ntarget\n",
+        "mv renames the link"
+    );
+    ok(&n, "cp -a d e");
+    assert_eq!(
+        ok(&n, "readlink e/moved && cat e/moved"),
+        "target\nhello\nmore\n",
+        "cp -a copies links as links"
+    );
+    assert_eq!(ok(&n, "stat -c %F e/dangling"), "symbolic link\n");
+    ok(&n, "rm d/moved");
+    assert_eq!(ok(&n, "ls d && cat d/target"), "dangling\ntarget\nhello\nmore\n", "rm removes the link only");
+    ok(&n, "ln -s d dirlink");
+    assert_eq!(
+        ok(&n, "ls dirlink/ && cat dirlink/target"),
+        "dangling\ntarget\nhello\nmore\n",
+        "a link to a directory"
+    );
+    fails(&n, "rmdir dirlink", "Not a directory");
+    // The longest target Linux allows, and one byte more.
+    let longest = "x/".repeat(2047) + "y";
+    ok(&n, &format!("ln -s {longest} longest && test \"$(readlink longest)\" = {longest}"));
+    fails(&n, &format!("ln -s {longest}y toolong"), "File name too long");
+    // Unsupported: hard links and special files (EPERM, documented).
+    fails(&n, "ln d/target d/hard", "Operation not permitted");
+    fails(&n, "mkfifo d/fifo", "Operation not permitted");
+    fails(&n, "mknod d/null c 1 3", "Operation not permitted");
+    // The mirror holds real symlinks; the chain records the new op.
+    assert_eq!(std::fs::read_link(n.state_path("e/moved")).unwrap().to_str(), Some("target"));
+    let (_, log, _) = n.log_cli(&["e/moved"]);
+    assert!(
+        log.contains("symlink") && log.contains("\"target\""),
+        "lightchain log shows the symlink:\n{log}"
+    );
+    assert_ok(&n.verify(), "verify with symlinks");
+    // All of it after a restart.
+    n.stop();
+    n.restart();
+    assert_eq!(
+        ok(&n, "readlink e/moved && cat e/moved && readlink d/dangling"),
+        "target\nhello\nmore\nnowhere\n"
+    );
+    assert_eq!(
+        ok(&n, "find . -path ./.lightchain -prune -o -type l -print | sort"),
+        "./d/dangling\n./dirlink\n./e/dangling\n./e/moved\n./longest\n"
+    );
+    assert_ok(&n.verify(), "verify after the restart");
+}
+
+#[test]
+fn times_through_touch_cp_and_stat() {
+    let mut n = node();
+    ok(&n, "echo a > f && touch -d '2020-01-01 00:00:00 UTC' f");
+    assert_eq!(ok(&n, "stat -c '%X %Y' f"), "1577836800 1577836800\n", "touch -d sets atime and mtime");
+    ok(&n, "cp -p f g");
+    assert_eq!(ok(&n, "stat -c '%X %Y' g && cat g"), "1577836800 1577836800\na\n", "cp -p keeps the times");
+    // Nanoseconds, one time at a time, and before 1970.
+    ok(&n, "touch -m -d @1000000000.123456789 f && touch -a -d @5 f");
+    assert_eq!(
+        ok(&n, "TZ=UTC stat -c '%x|%y' f"),
+        "1970-01-01 00:00:05.000000000 +0000|2001-09-09 01:46:40.123456789 +0000\n"
+    );
+    ok(&n, "touch -d '1969-12-31 23:59:58.25 UTC' f");
+    assert_eq!(
+        ok(&n, "TZ=UTC stat -c '%y' f"),
+        "1969-12-31 23:59:58.250000000 +0000\n",
+        "a time before the epoch"
+    );
+    // ctime is the time of the last change: chmod moves it, not mtime.
+    let ctime: i64 = ok(&n, "stat -c %Z f").trim().parse().unwrap();
+    assert!(ctime > 1_577_836_800, "ctime {ctime} is the block's time, not the time set");
+    ok(&n, "chmod 600 f");
+    assert_eq!(ok(&n, "TZ=UTC stat -c '%y' f"), "1969-12-31 23:59:58.250000000 +0000\n");
+    // touch without a time: atime = mtime = ctime = the block's time.
+    ok(&n, "touch g");
+    let times = ok(&n, "stat -c '%X %Y %Z' g");
+    let t: Vec<i64> = times.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert!(t[0] == t[1] && t[1] == t[2] && t[0] > 1_577_836_800, "touch: {times}");
+    let ts = n.chain_blocks().last().unwrap()["timestamp_ms"].as_i64().unwrap();
+    assert_eq!(
+        ok(&n, "stat -c '%.3Y' g").trim(),
+        format!("{}.{:03}", ts / 1000, ts % 1000),
+        "the block's timestamp"
+    );
+    // A write sets mtime and ctime, not atime.
+    ok(&n, "touch -d @7 g && echo b > g");
+    let t: Vec<i64> = ok(&n, "stat -c '%X %Y %Z' g").split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert!(t[0] == 7 && t[1] > 7 && t[1] == t[2], "after a write: {t:?}");
+    let (_, log, _) = n.log_cli(&["f"]);
+    assert!(
+        log.contains("times") && log.contains("1969-12-31T23:59:58.250Z"),
+        "lightchain log shows times:\n{log}"
+    );
+    // All of it after a restart.
+    let before = ok(&n, "TZ=UTC stat -c '%n %x %y %z' f g");
+    n.stop();
+    n.restart();
+    assert_eq!(ok(&n, "TZ=UTC stat -c '%n %x %y %z' f g"), before, "times after the restart");
+    assert_ok(&n.verify(), "verify with times");
+}

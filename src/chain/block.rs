@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::tx::{Members, NodeId, Outcome, Reject, RenameMode, RequestId, TxOp};
+use super::tx::{Members, NodeId, Outcome, Reject, RenameMode, RequestId, TimeSpec, TxOp};
 use super::StateId;
 
 /// Position of a block in the chain; the genesis block is height 0.
@@ -197,6 +197,9 @@ impl Block {
     }
 }
 
+/// Tag of the optional owner section (see [`Encoder::owner`]); never a valid outcome tag.
+const OWNER_TAG: u8 = 0xf1;
+
 /// Feeds a canonical encoding straight into sha256.
 pub(crate) struct Encoder(Sha256);
 
@@ -220,6 +223,36 @@ impl Encoder {
     pub(crate) fn id(&mut self, id: &StateId) {
         self.bytes(id.as_str().as_bytes());
     }
+    /// An owner that is not root's (0, 0), as an optional trailing section: tag byte
+    /// [`OWNER_TAG`], uid, gid; nothing for root's. Encodings made before owners existed (every
+    /// state root's) are therefore unchanged, and the encoding stays injective because the tag
+    /// differs from every byte that can follow an op or an entry (an outcome tag, or the end).
+    pub(crate) fn owner(&mut self, uid: u32, gid: u32) {
+        if (uid, gid) != (0, 0) {
+            self.u8(OWNER_TAG);
+            self.u64(u64::from(uid));
+            self.u64(u64::from(gid));
+        }
+    }
+    fn opt_u32(&mut self, v: Option<u32>) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                self.u64(u64::from(v));
+            }
+        }
+    }
+    fn time(&mut self, t: Option<TimeSpec>) {
+        match t {
+            None => self.u8(0),
+            Some(TimeSpec::Now) => self.u8(1),
+            Some(TimeSpec::At(ns)) => {
+                self.u8(2);
+                self.u64(ns as u64); // two's complement: times before 1970 stay distinct
+            }
+        }
+    }
     pub(crate) fn finish(self) -> Digest {
         Digest(self.0.finalize().into())
     }
@@ -227,21 +260,24 @@ impl Encoder {
 
 fn encode_op(e: &mut Encoder, op: &TxOp) {
     match op {
-        TxOp::Put { id, content } => {
+        TxOp::Put { id, content, uid, gid } => {
             e.u8(1);
             e.id(id);
             e.bytes(content.as_bytes());
+            e.owner(*uid, *gid);
         }
-        TxOp::Append { id, content } => {
+        TxOp::Append { id, content, uid, gid } => {
             e.u8(2);
             e.id(id);
             e.bytes(content.as_bytes());
+            e.owner(*uid, *gid);
         }
-        TxOp::Create { id, mode, exclusive } => {
+        TxOp::Create { id, mode, exclusive, uid, gid } => {
             e.u8(3);
             e.id(id);
             e.u64(u64::from(*mode));
             e.u8(u8::from(*exclusive));
+            e.owner(*uid, *gid);
         }
         TxOp::Delete { id } => {
             e.u8(4);
@@ -262,10 +298,11 @@ fn encode_op(e: &mut Encoder, op: &TxOp) {
                 RenameMode::Exchange => 2,
             });
         }
-        TxOp::Mkdir { id, mode } => {
+        TxOp::Mkdir { id, mode, uid, gid } => {
             e.u8(7);
             e.id(id);
             e.u64(u64::from(*mode));
+            e.owner(*uid, *gid);
         }
         TxOp::Rmdir { id } => {
             e.u8(8);
@@ -279,6 +316,26 @@ fn encode_op(e: &mut Encoder, op: &TxOp) {
         TxOp::Membership { members } => {
             e.u8(10);
             encode_members(e, members);
+        }
+        TxOp::Symlink { id, target, uid, gid } => {
+            e.u8(11);
+            e.id(id);
+            e.bytes(target.as_bytes());
+            e.u64(u64::from(*uid));
+            e.u64(u64::from(*gid));
+        }
+        TxOp::Chown { id, uid, gid, mode } => {
+            e.u8(12);
+            e.id(id);
+            e.opt_u32(*uid);
+            e.opt_u32(*gid);
+            e.opt_u32(*mode);
+        }
+        TxOp::Times { id, atime, mtime } => {
+            e.u8(13);
+            e.id(id);
+            e.time(*atime);
+            e.time(*mtime);
         }
     }
 }
@@ -327,7 +384,16 @@ mod tests {
     }
 
     fn put(id: &str, content: &str) -> TxOp {
-        TxOp::Put { id: StateId::parse(id).unwrap(), content: Content::from(content.as_bytes()) }
+        TxOp::Put {
+            id: StateId::parse(id).unwrap(),
+            content: Content::from(content.as_bytes()),
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn sid(id: &str) -> StateId {
+        StateId::parse(id).unwrap()
     }
 
     fn sample_chain() -> Vec<Block> {
@@ -410,6 +476,182 @@ mod tests {
                 continue; // e.g. a changed key name that serde ignores cannot change content
             }
             assert!(decoded.verify(Some(&chain[0])).is_err(), "byte {i} changed unnoticed");
+        }
+    }
+
+    /// One op of every kind, with every field away from its default, so each field can be
+    /// changed in turn.
+    fn every_op() -> Vec<TxOp> {
+        vec![
+            TxOp::Put { id: sid("p"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100 },
+            TxOp::Append { id: sid("a"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100 },
+            TxOp::Create { id: sid("c"), mode: 0o640, exclusive: true, uid: 1000, gid: 100 },
+            TxOp::Mkdir { id: sid("m"), mode: 0o750, uid: 1000, gid: 100 },
+            TxOp::Symlink { id: sid("l"), target: "../t".into(), uid: 1000, gid: 100 },
+            TxOp::Chown { id: sid("o"), uid: Some(1000), gid: Some(100), mode: Some(0o755) },
+            TxOp::Times { id: sid("t"), atime: Some(TimeSpec::At(-5)), mtime: Some(TimeSpec::Now) },
+        ]
+    }
+
+    /// Every variant of each op that differs from it in exactly one field.
+    fn one_field_changed(op: &TxOp) -> Vec<TxOp> {
+        let mut out = Vec::new();
+        let mut push = |f: &dyn Fn(&mut TxOp)| {
+            let mut changed = op.clone();
+            f(&mut changed);
+            out.push(changed);
+        };
+        match op {
+            TxOp::Put { .. } | TxOp::Append { .. } => {
+                push(&|o| match o {
+                    TxOp::Put { uid, .. } | TxOp::Append { uid, .. } => *uid = 0,
+                    _ => unreachable!(),
+                });
+                push(&|o| match o {
+                    TxOp::Put { gid, .. } | TxOp::Append { gid, .. } => *gid = 0,
+                    _ => unreachable!(),
+                });
+                push(&|o| match o {
+                    TxOp::Put { uid, gid, .. } | TxOp::Append { uid, gid, .. } => (*uid, *gid) = (100, 1000),
+                    _ => unreachable!(),
+                });
+            }
+            TxOp::Create { .. } => {
+                push(&|o| {
+                    if let TxOp::Create { uid, .. } = o {
+                        *uid = 0
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Create { gid, .. } = o {
+                        *gid = 1
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Create { exclusive, .. } = o {
+                        *exclusive = false
+                    }
+                });
+            }
+            TxOp::Mkdir { .. } => {
+                push(&|o| {
+                    if let TxOp::Mkdir { uid, gid, .. } = o {
+                        (*uid, *gid) = (0, 0)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Mkdir { gid, .. } = o {
+                        *gid = 7
+                    }
+                });
+            }
+            TxOp::Symlink { .. } => {
+                push(&|o| {
+                    if let TxOp::Symlink { target, .. } = o {
+                        target.push('x')
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Symlink { uid, .. } = o {
+                        *uid = 0
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Symlink { gid, .. } = o {
+                        *gid = 0
+                    }
+                });
+            }
+            TxOp::Chown { .. } => {
+                push(&|o| {
+                    if let TxOp::Chown { uid, .. } = o {
+                        *uid = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { uid, .. } = o {
+                        *uid = Some(0)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { gid, .. } = o {
+                        *gid = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { mode, .. } = o {
+                        *mode = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Chown { mode, .. } = o {
+                        *mode = Some(0o4755)
+                    }
+                });
+            }
+            TxOp::Times { .. } => {
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = None
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = Some(TimeSpec::At(5))
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { atime, .. } = o {
+                        *atime = Some(TimeSpec::Now)
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { mtime, .. } = o {
+                        *mtime = Some(TimeSpec::At(0))
+                    }
+                });
+                push(&|o| {
+                    if let TxOp::Times { mtime, .. } = o {
+                        *mtime = None
+                    }
+                });
+            }
+            _ => {}
+        }
+        out
+    }
+
+    #[test]
+    fn every_field_of_the_new_ops_is_hashed() {
+        let genesis = Block::seal(None, 0, 0, 0, 0, Digest::ZERO, vec![]);
+        let block_of =
+            |op: TxOp| Block::seal(Some((0, genesis.hash)), 1, 1, 5, 1, Digest::ZERO, vec![tx(1, op)]);
+        let mut hashes = std::collections::HashSet::new();
+        for op in every_op() {
+            let block = block_of(op.clone());
+            let json = serde_json::to_string(&block).unwrap();
+            let decoded: Block = serde_json::from_str(&json).unwrap();
+            assert_eq!(decoded, block, "{op:?} survives JSON");
+            assert_eq!(decoded.compute_hash(), block.hash);
+            assert!(hashes.insert(block.hash), "{op:?} hashes like another op");
+            for changed in one_field_changed(&op) {
+                let other = block_of(changed.clone());
+                assert_ne!(other.hash, block.hash, "{changed:?} hashes like {op:?}");
+                assert!(hashes.insert(other.hash), "{changed:?} hashes like another op");
+            }
+        }
+    }
+
+    #[test]
+    fn chains_written_before_owners_and_times_still_verify() {
+        // Blocks written by the version before owners, symlinks and times existed.
+        let text = include_str!("testdata/chain_before_owners.jsonl");
+        let blocks: Vec<Block> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        blocks[0].verify(None).unwrap();
+        blocks[1].verify(Some(&blocks[0])).unwrap();
+        // And they re-encode to the same JSON: nothing new appears for root's states.
+        for (line, block) in text.lines().zip(&blocks) {
+            assert_eq!(serde_json::to_string(block).unwrap(), line);
         }
     }
 

@@ -126,8 +126,14 @@ mod tests {
     fn replaying_a_chain_rebuilds_identical_blocks_and_catches_tampering() {
         let mut tree = Tree::new();
         let (b0, _) = apply_batch(&mut tree, None, pos(1), 100, vec![]);
-        let put = TxOp::Put { id: StateId::parse("f").unwrap(), content: Content::from(&b"v1"[..]) };
-        let excl = TxOp::Create { id: StateId::parse("f").unwrap(), mode: 0o644, exclusive: true };
+        let put = TxOp::Put {
+            id: StateId::parse("f").unwrap(),
+            content: Content::from(&b"v1"[..]),
+            uid: 0,
+            gid: 0,
+        };
+        let excl =
+            TxOp::Create { id: StateId::parse("f").unwrap(), mode: 0o644, exclusive: true, uid: 0, gid: 0 };
         let (b1, _) = apply_batch(&mut tree, Some(Tip::of(&b0)), pos(2), 50, vec![tx(1, put), tx(2, excl)]);
         assert_eq!(b1.timestamp_ms, 100, "timestamps never go backwards");
         assert_eq!(b1.txs[1].outcome, Outcome::Rejected(Reject::AlreadyExists));
@@ -150,10 +156,32 @@ mod tests {
 
         // Changed content with a recomputed hash: the state root gives it away.
         let mut forged = b1.clone();
-        forged.txs[0].op = TxOp::Put { id: StateId::parse("f").unwrap(), content: Content::from(&b"v2"[..]) };
+        forged.txs[0].op = TxOp::Put {
+            id: StateId::parse("f").unwrap(),
+            content: Content::from(&b"v2"[..]),
+            uid: 0,
+            gid: 0,
+        };
         forged.hash = forged.compute_hash();
         let mut t = Tree::new();
         replay(&mut t, None, &b0).unwrap();
         assert!(matches!(replay(&mut t, Some(Tip::of(&b0)), &forged), Err(ReplayError::StateRoot { .. })));
+    }
+
+    #[test]
+    fn a_chain_written_before_owners_and_times_replays_to_its_state_roots() {
+        // The blocks' state roots were computed before entries had owners: root-owned entries
+        // must digest exactly as they did then.
+        let text = include_str!("testdata/chain_before_owners.jsonl");
+        let blocks: Vec<Block> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut tree = Tree::new();
+        let mut prev = None;
+        for block in &blocks {
+            replay(&mut tree, prev, block).unwrap();
+            prev = Some(Tip::of(block));
+        }
+        let f = tree.get(&StateId::parse("d/f").unwrap()).unwrap();
+        assert_eq!((f.uid, f.gid), (0, 0), "states of old chains are root's");
+        assert_eq!(f.mtime_ns, 1_700_000_000_500 * 1_000_000);
     }
 }

@@ -16,5 +16,10 @@ mod tx;
 pub use block::{Block, BlockHash, BlockTx, Digest, Height, LinkError};
 pub use build::{apply_batch, replay, LogPosition, ReplayError, Tip};
 pub use state_id::{StateId, StateIdError, CONTROL_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN};
-pub use tree::{ApplyCtx, Change, Entry, EntryKind, InodeNo, Tree, ROOT_INO};
-pub use tx::{Batch, Content, Members, NodeId, Outcome, Reject, RenameMode, RequestId, Transaction, TxOp};
+pub use tree::{
+    mode_after_unprivileged_write, ApplyCtx, Change, Entry, EntryKind, InodeNo, Tree, ROOT_INO, SYMLINK_MODE,
+};
+pub use tx::{
+    Batch, Content, Members, NodeId, Outcome, Reject, RenameMode, RequestId, TimeSpec, Transaction, TxOp,
+    MAX_SYMLINK_TARGET,
+};

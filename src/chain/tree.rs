@@ -10,12 +10,19 @@
 //! every node and every restart (which replays the chain) assigns the same numbers, a number
 //! is never reused, and a rename keeps it.
 //!
+//! Every entry has an owner (uid/gid, recorded by the transaction that created it), a mode,
+//! and atime/mtime/ctime in nanoseconds. Times come only from the chain — the timestamp of the
+//! block that changed an entry, or what a `times` transaction set — so every node shows the
+//! same times. Reads never change atime (as with `noatime`).
+//!
 //! Pure: no clock, no I/O. The caller passes the block's height and timestamp.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::block::{Digest, Encoder, Height};
-use super::tx::{Content, NodeId, Outcome, Reject, RenameMode, Transaction, TxOp};
+use super::tx::{
+    Content, NodeId, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET,
+};
 use super::StateId;
 
 /// Inode number of a state; the root directory is 1.
@@ -28,31 +35,50 @@ pub const ROOT_INO: InodeNo = 1;
 const DEFAULT_DIR_MODE: u32 = 0o755;
 /// Default permission bits of a file created by a `put`/`append`.
 const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Permission bits of every symlink (as on Linux, where they are never checked).
+pub const SYMLINK_MODE: u32 = 0o777;
+/// `S_ISUID`.
+const SET_UID: u32 = 0o4000;
+/// `S_ISGID`.
+const SET_GID: u32 = 0o2000;
+/// `S_IXGRP`.
+const GROUP_EXEC: u32 = 0o010;
 /// Per origin, how many out-of-order request ids are remembered above the contiguous prefix.
 const DEDUP_WINDOW: usize = 4096;
 /// Per origin, how many outcomes are remembered for retries.
 const OUTCOME_MEMORY: usize = 1024;
 
-/// A file or a directory.
+/// A file, a directory or a symlink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A regular file and its content.
     File(Content),
     /// A directory (its children are the entries below it).
     Dir,
+    /// A symbolic link and its target (never resolved here).
+    Symlink(String),
 }
 
-/// One state (file or directory) in the tree.
+/// One state (file, directory or symlink) in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Stable inode number.
     pub ino: InodeNo,
-    /// File content or directory marker.
+    /// File content, directory marker or symlink target.
     pub kind: EntryKind,
     /// Permission bits (`0o7777` at most).
     pub mode: u32,
-    /// Timestamp of the block that last changed it (or, for a directory, its list of children).
-    pub mtime_ms: u64,
+    /// Owner: the caller that created it, unless a `chown` changed it.
+    pub uid: u32,
+    /// Group: the creating caller's, unless a `chown` changed it.
+    pub gid: u32,
+    /// Access time, ns since the epoch: creation or a `times` transaction (reads never set it).
+    pub atime_ns: i64,
+    /// Modification time, ns since the epoch: the block that last changed the content (for a
+    /// directory, its list of children), unless a `times` transaction set it since.
+    pub mtime_ns: i64,
+    /// Change time, ns since the epoch: the block that last changed anything about it.
+    pub ctime_ns: i64,
     /// Height of the block that last changed it.
     pub changed_at: Height,
     /// What this entry adds to the state root (kept by the tree, so removing or replacing
@@ -66,13 +92,30 @@ impl Entry {
         matches!(self.kind, EntryKind::Dir)
     }
 
-    /// File size in bytes (0 for a directory).
+    /// Whether this is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        matches!(self.kind, EntryKind::Symlink(_))
+    }
+
+    /// Size in bytes: a file's content, a symlink's target (0 for a directory).
     pub fn size(&self) -> u64 {
         match &self.kind {
             EntryKind::File(c) => c.len() as u64,
             EntryKind::Dir => 0,
+            EntryKind::Symlink(target) => target.len() as u64,
         }
     }
+}
+
+/// `mode` without the privileges a write by an unprivileged process drops (POSIX, as Linux's
+/// `file_remove_privs`): setuid always, setgid when the group may execute (without group
+/// execute, setgid means mandatory locking and stays).
+pub fn mode_after_unprivileged_write(mode: u32) -> u32 {
+    let mut mode = mode & !SET_UID;
+    if mode & GROUP_EXEC != 0 {
+        mode &= !SET_GID;
+    }
+    mode
 }
 
 /// What a transaction changed, for the backing directory and the kernel caches.
@@ -90,7 +133,7 @@ pub enum Change {
     Renamed { from: StateId, to: StateId },
     /// Two states swapped places.
     Exchanged { a: StateId, b: StateId },
-    /// Permission bits changed.
+    /// Attributes changed: permission bits, owner or times (`chmod`, `chown`, `utimensat`).
     ModeChanged(StateId),
 }
 
@@ -99,8 +142,22 @@ pub enum Change {
 pub struct ApplyCtx {
     /// Height of the block being built.
     pub height: Height,
-    /// Its timestamp, which becomes the mtime of what it changes.
+    /// Its timestamp, which becomes the mtime/ctime of what it changes.
     pub timestamp_ms: u64,
+}
+
+impl ApplyCtx {
+    /// The block's timestamp in nanoseconds since the epoch.
+    pub fn now_ns(&self) -> i64 {
+        i64::try_from(self.timestamp_ms).map_or(i64::MAX, |ms| ms.saturating_mul(1_000_000))
+    }
+
+    fn resolve(&self, t: TimeSpec) -> i64 {
+        match t {
+            TimeSpec::Now => self.now_ns(),
+            TimeSpec::At(ns) => ns,
+        }
+    }
 }
 
 /// An order-independent, incrementally maintained digest of a set of entries: the lane-wise
@@ -137,7 +194,11 @@ fn lanes(d: &Digest) -> [u64; 4] {
     out
 }
 
-/// The digest an entry contributes to the state root: its path, kind, mode and content.
+/// The digest an entry contributes to the state root: its path, kind, mode, content or
+/// target, and owner (left out when root's, so trees made before owners existed keep their
+/// roots). Times are not part of it: they follow from the blocks' timestamps and the `times`
+/// transactions, which the block hashes cover, and a directory's times change with every
+/// child, which must not cost a rehash.
 fn entry_digest(id: &StateId, entry: &Entry) -> Digest {
     let mut e = Encoder::new(b"lightchain/entry/v1");
     e.id(id);
@@ -148,7 +209,12 @@ fn entry_digest(id: &StateId, entry: &Entry) -> Digest {
             e.bytes(content.as_bytes());
         }
         EntryKind::Dir => e.u8(2),
+        EntryKind::Symlink(target) => {
+            e.u8(3);
+            e.bytes(target.as_bytes());
+        }
     }
+    e.owner(entry.uid, entry.gid);
     e.finish()
 }
 
@@ -209,7 +275,11 @@ impl Tree {
             ino: ROOT_INO,
             kind: EntryKind::Dir,
             mode: DEFAULT_DIR_MODE,
-            mtime_ms: 0,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
             changed_at: 0,
             digest: Digest::ZERO,
         };
@@ -298,8 +368,9 @@ impl Tree {
 
     fn touch_dir(&mut self, dir: &StateId, ctx: &ApplyCtx) {
         if let Some(entry) = self.entries.get_mut(dir) {
-            // mtime is not part of the entry digest, so the root needs no update.
-            entry.mtime_ms = ctx.timestamp_ms;
+            // Times are not part of the entry digest, so the root needs no update.
+            entry.mtime_ns = ctx.now_ns();
+            entry.ctime_ns = ctx.now_ns();
             entry.changed_at = ctx.height;
         }
     }
@@ -314,8 +385,8 @@ impl Tree {
         }
     }
 
-    /// The file named `id` (not a directory).
-    fn file(&self, id: &StateId) -> Result<&Entry, Reject> {
+    /// The file or symlink named `id` (not a directory): what `unlink` removes.
+    fn non_dir(&self, id: &StateId) -> Result<&Entry, Reject> {
         match self.entries.get(id) {
             None => Err(Reject::NotFound),
             Some(e) if e.is_dir() => Err(Reject::IsADirectory),
@@ -350,24 +421,29 @@ impl Tree {
 
     fn apply_op(&mut self, ctx: &ApplyCtx, op: &TxOp) -> Result<Vec<Change>, Reject> {
         match op {
-            TxOp::Put { id, content } => self.write_file(ctx, id, |_| content.clone()),
-            TxOp::Append { id, content } => self.write_file(ctx, id, |old| match old {
-                Some(old) if !old.is_empty() => {
-                    let mut bytes = Vec::with_capacity(old.len() + content.len());
-                    bytes.extend_from_slice(old.as_bytes());
-                    bytes.extend_from_slice(content.as_bytes());
-                    Content::from(bytes)
-                }
-                _ => content.clone(),
-            }),
-            TxOp::Create { id, mode, exclusive } => {
+            TxOp::Put { id, content, uid, gid } => {
+                self.write_file(ctx, id, (*uid, *gid), |_| content.clone())
+            }
+            TxOp::Append { id, content, uid, gid } => {
+                self.write_file(ctx, id, (*uid, *gid), |old| match old {
+                    Some(old) if !old.is_empty() => {
+                        let mut bytes = Vec::with_capacity(old.len() + content.len());
+                        bytes.extend_from_slice(old.as_bytes());
+                        bytes.extend_from_slice(content.as_bytes());
+                        Content::from(bytes)
+                    }
+                    _ => content.clone(),
+                })
+            }
+            TxOp::Create { id, mode, exclusive, uid, gid } => {
                 let parent = self.check_parent(id)?;
                 match self.entries.get(id) {
                     Some(_) if *exclusive => Err(Reject::AlreadyExists),
                     Some(e) if e.is_dir() => Err(Reject::IsADirectory),
                     Some(_) => Ok(Vec::new()),
                     None => {
-                        let entry = self.new_entry(ctx, EntryKind::File(Content::default()), *mode);
+                        let entry =
+                            self.new_entry(ctx, EntryKind::File(Content::default()), *mode, (*uid, *gid));
                         self.insert(id.clone(), entry);
                         self.touch_dir(&parent, ctx);
                         Ok(vec![Change::Wrote(id.clone())])
@@ -376,28 +452,29 @@ impl Tree {
             }
             TxOp::Delete { id } => {
                 self.check_parent(id)?;
-                self.file(id)?;
+                self.non_dir(id)?;
                 self.remove(id);
                 self.touch_dir(&id.parent().expect("a file is never the root"), ctx);
                 Ok(vec![Change::Removed(id.clone())])
             }
             TxOp::Truncate { id, size } => {
-                let old = match &self.file(id)?.kind {
+                let old = match &self.non_dir(id)?.kind {
                     EntryKind::File(c) => c.clone(),
-                    EntryKind::Dir => unreachable!("file() returns files only"),
+                    EntryKind::Symlink(_) => return Err(Reject::Invalid),
+                    EntryKind::Dir => unreachable!("non_dir() returns no directories"),
                 };
                 let size = usize::try_from(*size).map_err(|_| Reject::Invalid)?;
                 let mut bytes = old.as_bytes().to_vec();
                 bytes.resize(size, 0);
-                self.write_file(ctx, id, |_| Content::from(bytes))
+                self.write_file(ctx, id, (0, 0), |_| Content::from(bytes))
             }
             TxOp::Rename { from, to, mode } => self.rename(ctx, from, to, *mode),
-            TxOp::Mkdir { id, mode } => {
+            TxOp::Mkdir { id, mode, uid, gid } => {
                 let parent = self.check_parent(id)?;
                 if self.entries.contains_key(id) {
                     return Err(Reject::AlreadyExists);
                 }
-                let entry = self.new_entry(ctx, EntryKind::Dir, *mode);
+                let entry = self.new_entry(ctx, EntryKind::Dir, *mode, (*uid, *gid));
                 self.insert(id.clone(), entry);
                 self.touch_dir(&parent, ctx);
                 Ok(vec![Change::MadeDir(id.clone())])
@@ -419,48 +496,100 @@ impl Tree {
             TxOp::Chmod { id, mode } => {
                 let mut entry = self.entries.get(id).ok_or(Reject::NotFound)?.clone();
                 entry.mode = mode & 0o7777;
+                entry.ctime_ns = ctx.now_ns();
                 entry.changed_at = ctx.height;
                 self.insert(id.clone(), entry);
                 Ok(vec![Change::ModeChanged(id.clone())])
             }
             TxOp::Membership { .. } => Ok(Vec::new()),
+            TxOp::Symlink { id, target, uid, gid } => {
+                let parent = self.check_parent(id)?;
+                if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains('\0') {
+                    return Err(Reject::Invalid);
+                }
+                if self.entries.contains_key(id) {
+                    return Err(Reject::AlreadyExists);
+                }
+                let entry =
+                    self.new_entry(ctx, EntryKind::Symlink(target.clone()), SYMLINK_MODE, (*uid, *gid));
+                self.insert(id.clone(), entry);
+                self.touch_dir(&parent, ctx);
+                Ok(vec![Change::Wrote(id.clone())])
+            }
+            TxOp::Chown { id, uid, gid, mode } => {
+                let mut entry = self.entries.get(id).ok_or(Reject::NotFound)?.clone();
+                entry.uid = uid.unwrap_or(entry.uid);
+                entry.gid = gid.unwrap_or(entry.gid);
+                if let Some(mode) = mode {
+                    entry.mode = mode & 0o7777;
+                }
+                if entry.is_symlink() {
+                    entry.mode = SYMLINK_MODE;
+                }
+                entry.ctime_ns = ctx.now_ns();
+                entry.changed_at = ctx.height;
+                self.insert(id.clone(), entry);
+                Ok(vec![Change::ModeChanged(id.clone())])
+            }
+            TxOp::Times { id, atime, mtime } => {
+                let entry = self.entries.get_mut(id).ok_or(Reject::NotFound)?;
+                // Times are not part of the entry digest: no rehash, no root update.
+                if let Some(t) = atime {
+                    entry.atime_ns = ctx.resolve(*t);
+                }
+                if let Some(t) = mtime {
+                    entry.mtime_ns = ctx.resolve(*t);
+                }
+                entry.ctime_ns = ctx.now_ns();
+                entry.changed_at = ctx.height;
+                Ok(vec![Change::ModeChanged(id.clone())])
+            }
         }
     }
 
-    fn new_entry(&mut self, ctx: &ApplyCtx, kind: EntryKind, mode: u32) -> Entry {
+    fn new_entry(&mut self, ctx: &ApplyCtx, kind: EntryKind, mode: u32, (uid, gid): (u32, u32)) -> Entry {
+        let now = ctx.now_ns();
         Entry {
             ino: self.new_ino(),
             kind,
             mode: mode & 0o7777,
-            mtime_ms: ctx.timestamp_ms,
+            uid,
+            gid,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
             changed_at: ctx.height,
             digest: Digest::ZERO,
         }
     }
 
-    /// Sets a file's content to `make(old content)`, creating the file if it is missing.
+    /// Sets a file's content to `make(old content)`, creating the file (owned by `owner`) if
+    /// it is missing. A symlink is not written through: the kernel follows links before it
+    /// asks us, so a write that names one is invalid.
     fn write_file(
         &mut self,
         ctx: &ApplyCtx,
         id: &StateId,
+        owner: (u32, u32),
         make: impl FnOnce(Option<&Content>) -> Content,
     ) -> Result<Vec<Change>, Reject> {
         let parent = self.check_parent(id)?;
         let entry = match self.entries.get(id) {
-            Some(e) if e.is_dir() => return Err(Reject::IsADirectory),
-            Some(e) => {
-                let EntryKind::File(old) = &e.kind else { unreachable!() };
-                Entry {
+            Some(e) => match &e.kind {
+                EntryKind::Dir => return Err(Reject::IsADirectory),
+                EntryKind::Symlink(_) => return Err(Reject::Invalid),
+                EntryKind::File(old) => Entry {
                     kind: EntryKind::File(make(Some(old))),
-                    mtime_ms: ctx.timestamp_ms,
+                    mtime_ns: ctx.now_ns(),
+                    ctime_ns: ctx.now_ns(),
                     changed_at: ctx.height,
                     ..e.clone()
-                }
-            }
+                },
+            },
             None => {
                 let content = make(None);
                 self.touch_dir(&parent, ctx);
-                self.new_entry(ctx, EntryKind::File(content), DEFAULT_FILE_MODE)
+                self.new_entry(ctx, EntryKind::File(content), DEFAULT_FILE_MODE, owner)
             }
         };
         self.insert(id.clone(), entry);
@@ -516,6 +645,10 @@ impl Tree {
         }
         let moved = self.take_subtree(from);
         self.put_subtree(moved, from, to);
+        if let Some(entry) = self.entries.get_mut(to) {
+            // A rename changes the moved entry's ctime, as on ext4 (times are not hashed).
+            entry.ctime_ns = ctx.now_ns();
+        }
         self.touch_dir(&from.parent().unwrap(), ctx);
         self.touch_dir(&to_parent, ctx);
         Ok(vec![Change::Renamed { from: from.clone(), to: to.clone() }])
@@ -576,8 +709,15 @@ mod tests {
         fn content(&self, id: &str) -> Option<Vec<u8>> {
             match &self.tree.get(&sid(id))?.kind {
                 EntryKind::File(c) => Some(c.as_bytes().to_vec()),
-                EntryKind::Dir => None,
+                EntryKind::Dir | EntryKind::Symlink(_) => None,
             }
+        }
+        fn entry(&self, id: &str) -> &Entry {
+            self.tree.get(&sid(id)).unwrap()
+        }
+        /// The timestamp (ns) the next `apply` stamps.
+        fn next_ns(&self) -> i64 {
+            (self.height as i64 + 1) * 1000 * 1_000_000
         }
     }
 
@@ -585,7 +725,13 @@ mod tests {
         StateId::parse(s).unwrap()
     }
     fn put(id: &str, c: &str) -> TxOp {
-        TxOp::Put { id: sid(id), content: Content::from(c.as_bytes()) }
+        TxOp::Put { id: sid(id), content: Content::from(c.as_bytes()), uid: 0, gid: 0 }
+    }
+    fn mkdir(id: &str) -> TxOp {
+        TxOp::Mkdir { id: sid(id), mode: 0o755, uid: 0, gid: 0 }
+    }
+    fn symlink(id: &str, target: &str) -> TxOp {
+        TxOp::Symlink { id: sid(id), target: target.into(), uid: 1000, gid: 1000 }
     }
     fn rejected(r: Reject) -> Outcome {
         Outcome::Rejected(r)
@@ -595,7 +741,10 @@ mod tests {
     fn put_append_truncate_delete() {
         let mut h = Harness::new();
         assert_eq!(h.apply(put("a", "one")), Outcome::Ok);
-        assert_eq!(h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]), uid: 0, gid: 0 }),
+            Outcome::Ok
+        );
         assert_eq!(h.content("a").unwrap(), b"one+two");
         assert_eq!(h.apply(TxOp::Truncate { id: sid("a"), size: 3 }), Outcome::Ok);
         assert_eq!(h.content("a").unwrap(), b"one");
@@ -604,7 +753,10 @@ mod tests {
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), Outcome::Ok);
         assert!(h.tree.get(&sid("a")).is_none());
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), rejected(Reject::NotFound));
-        assert_eq!(h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]) }), Outcome::Ok);
+        assert_eq!(
+            h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]), uid: 0, gid: 0 }),
+            Outcome::Ok
+        );
         assert_eq!(h.content("b").unwrap(), b"x");
     }
 
@@ -614,7 +766,7 @@ mod tests {
         assert_eq!(h.apply(put("d/a", "x")), rejected(Reject::NotFound));
         assert_eq!(h.apply(put("f", "x")), Outcome::Ok);
         assert_eq!(h.apply(put("f/a", "x")), rejected(Reject::NotADirectory));
-        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), Outcome::Ok);
+        assert_eq!(h.apply(mkdir("d")), Outcome::Ok);
         assert_eq!(h.apply(put("d/a", "x")), Outcome::Ok);
         assert_eq!(h.apply(put("d", "x")), rejected(Reject::IsADirectory));
         assert_eq!(h.apply(TxOp::Delete { id: sid("d") }), rejected(Reject::IsADirectory));
@@ -623,7 +775,7 @@ mod tests {
     #[test]
     fn exclusive_create_fails_on_existing_and_changes_nothing() {
         let mut h = Harness::new();
-        let create = |excl| TxOp::Create { id: sid("lock"), mode: 0o600, exclusive: excl };
+        let create = |excl| TxOp::Create { id: sid("lock"), mode: 0o600, exclusive: excl, uid: 0, gid: 0 };
         assert_eq!(h.apply(create(true)), Outcome::Ok);
         assert_eq!(h.apply(put("lock", "a")), Outcome::Ok);
         let before = h.tree.clone();
@@ -639,8 +791,8 @@ mod tests {
     #[test]
     fn mkdir_rmdir_and_not_empty() {
         let mut h = Harness::new();
-        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), Outcome::Ok);
-        assert_eq!(h.apply(TxOp::Mkdir { id: sid("d"), mode: 0o755 }), rejected(Reject::AlreadyExists));
+        assert_eq!(h.apply(mkdir("d")), Outcome::Ok);
+        assert_eq!(h.apply(mkdir("d")), rejected(Reject::AlreadyExists));
         assert_eq!(h.apply(put("d/x", "1")), Outcome::Ok);
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), rejected(Reject::NotEmpty));
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d/x") }), rejected(Reject::NotADirectory));
@@ -648,7 +800,7 @@ mod tests {
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), Outcome::Ok);
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("d") }), rejected(Reject::NotFound));
         // "d0" sorts right after "d/..." keys; it must not count as a child of "d".
-        assert_eq!(h.apply(TxOp::Mkdir { id: sid("e"), mode: 0o755 }), Outcome::Ok);
+        assert_eq!(h.apply(mkdir("e")), Outcome::Ok);
         assert_eq!(h.apply(put("e0", "x")), Outcome::Ok);
         assert_eq!(h.apply(TxOp::Rmdir { id: sid("e") }), Outcome::Ok);
     }
@@ -656,8 +808,8 @@ mod tests {
     #[test]
     fn rename_moves_whole_directories_and_keeps_inodes() {
         let mut h = Harness::new();
-        h.apply(TxOp::Mkdir { id: sid("a"), mode: 0o755 });
-        h.apply(TxOp::Mkdir { id: sid("a/b"), mode: 0o755 });
+        h.apply(mkdir("a"));
+        h.apply(mkdir("a/b"));
         h.apply(put("a/b/c", "deep"));
         h.apply(put("ab", "sibling"));
         let ino = h.tree.get(&sid("a/b/c")).unwrap().ino;
@@ -681,9 +833,9 @@ mod tests {
         let mut deep = String::new();
         for _ in 0..15 {
             deep = if deep.is_empty() { long.clone() } else { format!("{deep}/{long}") };
-            h.apply(TxOp::Mkdir { id: sid(&deep), mode: 0o755 });
+            h.apply(TxOp::Mkdir { id: sid(&deep), mode: 0o755, uid: 0, gid: 0 });
         }
-        h.apply(TxOp::Mkdir { id: sid("a"), mode: 0o755 });
+        h.apply(TxOp::Mkdir { id: sid("a"), mode: 0o755, uid: 0, gid: 0 });
         h.apply(put(&format!("a/{}", "f".repeat(255)), "x"));
         // deep/a would be fine, but deep/a/fff... is past 4,095 bytes.
         let target = format!("{deep}/a");
@@ -747,10 +899,192 @@ mod tests {
         let ctx = ApplyCtx { height: 50, timestamp_ms: 50 };
         h.apply(put("lock", "a"));
         let request = RequestId { node: 3, incarnation: 9, seq: 77 };
-        let tx = Transaction { request, op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true } };
+        let tx = Transaction {
+            request,
+            op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true, uid: 0, gid: 0 },
+        };
         assert_eq!(h.tree.apply(&ctx, &tx).0, rejected(Reject::AlreadyExists));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
         assert_eq!(h.tree.first_outcome(&request), Some(rejected(Reject::AlreadyExists)));
+    }
+
+    #[test]
+    fn creating_transactions_record_their_owner() {
+        let mut h = Harness::new();
+        let (uid, gid) = (1000, 100);
+        let ops = [
+            TxOp::Create { id: sid("c"), mode: 0o644, exclusive: false, uid, gid },
+            TxOp::Mkdir { id: sid("m"), mode: 0o755, uid, gid },
+            TxOp::Put { id: sid("p"), content: Content::from(&b"x"[..]), uid, gid },
+            TxOp::Append { id: sid("a"), content: Content::from(&b"x"[..]), uid, gid },
+            TxOp::Symlink { id: sid("l"), target: "c".into(), uid, gid },
+        ];
+        for op in ops {
+            assert_eq!(h.apply(op), Outcome::Ok);
+        }
+        for id in ["c", "m", "p", "a", "l"] {
+            assert_eq!((h.entry(id).uid, h.entry(id).gid), (uid, gid), "{id}");
+        }
+        // Rewriting someone's file keeps its owner, whoever asks.
+        let rewrite = TxOp::Put { id: sid("p"), content: Content::from(&b"y"[..]), uid: 0, gid: 0 };
+        assert_eq!(h.apply(rewrite), Outcome::Ok);
+        assert_eq!((h.entry("p").uid, h.entry("p").gid), (uid, gid));
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("p"), to: sid("q"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
+        assert_eq!(h.entry("q").uid, uid, "a rename keeps the owner");
+    }
+
+    #[test]
+    fn chown_changes_owner_group_and_mode_at_once() {
+        let mut h = Harness::new();
+        h.apply(TxOp::Create { id: sid("f"), mode: 0o4755, exclusive: false, uid: 1000, gid: 1000 });
+        let chown = |uid, gid, mode| TxOp::Chown { id: sid("f"), uid, gid, mode };
+        assert_eq!(h.apply(chown(None, Some(50), None)), Outcome::Ok);
+        assert_eq!((h.entry("f").uid, h.entry("f").gid, h.entry("f").mode), (1000, 50, 0o4755));
+        let at = h.next_ns();
+        assert_eq!(h.apply(chown(Some(0), None, Some(0o100755))), Outcome::Ok);
+        let f = h.entry("f");
+        assert_eq!((f.uid, f.gid, f.mode), (0, 50, 0o755), "owner and mode changed in one transaction");
+        assert_eq!(f.ctime_ns, at, "ctime is the block's time");
+        assert_eq!(
+            h.apply(TxOp::Chown { id: sid("nope"), uid: Some(1), gid: None, mode: None }),
+            rejected(Reject::NotFound)
+        );
+        // A symlink can be chowned (lchown); its mode stays 0777.
+        h.apply(symlink("l", "f"));
+        assert_eq!(
+            h.apply(TxOp::Chown { id: sid("l"), uid: Some(7), gid: Some(7), mode: Some(0o600) }),
+            Outcome::Ok
+        );
+        assert_eq!((h.entry("l").uid, h.entry("l").mode), (7, SYMLINK_MODE));
+    }
+
+    #[test]
+    fn privileges_an_unprivileged_write_drops() {
+        assert_eq!(mode_after_unprivileged_write(0o4755), 0o755);
+        assert_eq!(mode_after_unprivileged_write(0o6755), 0o755);
+        assert_eq!(mode_after_unprivileged_write(0o2754), 0o754, "setgid with group exec goes");
+        assert_eq!(mode_after_unprivileged_write(0o2744), 0o2744, "setgid without group exec stays");
+        assert_eq!(mode_after_unprivileged_write(0o1777), 0o1777, "sticky stays");
+    }
+
+    #[test]
+    fn owners_are_part_of_the_state_root_but_times_are_not() {
+        let make = |uid, gid| {
+            let mut h = Harness::new();
+            h.apply(TxOp::Create { id: sid("f"), mode: 0o644, exclusive: false, uid, gid });
+            h
+        };
+        let root = make(0, 0).tree.state_root();
+        assert_ne!(make(1000, 0).tree.state_root(), root);
+        assert_ne!(make(0, 1000).tree.state_root(), root);
+        assert_ne!(make(1000, 0).tree.state_root(), make(0, 1000).tree.state_root());
+        let mut h = make(0, 0);
+        h.apply(TxOp::Chown { id: sid("f"), uid: Some(1000), gid: None, mode: None });
+        assert_eq!(h.tree.state_root(), make(1000, 0).tree.state_root(), "chown moves the root");
+        h.apply(TxOp::Chown { id: sid("f"), uid: Some(0), gid: None, mode: None });
+        assert_eq!(h.tree.state_root(), root, "and back");
+        h.apply(TxOp::Times { id: sid("f"), atime: Some(TimeSpec::At(1)), mtime: None });
+        assert_eq!(h.tree.state_root(), root);
+    }
+
+    #[test]
+    fn times_now_and_at() {
+        let mut h = Harness::new();
+        h.apply(put("f", "x"));
+        let created = h.entry("f").clone();
+        assert_eq!(
+            (created.atime_ns, created.mtime_ns, created.ctime_ns),
+            (1_000_000_000, 1_000_000_000, 1_000_000_000)
+        );
+        // touch -d 1969-12-31: a time before the epoch; atime untouched.
+        let at = -86_400_000_000_123;
+        let now = h.next_ns();
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("f"), atime: None, mtime: Some(TimeSpec::At(at)) }),
+            Outcome::Ok
+        );
+        let f = h.entry("f");
+        assert_eq!((f.atime_ns, f.mtime_ns, f.ctime_ns), (created.atime_ns, at, now));
+        // touch: both to the block's time.
+        let now = h.next_ns();
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("f"), atime: Some(TimeSpec::Now), mtime: Some(TimeSpec::Now) }),
+            Outcome::Ok
+        );
+        let f = h.entry("f");
+        assert_eq!((f.atime_ns, f.mtime_ns, f.ctime_ns), (now, now, now));
+        // A content change sets mtime and ctime, never atime.
+        let now = h.next_ns();
+        h.apply(TxOp::Times { id: sid("f"), atime: Some(TimeSpec::At(5)), mtime: Some(TimeSpec::At(6)) });
+        h.apply(put("f", "y"));
+        let f = h.entry("f");
+        assert_eq!((f.atime_ns, f.mtime_ns), (5, now + 1_000_000_000));
+        // chmod and rename change ctime only.
+        let now = h.next_ns();
+        h.apply(TxOp::Chmod { id: sid("f"), mode: 0o600 });
+        assert_eq!((h.entry("f").ctime_ns, h.entry("f").atime_ns), (now, 5));
+        let now = h.next_ns();
+        h.apply(TxOp::Rename { from: sid("f"), to: sid("g"), mode: RenameMode::Replace });
+        assert_eq!(h.entry("g").ctime_ns, now);
+        // Directories: their mtime is the time their list of children last changed.
+        h.apply(mkdir("d"));
+        let now = h.next_ns();
+        h.apply(put("d/x", "1"));
+        assert_eq!((h.entry("d").mtime_ns, h.entry("d").ctime_ns), (now, now));
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("d"), atime: None, mtime: Some(TimeSpec::At(0)) }),
+            Outcome::Ok
+        );
+        assert_eq!(h.entry("d").mtime_ns, 0);
+        assert_eq!(
+            h.apply(TxOp::Times { id: sid("gone"), atime: None, mtime: None }),
+            rejected(Reject::NotFound)
+        );
+    }
+
+    #[test]
+    fn symlinks_are_created_renamed_and_removed_like_files() {
+        let mut h = Harness::new();
+        h.apply(mkdir("d"));
+        assert_eq!(h.apply(symlink("d/l", "../target")), Outcome::Ok);
+        let l = h.entry("d/l").clone();
+        assert_eq!(l.kind, EntryKind::Symlink("../target".into()));
+        assert_eq!((l.mode, l.size(), l.uid), (SYMLINK_MODE, 9, 1000));
+        assert_eq!(h.apply(symlink("d/l", "other")), rejected(Reject::AlreadyExists));
+        assert_eq!(h.apply(symlink("missing/l", "x")), rejected(Reject::NotFound));
+        assert_eq!(h.apply(symlink("e", "")), rejected(Reject::Invalid));
+        assert_eq!(h.apply(symlink("e", &"x".repeat(MAX_SYMLINK_TARGET + 1))), rejected(Reject::Invalid));
+        assert_eq!(h.apply(symlink("e", &"x".repeat(MAX_SYMLINK_TARGET))), Outcome::Ok);
+        // Writes never go through a link (the kernel follows it first).
+        assert_eq!(h.apply(put("d/l", "x")), rejected(Reject::Invalid));
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("d/l"), size: 0 }), rejected(Reject::Invalid));
+        assert_eq!(h.apply(TxOp::Rmdir { id: sid("d/l") }), rejected(Reject::NotADirectory));
+        // Renamed with its directory, keeping its inode; then on its own, over a file.
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("d"), to: sid("z"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
+        assert_eq!(h.entry("z/l").ino, l.ino);
+        h.apply(put("f", "file"));
+        assert_eq!(
+            h.apply(TxOp::Rename { from: sid("z/l"), to: sid("f"), mode: RenameMode::Replace }),
+            Outcome::Ok
+        );
+        assert_eq!(h.entry("f").kind, EntryKind::Symlink("../target".into()));
+        let before = h.tree.state_root();
+        assert_eq!(h.apply(TxOp::Delete { id: sid("f") }), Outcome::Ok);
+        assert!(h.tree.get(&sid("f")).is_none());
+        assert_ne!(h.tree.state_root(), before);
+        assert_eq!(h.apply(TxOp::Rmdir { id: sid("z") }), Outcome::Ok, "the directory is empty again");
+        // A link's target is part of the state root.
+        let mut a = Harness::new();
+        a.apply(symlink("l", "x"));
+        let mut b = Harness::new();
+        b.apply(symlink("l", "y"));
+        assert_ne!(a.tree.state_root(), b.tree.state_root());
     }
 
     #[test]

@@ -127,21 +127,77 @@ pub struct Members {
     pub nodes: BTreeMap<NodeId, String>,
 }
 
+/// A time a `times` transaction sets (`utimensat`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSpec {
+    /// The timestamp of the block that applies the transaction (deterministic on every node).
+    Now,
+    /// Nanoseconds since the Unix epoch (negative: before 1970).
+    At(i64),
+}
+
+/// Longest symlink target, in bytes (Linux's `PATH_MAX` less the terminating NUL).
+pub const MAX_SYMLINK_TARGET: usize = 4095;
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 /// One change to the tree of states.
+///
+/// Owner fields (`uid`, `gid`) name the caller that creates a state. They default to 0 (root)
+/// and are left out of the JSON when 0, so chains written before owners existed — when every
+/// state was root's — decode to the same transactions and keep their hashes.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TxOp {
     /// Replace a file's content, creating the file if it is missing (its parent must exist).
-    Put { id: StateId, content: Content },
+    Put {
+        /// The file.
+        id: StateId,
+        /// Its new content.
+        content: Content,
+        /// Owner of the file if this creates it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        uid: u32,
+        /// Group of the file if this creates it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gid: u32,
+    },
     /// Add bytes to the end of whatever the file holds when the block is applied.
-    Append { id: StateId, content: Content },
+    Append {
+        /// The file.
+        id: StateId,
+        /// The bytes to add.
+        content: Content,
+        /// Owner of the file if this creates it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        uid: u32,
+        /// Group of the file if this creates it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gid: u32,
+    },
     /// Create an empty file. With `exclusive`, the file must not exist (`O_EXCL`).
-    Create { id: StateId, mode: u32, exclusive: bool },
-    /// Remove a file.
+    Create {
+        /// The file.
+        id: StateId,
+        /// Its permission bits.
+        mode: u32,
+        /// Fail if it exists.
+        exclusive: bool,
+        /// Its owner.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        uid: u32,
+        /// Its group.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gid: u32,
+    },
+    /// Remove a file or a symlink.
     Delete { id: StateId },
     /// Cut or zero-extend a file to `size` bytes (`truncate(path)`).
     Truncate { id: StateId, size: u64 },
-    /// Move a file or a whole directory.
+    /// Move a file, a symlink or a whole directory.
     Rename {
         from: StateId,
         to: StateId,
@@ -149,13 +205,57 @@ pub enum TxOp {
         mode: RenameMode,
     },
     /// Create a directory.
-    Mkdir { id: StateId, mode: u32 },
+    Mkdir {
+        /// The directory.
+        id: StateId,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        uid: u32,
+        /// Its group.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gid: u32,
+    },
     /// Remove an empty directory.
     Rmdir { id: StateId },
     /// Change permission bits.
     Chmod { id: StateId, mode: u32 },
     /// A consensus membership change (also the genesis block's only transaction).
     Membership { members: Members },
+    /// Create a symbolic link holding `target` (at most [`MAX_SYMLINK_TARGET`] bytes).
+    Symlink {
+        /// The link.
+        id: StateId,
+        /// What it points to, as given (never resolved by lightchain).
+        target: String,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+    },
+    /// Change the owner and/or group (`chown`), with the permission bits the kernel sends in
+    /// the same request (setuid/setgid cleared), so both change in one transaction.
+    Chown {
+        /// The state.
+        id: StateId,
+        /// New owner.
+        uid: Option<u32>,
+        /// New group.
+        gid: Option<u32>,
+        /// New permission bits, if they change too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Set access and/or modification time (`utimensat`); ctime becomes the block's time.
+    Times {
+        /// The state.
+        id: StateId,
+        /// New access time.
+        atime: Option<TimeSpec>,
+        /// New modification time.
+        mtime: Option<TimeSpec>,
+    },
 }
 
 impl TxOp {
@@ -169,7 +269,10 @@ impl TxOp {
             | TxOp::Truncate { id, .. }
             | TxOp::Mkdir { id, .. }
             | TxOp::Rmdir { id }
-            | TxOp::Chmod { id, .. } => vec![id],
+            | TxOp::Chmod { id, .. }
+            | TxOp::Symlink { id, .. }
+            | TxOp::Chown { id, .. }
+            | TxOp::Times { id, .. } => vec![id],
             TxOp::Rename { from, to, .. } => vec![from, to],
             TxOp::Membership { .. } => vec![],
         }
@@ -188,6 +291,9 @@ impl TxOp {
             TxOp::Rmdir { .. } => "rmdir",
             TxOp::Chmod { .. } => "chmod",
             TxOp::Membership { .. } => "membership",
+            TxOp::Symlink { .. } => "symlink",
+            TxOp::Chown { .. } => "chown",
+            TxOp::Times { .. } => "times",
         }
     }
 }
@@ -268,10 +374,18 @@ mod tests {
 
     #[test]
     fn ops_serialize_externally_tagged() {
-        let op =
-            TxOp::Put { id: StateId::parse("greeting").unwrap(), content: Content::from(b"hi".to_vec()) };
+        let id = StateId::parse("greeting").unwrap();
+        let op = TxOp::Put { id: id.clone(), content: Content::from(b"hi".to_vec()), uid: 0, gid: 0 };
         let json = serde_json::to_string(&op).unwrap();
-        assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi"}}"#);
+        assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi"}}"#, "root's owner is left out");
+        assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);
+        let op = TxOp::Put { id: id.clone(), content: Content::from(b"hi".to_vec()), uid: 1000, gid: 5 };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi","uid":1000,"gid":5}}"#);
+        assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);
+        let op = TxOp::Times { id, atime: Some(TimeSpec::Now), mtime: Some(TimeSpec::At(-1_500_000_000)) };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(json, r#"{"times":{"id":"greeting","atime":"now","mtime":{"at":-1500000000}}}"#);
         assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);
         assert!(serde_json::from_str::<TxOp>(r#"{"delete":{"id":"../x"}}"#).is_err());
     }

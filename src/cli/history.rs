@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::chain::{Block, BlockTx, Outcome, StateId, TxOp};
+use crate::chain::{Block, BlockTx, Outcome, StateId, TimeSpec, TxOp};
 use crate::store::chain_file::read_all;
 
 pub(super) fn run(data: &Path, state: Option<&str>, json: bool) -> ExitCode {
@@ -93,16 +93,31 @@ fn outcome(o: Outcome) -> String {
 
 fn tx_line(block: &Block, tx: &BlockTx) -> String {
     let detail = match &tx.op {
-        TxOp::Put { content, .. } | TxOp::Append { content, .. } => {
-            format!("{} bytes {:?}", content.len(), content)
+        TxOp::Put { content, uid, gid, .. } | TxOp::Append { content, uid, gid, .. } => {
+            format!("{} bytes {:?} (new: owner {uid}:{gid})", content.len(), content)
         }
         TxOp::Rename { from, to, mode } => format!("{from} -> {to} ({mode:?})"),
-        TxOp::Create { mode, exclusive, .. } => {
-            format!("mode {mode:o}{}", if *exclusive { " exclusive" } else { "" })
+        TxOp::Create { mode, exclusive, uid, gid, .. } => {
+            format!("mode {mode:o}{} owner {uid}:{gid}", if *exclusive { " exclusive" } else { "" })
         }
-        TxOp::Mkdir { mode, .. } | TxOp::Chmod { mode, .. } => format!("mode {mode:o}"),
+        TxOp::Mkdir { mode, uid, gid, .. } => format!("mode {mode:o} owner {uid}:{gid}"),
+        TxOp::Chmod { mode, .. } => format!("mode {mode:o}"),
         TxOp::Truncate { size, .. } => format!("size {size}"),
-        other => names(other),
+        TxOp::Symlink { target, uid, gid, .. } => format!("-> {target:?} owner {uid}:{gid}"),
+        TxOp::Chown { uid, gid, mode, .. } => {
+            let show = |v: &Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+            let mode = mode.map_or(String::new(), |m| format!(" mode {m:o}"));
+            format!("owner {}:{}{mode}", show(uid), show(gid))
+        }
+        TxOp::Times { atime, mtime, .. } => {
+            let show = |t: &Option<TimeSpec>| match t {
+                None => "-".to_owned(),
+                Some(TimeSpec::Now) => "now".to_owned(),
+                Some(TimeSpec::At(ns)) => format_ns(*ns),
+            };
+            format!("atime {} mtime {}", show(atime), show(mtime))
+        }
+        TxOp::Delete { .. } | TxOp::Rmdir { .. } | TxOp::Membership { .. } => names(&tx.op),
     };
     format!(
         "{:<8} {:<24} {:<10} {:<10} {}",
@@ -128,10 +143,18 @@ fn tx_json(block: &Block, tx: &BlockTx) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
 pub(super) fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
+    civil(i64::try_from(ms / 1000).unwrap_or(i64::MAX), ms % 1000)
+}
+
+/// [`format_time`] for nanoseconds since the epoch, also before 1970.
+fn format_ns(ns: i64) -> String {
+    civil(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u64 / 1_000_000)
+}
+
+fn civil(secs: i64, ms: u64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -145,7 +168,7 @@ pub(super) fn format_time(ms: u64) -> String {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        ms % 1000
+        ms
     )
 }
 
@@ -156,5 +179,7 @@ mod tests {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(super::format_time(1_795_564_800_123), "2026-11-25T00:00:00.123Z");
         assert_eq!(super::format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(super::format_ns(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(super::format_ns(1_577_836_800_000_000_000), "2020-01-01T00:00:00.000Z");
     }
 }

@@ -34,7 +34,7 @@ pub enum FsError {
     /// The operation is not permitted (changing the owner).
     #[error("operation not permitted")]
     NotPermitted,
-    /// An argument is invalid (an unknown rename flag, a name that is not UTF-8).
+    /// An argument is invalid (an unknown rename flag, `readlink` of something not a link).
     #[error("invalid argument")]
     InvalidArgument,
     /// The inode the kernel named is gone (removed or replaced, possibly on another node):
@@ -46,6 +46,26 @@ pub enum FsError {
     /// the commit itself is durable.
     #[error("states/ did not catch up with the commit in time")]
     MirrorBehind,
+    /// A symlink's target cannot be stored.
+    #[error("symlink target: {0}")]
+    SymlinkTarget(TargetError),
+    /// A symlink was to be opened (the kernel follows links; this only happens if it did not).
+    #[error("is a symlink")]
+    IsSymlink,
+}
+
+/// Why a symlink target is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The target is empty (Linux refuses it too).
+    #[error("empty")]
+    Empty,
+    /// Over 4,095 bytes.
+    #[error("longer than 4095 bytes")]
+    TooLong,
+    /// Not UTF-8: states and their targets are UTF-8 so the chain stays readable.
+    #[error("not UTF-8")]
+    NotUtf8,
 }
 
 impl FsError {
@@ -76,6 +96,12 @@ impl FsError {
             FsError::InvalidArgument => libc::EINVAL,
             FsError::Stale => libc::ESTALE,
             FsError::MirrorBehind => libc::EIO,
+            FsError::SymlinkTarget(e) => match e {
+                TargetError::Empty => libc::ENOENT,
+                TargetError::TooLong => libc::ENAMETOOLONG,
+                TargetError::NotUtf8 => libc::EINVAL,
+            },
+            FsError::IsSymlink => libc::ELOOP,
         }
     }
 
@@ -111,5 +137,8 @@ mod tests {
         assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(), libc::ENOTEMPTY);
+        assert_eq!(FsError::SymlinkTarget(TargetError::TooLong).errno(), libc::ENAMETOOLONG);
+        assert_eq!(FsError::SymlinkTarget(TargetError::Empty).errno(), libc::ENOENT);
+        assert_eq!(FsError::NotPermitted.errno(), libc::EPERM);
     }
 }

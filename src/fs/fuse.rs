@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -20,7 +20,8 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::{Attr, DirReplier, Fs, FsError, Invalidation, Kind, Opened, SetAttr};
+use super::{Attr, Caller, DirReplier, Fs, FsError, Invalidation, Kind, Opened, SetAttr};
+use crate::chain::TimeSpec;
 
 /// The `fuser::Filesystem` over [`Fs`].
 pub struct FuseAdapter {
@@ -57,19 +58,46 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// A `setattr` time as a `times` transaction's.
+fn time_spec(t: TimeOrNow) -> TimeSpec {
+    match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(t) => TimeSpec::At(match t.duration_since(UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            // fuser 0.18 builds a time before the epoch from the kernel's (seconds, nanoseconds)
+            // as `EPOCH - (|seconds| + nanoseconds)`, though the nanoseconds count forwards
+            // (-1.5 s arrives as (-2, 500_000_000)): undo that to get the time that was sent.
+            Err(before) => {
+                let d = before.duration();
+                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                secs.saturating_mul(-1_000_000_000).saturating_add(i64::from(d.subsec_nanos()))
+            }
+        }),
+    }
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
-        crtime: a.mtime,
-        kind: match a.kind {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-        },
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
@@ -92,11 +120,7 @@ struct Directory<'a>(&'a mut ReplyDirectory);
 
 impl DirReplier for Directory<'_> {
     fn add(&mut self, ino: u64, offset: u64, kind: Kind, name: &str) -> bool {
-        let kind = match kind {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-        };
-        self.0.add(INodeNo(ino), offset, kind, name)
+        self.0.add(INodeNo(ino), offset, file_type(kind), name)
     }
 }
 
@@ -131,14 +155,14 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -149,8 +173,10 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let ttl = fs.ttl();
-        let set = SetAttr { mode, uid, gid, size, fh: fh.map(|f| f.0) };
-        self.run(async move { fs.setattr(ino.0, set).await }, move |r| match r {
+        let (atime, mtime) = (atime.map(time_spec), mtime.map(time_spec));
+        let set = SetAttr { atime, mtime, mode, uid, gid, size, fh: fh.map(|f| f.0) };
+        let caller = caller(req);
+        self.run(async move { fs.setattr(ino.0, set, caller).await }, move |r| match r {
             Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         });
@@ -169,10 +195,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(errno(&self.fs.unsupported("mknod")));
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let (fs, n) = (self.fs.clone(), name(n));
+    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
         let ttl = fs.ttl();
-        self.run(async move { fs.mkdir(parent.0, &n, mode, umask).await }, move |r| match r {
+        self.run(async move { fs.mkdir(parent.0, &n, mode, umask, caller).await }, move |r| match r {
             Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         });
@@ -188,8 +214,21 @@ impl fuser::Filesystem for FuseAdapter {
         self.run(async move { fs.rmdir(parent.0, &n).await }, move |r| empty(reply, r));
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(errno(&self.fs.unsupported("symlink")));
+    fn symlink(&self, req: &Request, parent: INodeNo, link: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (fs, n, caller) = (self.fs.clone(), name(link), caller(req));
+        let target = target.as_os_str().as_bytes().to_vec();
+        let ttl = fs.ttl();
+        self.run(async move { fs.symlink(parent.0, &n, &target, caller).await }, move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn rename(
@@ -220,9 +259,9 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(errno(&self.fs.unsupported("link")));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
-        self.run(async move { fs.open(ino.0, flags.0).await }, move |r| match r {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, caller) = (self.fs.clone(), caller(req));
+        self.run(async move { fs.open(ino.0, flags.0, caller).await }, move |r| match r {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
             Err(e) => reply.error(errno(&e)),
         });
@@ -252,12 +291,13 @@ impl fuser::Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        let drop_privileges = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.fs.write(fh.0, offset, data, drop_privileges) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -363,7 +403,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
@@ -371,14 +411,17 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (fs, n) = (self.fs.clone(), name(n));
+        let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
         let ttl = fs.ttl();
-        self.run(async move { fs.create(parent.0, &n, mode, umask, flags).await }, move |r| match r {
-            Ok((attr, o)) => {
-                reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { fs.create(parent.0, &n, mode, umask, flags, caller).await },
+            move |r| match r {
+                Ok((attr, o)) => {
+                    reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn fallocate(

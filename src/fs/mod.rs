@@ -25,6 +25,12 @@
 //! inode the kernel named; if that inode is gone (removed or replaced on another node), the
 //! open fails with `ESTALE`, on which the kernel looks the path up again and retries once.
 //!
+//! Ownership: every state records the uid/gid of the [`Caller`] that created it, and the
+//! kernel enforces access from those owners and modes (`DefaultPermissions`), so apps running
+//! as different users share a mount as they share ext4. `setattr` turns `chown`/`chmod` into
+//! one transaction and `utimensat` into a `times` transaction; symlinks are states of their
+//! own kind, created by `symlink` and read by `readlink` (the kernel follows them).
+//!
 //! Must not: hold a lock across an `.await`, pick an errno anywhere but [`error`], or touch
 //! the backing directory (that is the state machine's job).
 //!
@@ -40,8 +46,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::FsError;
 
-use crate::chain::{Change, Content, Entry, EntryKind, RenameMode, StateId, TxOp, CONTROL_DIR, ROOT_INO};
+use crate::chain::{
+    mode_after_unprivileged_write, Change, Content, Entry, EntryKind, RenameMode, StateId, TimeSpec, TxOp,
+    CONTROL_DIR, MAX_SYMLINK_TARGET, ROOT_INO,
+};
 use crate::node::{Node, ReadConsistency};
+pub use error::TargetError;
 
 /// Inode of the read-only control directory `.lightchain/`.
 pub const CONTROL_INO: u64 = u64::MAX - 1;
@@ -53,13 +63,39 @@ const STATUS_NAME: &str = "status";
 /// How long the kernel may cache entries and attributes in local read mode.
 const LOCAL_TTL: Duration = Duration::from_secs(10);
 
-/// File or directory.
+/// File, directory or symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A regular file.
     File,
     /// A directory.
     Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl Kind {
+    fn of(entry: &Entry) -> Kind {
+        match entry.kind {
+            EntryKind::File(_) => Kind::File,
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink(_) => Kind::Symlink,
+        }
+    }
+}
+
+/// Who sent a request (from the FUSE request header): the owner of what it creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+impl Caller {
+    /// The superuser.
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
 }
 
 /// Attributes of a state, as `stat` shows them.
@@ -67,19 +103,23 @@ pub enum Kind {
 pub struct Attr {
     /// Inode number.
     pub ino: u64,
-    /// File or directory.
+    /// File, directory or symlink.
     pub kind: Kind,
-    /// Size in bytes.
+    /// Size in bytes (a symlink's: its target's length).
     pub size: u64,
     /// Permission bits.
     pub perm: u16,
-    /// Time of the block that last changed it.
+    /// Last access time (set at creation and by `utimensat` only).
+    pub atime: SystemTime,
+    /// Last modification of the content (or of a directory's list of children).
     pub mtime: SystemTime,
+    /// Last change of anything about the state.
+    pub ctime: SystemTime,
     /// Link count.
     pub nlink: u32,
-    /// Owner (the mounting user).
+    /// Owner.
     pub uid: u32,
-    /// Group (the mounting user's).
+    /// Group.
     pub gid: u32,
 }
 
@@ -99,6 +139,10 @@ pub struct Opened {
 /// Attribute changes requested by `setattr`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
+    /// New access time.
+    pub atime: Option<TimeSpec>,
+    /// New modification time.
+    pub mtime: Option<TimeSpec>,
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -116,7 +160,7 @@ pub struct SetAttr {
 pub struct DirEntry {
     /// Inode number.
     pub ino: u64,
-    /// File or directory.
+    /// File, directory or symlink.
     pub kind: Kind,
     /// Name within the directory.
     pub name: String,
@@ -147,9 +191,9 @@ pub enum Invalidation {
 pub struct FsConfig {
     /// Largest content a state may have (`--max-state-size`).
     pub max_state_size: u64,
-    /// Owner shown for every state.
+    /// Owner shown for the root directory (until a `chown` gives it away) and `.lightchain/`.
     pub uid: u32,
-    /// Group shown for every state.
+    /// Group shown for the root directory (until a `chown` gives it away) and `.lightchain/`.
     pub gid: u32,
 }
 
@@ -175,6 +219,11 @@ enum Handle {
 struct WriteHandle {
     /// The state's inode (the state may be renamed while open).
     ino: u64,
+    /// Who opened it: the owner if a commit has to create the file again.
+    caller: Caller,
+    /// A write came from a process without `CAP_FSETID`: the commit drops setuid/setgid
+    /// first, as a write does on ext4.
+    drop_privileges: bool,
     /// `O_APPEND`: `buffer` holds only bytes to add, `base` what was there at open.
     append: bool,
     base: Content,
@@ -221,6 +270,16 @@ fn mtime_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// Nanoseconds since the epoch (negative: before it) as a `SystemTime`.
+fn time_of(ns: i64) -> SystemTime {
+    let magnitude = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + magnitude
+    } else {
+        UNIX_EPOCH - magnitude
+    }
+}
+
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
@@ -246,16 +305,23 @@ impl Fs {
     }
 
     fn attr_of(&self, entry: &Entry) -> Attr {
-        let (kind, nlink) = if entry.is_dir() { (Kind::Dir, 2) } else { (Kind::File, 1) };
+        let nlink = if entry.is_dir() { 2 } else { 1 };
+        // The root directory is the mounting user's until a chown gives it to someone else.
+        let (uid, gid) = match (entry.ino, entry.uid, entry.gid) {
+            (ROOT_INO, 0, 0) => (self.config.uid, self.config.gid),
+            (_, uid, gid) => (uid, gid),
+        };
         Attr {
             ino: entry.ino,
-            kind,
+            kind: Kind::of(entry),
             size: entry.size(),
             perm: entry.mode as u16,
-            mtime: mtime_of(entry.mtime_ms),
+            atime: time_of(entry.atime_ns),
+            mtime: time_of(entry.mtime_ns),
+            ctime: time_of(entry.ctime_ns),
             nlink,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid,
+            gid,
         }
     }
 
@@ -266,7 +332,8 @@ impl Fs {
             (Kind::File, 0o444, self.status_bytes().len() as u64, 1)
         };
         let mtime = self.node.replica().head.map_or(UNIX_EPOCH, |h| mtime_of(h.timestamp_ms));
-        Attr { ino, kind, size, perm, mtime, nlink, uid: self.config.uid, gid: self.config.gid }
+        let (uid, gid) = (self.config.uid, self.config.gid);
+        Attr { ino, kind, size, perm, atime: mtime, mtime, ctime: mtime, nlink, uid, gid }
     }
 
     fn status_bytes(&self) -> Vec<u8> {
@@ -379,8 +446,9 @@ impl Fs {
         self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
-    /// `open`: a snapshot for reading, or a write buffer.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+    /// `open`: a snapshot for reading, or a write buffer. The kernel follows symlinks before
+    /// it opens, so a symlink never gets here (if one does: `ELOOP`, as for `O_NOFOLLOW`).
+    pub async fn open(&self, ino: u64, flags: i32, caller: Caller) -> Result<Opened, FsError> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if ino == STATUS_INO {
             if writable {
@@ -408,10 +476,10 @@ impl Fs {
             Some(id) => id.clone(),
             None => return self.logged("open", &id, Err(FsError::Stale)),
         };
-        self.open_id(ino, &id, flags)
+        self.open_id(ino, &id, flags, caller)
     }
 
-    fn open_id(&self, ino: u64, id: &StateId, flags: i32) -> Result<Opened, FsError> {
+    fn open_id(&self, ino: u64, id: &StateId, flags: i32, caller: Caller) -> Result<Opened, FsError> {
         let (content, attr) = {
             let replica = self.node.replica();
             match replica.tree.get(id) {
@@ -419,6 +487,7 @@ impl Fs {
                 Some(Entry { kind: EntryKind::Dir, .. }) => {
                     return Err(FsError::Precondition(crate::chain::Reject::IsADirectory))
                 }
+                Some(Entry { kind: EntryKind::Symlink(_), .. }) => return Err(FsError::IsSymlink),
                 Some(entry @ Entry { kind: EntryKind::File(content), .. }) => {
                     (content.clone(), self.attr_of(entry))
                 }
@@ -434,6 +503,8 @@ impl Fs {
         let append = flags & libc::O_APPEND != 0 && !truncate;
         let handle = WriteHandle {
             ino,
+            caller,
+            drop_privileges: false,
             append,
             buffer: if truncate || append { Vec::new() } else { content.as_bytes().to_vec() },
             dirty: truncate && !content.is_empty(),
@@ -457,6 +528,7 @@ impl Fs {
         mode: u32,
         umask: u32,
         flags: i32,
+        caller: Caller,
     ) -> Result<(Attr, Opened), FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("create", &String::from_utf8_lossy(name), id)?;
@@ -464,11 +536,12 @@ impl Fs {
             return self.logged("create", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
         let exclusive = flags & libc::O_EXCL != 0;
-        let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive };
+        let (uid, gid, _) = self.new_owner(&id, caller);
+        let op = TxOp::Create { id: id.clone(), mode: mode & !umask & 0o7777, exclusive, uid, gid };
         let committed = self.node.propose(op).await.map_err(FsError::from);
         self.logged("create", &id, committed)?;
         let ino = self.entry_attr(&id).ok_or_else(Self::not_found)?.ino;
-        let opened = self.open_id(ino, &id, flags)?;
+        let opened = self.open_id(ino, &id, flags, caller)?;
         let attr = self.entry_attr(&id).ok_or_else(Self::not_found)?;
         Ok((attr, opened))
     }
@@ -490,7 +563,9 @@ impl Fs {
     }
 
     /// `write` into the handle's buffer. Over the size limit: `EFBIG`, and the handle is spoiled.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    /// `drop_privileges`: the writer lacks `CAP_FSETID` (the kernel's `FUSE_WRITE_KILL_SUIDGID`),
+    /// so the commit clears setuid/setgid as a write does on ext4.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_privileges: bool) -> Result<u32, FsError> {
         let handle = self.handle(fh)?;
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else {
@@ -520,6 +595,7 @@ impl Fs {
             w.buffer[offset as usize..end].copy_from_slice(data);
         }
         w.dirty = true;
+        w.drop_privileges |= drop_privileges;
         w.version += 1;
         Ok(data.len() as u32)
     }
@@ -529,7 +605,7 @@ impl Fs {
         let handle = self.handle(fh)?;
         let commit = handle.lock().unwrap().commit.clone();
         let _turn = commit.lock().await;
-        let (op, version, sent) = {
+        let (op, chmod, version, sent) = {
             let open = handle.lock().unwrap();
             let Handle::Write(w) = &open.handle else {
                 return Ok(());
@@ -540,23 +616,42 @@ impl Fs {
             if !w.dirty {
                 return Ok(());
             }
-            let Some(id) = self.node.replica().tree.id_of(w.ino).cloned() else {
+            let replica = self.node.replica();
+            let Some(id) = replica.tree.id_of(w.ino).cloned() else {
                 if w.append {
                     // Bytes meant for the end of a state that no longer exists (rotated or
                     // removed, here or elsewhere): refuse rather than lose them silently.
                     let state = format!("inode {}", w.ino);
+                    drop(replica);
                     drop(open);
                     return self.logged("commit", &state, Err(FsError::Stale));
                 }
                 // Removed while open: like an unlinked file, its data goes nowhere.
                 return Ok(());
             };
+            // An unprivileged write drops setuid/setgid before the new content lands.
+            let chmod = replica.tree.get(&id).map(|e| e.mode).and_then(|mode| {
+                let dropped = mode_after_unprivileged_write(mode);
+                (w.drop_privileges && dropped != mode).then(|| TxOp::Chmod { id: id.clone(), mode: dropped })
+            });
             let content = Content::from(w.buffer.clone());
-            let op = if w.append { TxOp::Append { id, content } } else { TxOp::Put { id, content } };
-            (op, w.version, w.buffer.len())
+            let (uid, gid) = (w.caller.uid, w.caller.gid);
+            let op = if w.append {
+                TxOp::Append { id, content, uid, gid }
+            } else {
+                TxOp::Put { id, content, uid, gid }
+            };
+            (op, chmod, w.version, w.buffer.len())
         };
         let id = op.state_ids()[0].clone();
-        let result = self.node.propose(op).await.map_err(FsError::from);
+        let result = match chmod {
+            Some(chmod) => self.node.propose(chmod).await.map(drop).map_err(FsError::from),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => self.node.propose(op).await.map_err(FsError::from),
+            Err(e) => Err(e),
+        };
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else { unreachable!("a handle keeps its kind") };
         match result {
@@ -601,19 +696,33 @@ impl Fs {
         self.handles.lock().unwrap().remove(&fh);
     }
 
-    /// `setattr`: `ftruncate` edits the handle; `truncate(path)` and `chmod` are transactions;
-    /// times are accepted and ignored (a state's mtime is its block's time); a different owner
-    /// is refused.
-    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr, FsError> {
+    /// `setattr`: `ftruncate` edits the handle; `truncate(path)` is a transaction; owner,
+    /// group and mode changes that arrive together (a `chown` with the setuid bit the kernel
+    /// clears) are one `chown` transaction, a mode alone a `chmod`; `utimensat` is a `times`
+    /// transaction. The kernel has already checked permissions (`DefaultPermissions`); as a
+    /// second line of defence only root may give a state to another owner, and only the owner
+    /// (or root) may change its group.
+    pub async fn setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Attr, FsError> {
         if ino == CONTROL_INO || ino == STATUS_INO {
-            if set.mode.is_some() || set.size.is_some() || set.uid.is_some() || set.gid.is_some() {
+            let changes = set.mode.is_some()
+                || set.size.is_some()
+                || set.uid.is_some()
+                || set.gid.is_some()
+                || set.atime.is_some()
+                || set.mtime.is_some();
+            if changes {
                 return self.logged("setattr", &".lightchain", Err(FsError::ReadOnly));
             }
             return Ok(self.control_attr(ino));
         }
         let id = self.id_of(ino)?;
-        if set.uid.is_some_and(|u| u != self.config.uid) || set.gid.is_some_and(|g| g != self.config.gid) {
-            return self.logged("chown", &id, Err(FsError::NotPermitted));
+        if set.uid.is_some() || set.gid.is_some() {
+            let current = self.entry_attr(&id).ok_or_else(Self::not_found)?;
+            let gives_away = set.uid.is_some_and(|u| u != current.uid);
+            let regroups = set.gid.is_some_and(|g| g != current.gid);
+            if caller.uid != 0 && (gives_away || (regroups && caller.uid != current.uid)) {
+                return self.logged("chown", &id, Err(FsError::NotPermitted));
+            }
         }
         if let Some(size) = set.size {
             if size > self.config.max_state_size {
@@ -627,11 +736,52 @@ impl Fs {
                 }
             }
         }
-        if let Some(mode) = set.mode {
-            let committed = self.node.propose(TxOp::Chmod { id: id.clone(), mode: mode & 0o7777 }).await;
-            self.logged("chmod", &id, committed.map_err(FsError::from))?;
+        let mode = set.mode.map(|m| m & 0o7777);
+        let attrs = match (set.uid, set.gid, mode) {
+            (None, None, None) => None,
+            (None, None, Some(mode)) => Some(("chmod", TxOp::Chmod { id: id.clone(), mode })),
+            (uid, gid, mode) => Some(("chown", TxOp::Chown { id: id.clone(), uid, gid, mode })),
+        };
+        if let Some((op, tx)) = attrs {
+            let committed = self.node.propose(tx).await;
+            self.logged(op, &id, committed.map_err(FsError::from))?;
+        }
+        // A truncate sends "mtime = now" along; its own transaction already set mtime to its
+        // block's time, so only explicit times remain.
+        let keep = |t: Option<TimeSpec>| match (set.size, t) {
+            (Some(_), Some(TimeSpec::Now)) => None,
+            (_, t) => t,
+        };
+        let (atime, mtime) = (keep(set.atime), keep(set.mtime));
+        if atime.is_some() || mtime.is_some() {
+            // Times set after writes must outlast them (`cp -p` sets them before its close):
+            // commit what open handles hold first, as ext4 has those writes already.
+            self.commit_open_writes(ino).await?;
+            let committed = self.node.propose(TxOp::Times { id: id.clone(), atime, mtime }).await;
+            self.logged("utimensat", &id, committed.map_err(FsError::from))?;
         }
         self.getattr(ino, set.fh)
+    }
+
+    /// Commits every dirty, unspoiled write handle of inode `ino` (a later `flush` of them
+    /// commits nothing new).
+    async fn commit_open_writes(&self, ino: u64) -> Result<(), FsError> {
+        let dirty: Vec<u64> = self
+            .handles
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, open)| {
+                // A spoiled handle commits nothing; its error belongs to its own caller.
+                let open = open.lock().unwrap();
+                matches!(&open.handle, Handle::Write(w) if w.ino == ino && w.dirty && w.spoiled.is_none())
+            })
+            .map(|(fh, _)| *fh)
+            .collect();
+        for fh in dirty {
+            self.flush(fh).await?;
+        }
+        Ok(())
     }
 
     fn truncate_handle(&self, handle: &Mutex<OpenFile>, size: u64) -> Result<(), FsError> {
@@ -653,13 +803,74 @@ impl Fs {
         Ok(())
     }
 
-    /// `mkdir`.
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32) -> Result<Attr, FsError> {
+    /// Owner and group of a state `caller` creates at `id`, and the setgid bit a new directory
+    /// inherits: in a setgid directory the group is the directory's and subdirectories are
+    /// setgid too (as ext4 does; the kernel leaves this to the filesystem).
+    fn new_owner(&self, id: &StateId, caller: Caller) -> (u32, u32, u32) {
+        const SETGID: u32 = 0o2000;
+        let replica = self.node.replica();
+        match id.parent().as_ref().and_then(|p| replica.tree.get(p)) {
+            Some(dir) if dir.mode & SETGID != 0 => (caller.uid, self.attr_of(dir).gid, SETGID),
+            _ => (caller.uid, caller.gid, 0),
+        }
+    }
+
+    /// `mkdir`: a directory owned by the caller.
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         let id = self.child_id(parent, name);
         let id = self.logged("mkdir", &String::from_utf8_lossy(name), id)?;
-        let committed = self.node.propose(TxOp::Mkdir { id: id.clone(), mode: mode & !umask & 0o7777 }).await;
+        let (uid, gid, setgid) = self.new_owner(&id, caller);
+        let mode = (mode & !umask & 0o7777) | setgid;
+        let op = TxOp::Mkdir { id: id.clone(), mode, uid, gid };
+        let committed = self.node.propose(op).await;
         self.logged("mkdir", &id, committed.map_err(FsError::from))?;
         self.entry_attr(&id).ok_or_else(Self::not_found)
+    }
+
+    /// `symlink`: a link named `name` in `parent` holding `target`, owned by the caller. The
+    /// target is stored as given: UTF-8 (else `EINVAL`), not empty (`ENOENT`), at most 4,095
+    /// bytes (`ENAMETOOLONG`).
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        let id = self.child_id(parent, name);
+        let id = self.logged("symlink", &String::from_utf8_lossy(name), id)?;
+        let target = match std::str::from_utf8(target) {
+            Err(_) => Err(FsError::SymlinkTarget(TargetError::NotUtf8)),
+            Ok("") => Err(FsError::SymlinkTarget(TargetError::Empty)),
+            Ok(t) if t.len() > MAX_SYMLINK_TARGET => Err(FsError::SymlinkTarget(TargetError::TooLong)),
+            Ok(t) => Ok(t.to_owned()),
+        };
+        let target = self.logged("symlink", &id, target)?;
+        let (uid, gid, _) = self.new_owner(&id, caller);
+        let op = TxOp::Symlink { id: id.clone(), target, uid, gid };
+        let committed = self.node.propose(op).await;
+        self.logged("symlink", &id, committed.map_err(FsError::from))?;
+        self.entry_attr(&id).ok_or_else(Self::not_found)
+    }
+
+    /// `readlink`: a symlink's target (`EINVAL` for anything else, as Linux answers).
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        if ino == CONTROL_INO || ino == STATUS_INO {
+            return Err(FsError::InvalidArgument);
+        }
+        let id = self.id_of(ino)?;
+        match self.node.replica().tree.get(&id).map(|e| &e.kind) {
+            None => Err(Self::not_found()),
+            Some(EntryKind::Symlink(target)) => Ok(target.as_bytes().to_vec()),
+            Some(EntryKind::File(_) | EntryKind::Dir) => Err(FsError::InvalidArgument),
+        }
     }
 
     /// `unlink`.
@@ -726,8 +937,11 @@ impl Fs {
                 entries.push(DirEntry { ino: CONTROL_INO, kind: Kind::Dir, name: CONTROL_DIR.into() });
             }
             for (child, entry) in replica.tree.children(&id) {
-                let kind = if entry.is_dir() { Kind::Dir } else { Kind::File };
-                entries.push(DirEntry { ino: entry.ino, kind, name: child.name().to_owned() });
+                entries.push(DirEntry {
+                    ino: entry.ino,
+                    kind: Kind::of(entry),
+                    name: child.name().to_owned(),
+                });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -784,11 +998,11 @@ impl Fs {
         out
     }
 
-    /// Refuses what lightchain does not support (links, special files, xattrs).
+    /// Refuses what lightchain does not support (hard links, special files, xattrs).
     pub fn unsupported(&self, op: &str) -> FsError {
         tracing::debug!(op, "unsupported operation");
         match op {
-            "link" | "symlink" | "mknod" => FsError::NotPermitted,
+            "link" | "mknod" => FsError::NotPermitted,
             _ => FsError::NotSupported,
         }
     }

@@ -23,8 +23,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timestamps, Uid};
 use rustix::io::Errno;
+use rustix::time::Timespec;
 
 use super::{DataDir, Error, Result};
 use crate::chain::{Entry, EntryKind, StateId, Tree, CONTROL_DIR};
@@ -51,6 +52,8 @@ pub struct StatesDir {
     pid: u32,
     /// This process's umask: a mode it does not strip needs no separate chmod.
     umask: u32,
+    /// Whether this process may give files away (owners are mirrored only then).
+    is_root: bool,
 }
 
 /// Open directory descriptors for one pass over `states/`, by state ID. Cleared whenever a
@@ -89,6 +92,7 @@ impl StatesDir {
             counter: AtomicU64::new(0),
             pid: std::process::id(),
             umask: process_umask(),
+            is_root: rustix::process::geteuid().is_root(),
         }
     }
 
@@ -202,6 +206,39 @@ impl StatesDir {
                 let fd = self.dir(dirs, id, false, &mut made)?;
                 rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
                     .map_err(|e| io_err("chmod", display(id), e))?;
+                self.own(fd, entry).map_err(|e| io_err("chown", display(id), e))?;
+                // A directory's mtime moves again as its children are written; it is mirrored
+                // as of this write only.
+                rustix::fs::futimens(fd, &timestamps(entry))
+                    .map_err(|e| io_err("utimens", display(id), e))?;
+            }
+            EntryKind::Symlink(target) => {
+                let tmp = self.tmp_name();
+                let scratch = self.scratch(dirs)?;
+                let made_link = rustix::fs::symlinkat(target.as_str(), scratch, tmp.as_str())
+                    .and_then(|()| match self.is_root {
+                        true => rustix::fs::chownat(
+                            scratch,
+                            tmp.as_str(),
+                            Some(Uid::from_raw(entry.uid)),
+                            Some(Gid::from_raw(entry.gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        ),
+                        false => Ok(()),
+                    })
+                    .and_then(|()| {
+                        rustix::fs::utimensat(
+                            scratch,
+                            tmp.as_str(),
+                            &timestamps(entry),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                    });
+                if let Err(e) = made_link {
+                    let _ = rustix::fs::unlinkat(scratch, tmp.as_str(), AtFlags::empty());
+                    return Err(io_err("symlink", display(id), e));
+                }
+                self.place(dirs, &parent, &tmp, id)?;
             }
             EntryKind::File(content) => {
                 let tmp = self.tmp_name();
@@ -224,7 +261,10 @@ impl StatesDir {
                         rustix::fs::fchmod(&file, Mode::from_raw_mode(entry.mode))
                             .map_err(|e| io_err("chmod", display(id), e))?;
                     }
-                    Ok(())
+                    self.own(&file, entry).map_err(|e| io_err("chown", display(id), e))?;
+                    // After the write, which set them to now.
+                    rustix::fs::futimens(&file, &timestamps(entry))
+                        .map_err(|e| io_err("utimens", display(id), e))
                 };
                 if let Err(e) = written.and_then(|()| chmod()) {
                     let _ = rustix::fs::unlinkat(self.scratch(dirs)?, tmp.as_str(), AtFlags::empty());
@@ -235,6 +275,15 @@ impl StatesDir {
             }
         }
         Ok(made)
+    }
+
+    /// Gives `fd` the entry's owner — only when running as root; otherwise the host does not
+    /// allow it and owners are not mirrored (DESIGN §1.4: "where the host allows").
+    fn own(&self, fd: impl AsFd, entry: &Entry) -> std::result::Result<(), Errno> {
+        if !self.is_root {
+            return Ok(());
+        }
+        rustix::fs::fchown(fd, Some(Uid::from_raw(entry.uid)), Some(Gid::from_raw(entry.gid)))
     }
 
     fn mkdir(&self, dirs: &mut Dirs, parent: &StateId, id: &StateId) -> Result<()> {
@@ -391,13 +440,29 @@ impl StatesDir {
             Err(e) => return Err(io_err("stat", display(id), e)),
         };
         let kind = FileType::from_raw_mode(st.st_mode);
+        let owned = !self.is_root || (st.st_uid == entry.uid && st.st_gid == entry.gid);
+        if !owned {
+            return Ok(false);
+        }
+        if let EntryKind::Symlink(target) = &entry.kind {
+            if kind != FileType::Symlink || !same_mtime(&st, entry) {
+                return Ok(false);
+            }
+            let on_disk = rustix::fs::readlinkat(parent_fd, id.name(), Vec::new())
+                .map_err(|e| io_err("readlink", display(id), e))?;
+            return Ok(on_disk.as_bytes() == target.as_bytes());
+        }
         if st.st_mode & 0o7777 != entry.mode {
             return Ok(false);
         }
         Ok(match &entry.kind {
+            EntryKind::Symlink(_) => unreachable!("handled above"),
             EntryKind::Dir => kind == FileType::Directory,
             EntryKind::File(content) => {
-                if kind != FileType::RegularFile || st.st_size as u64 != content.len() as u64 {
+                if kind != FileType::RegularFile
+                    || st.st_size as u64 != content.len() as u64
+                    || !same_mtime(&st, entry)
+                {
                     return Ok(false);
                 }
                 let fd = rustix::fs::openat(
@@ -451,6 +516,18 @@ impl StatesDir {
         let entries: Vec<(StateId, Entry)> = tree.iter().map(|(id, e)| (id.clone(), e.clone())).collect();
         self.compare(&mut Dirs::default(), &StateId::root(), &entries)
     }
+}
+
+/// The entry's access and modification times, for `futimens`/`utimensat`.
+fn timestamps(entry: &Entry) -> Timestamps {
+    let spec =
+        |ns: i64| Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    Timestamps { last_access: spec(entry.atime_ns), last_modification: spec(entry.mtime_ns) }
+}
+
+fn same_mtime(st: &rustix::fs::Stat, entry: &Entry) -> bool {
+    let ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+    ns == i128::from(entry.mtime_ns)
 }
 
 fn libc_enoent() -> i32 {
@@ -524,9 +601,9 @@ mod tests {
         let states = StatesDir::new(&dir);
         let mut dirs = Dirs::default();
         let mut tree = Tree::new();
-        apply(&mut tree, 1, TxOp::Mkdir { id: sid("d"), mode: 0o750 });
-        apply(&mut tree, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]) });
-        apply(&mut tree, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]) });
+        apply(&mut tree, 1, TxOp::Mkdir { id: sid("d"), mode: 0o750, uid: 0, gid: 0 });
+        apply(&mut tree, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0 });
+        apply(&mut tree, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0 });
         let root = StateId::root();
         states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
         assert_eq!(std::fs::read(dir.states().join("d/f")).unwrap(), b"hi");
@@ -566,11 +643,15 @@ mod tests {
         let mut id = String::new();
         for seq in 1..16 {
             id = if id.is_empty() { component.clone() } else { format!("{id}/{component}") };
-            apply(&mut tree, seq, TxOp::Mkdir { id: sid(&id), mode: 0o755 });
+            apply(&mut tree, seq, TxOp::Mkdir { id: sid(&id), mode: 0o755, uid: 0, gid: 0 });
         }
         let file = format!("{id}/{component}");
         assert_eq!(file.len(), crate::chain::MAX_PATH_LEN);
-        apply(&mut tree, 16, TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]) });
+        apply(
+            &mut tree,
+            16,
+            TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]), uid: 0, gid: 0 },
+        );
         let mut dirs = Dirs::default();
         states.settle(&mut dirs, &StateId::root(), &entries(&tree)).unwrap();
         assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
