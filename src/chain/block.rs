@@ -199,6 +199,9 @@ impl Block {
 
 /// Tag of the optional owner section (see [`Encoder::owner`]); never a valid outcome tag.
 const OWNER_TAG: u8 = 0xf1;
+/// Tag of the optional inode precondition (see [`Encoder::expected_ino`]); never a valid
+/// outcome tag, and not the owner's.
+const INO_TAG: u8 = 0xf2;
 
 /// Feeds a canonical encoding straight into sha256.
 pub(crate) struct Encoder(Sha256);
@@ -234,6 +237,14 @@ impl Encoder {
             self.u64(u64::from(gid));
         }
     }
+    /// An inode precondition, as an optional trailing section after the owner's: tag byte
+    /// [`INO_TAG`] and the inode; nothing without one (so older encodings are unchanged).
+    pub(crate) fn expected_ino(&mut self, ino: Option<u64>) {
+        if let Some(ino) = ino {
+            self.u8(INO_TAG);
+            self.u64(ino);
+        }
+    }
     fn opt_u32(&mut self, v: Option<u32>) {
         match v {
             None => self.u8(0),
@@ -260,17 +271,19 @@ impl Encoder {
 
 fn encode_op(e: &mut Encoder, op: &TxOp) {
     match op {
-        TxOp::Put { id, content, uid, gid } => {
+        TxOp::Put { id, content, uid, gid, ino } => {
             e.u8(1);
             e.id(id);
             e.bytes(content.as_bytes());
             e.owner(*uid, *gid);
+            e.expected_ino(*ino);
         }
-        TxOp::Append { id, content, uid, gid } => {
+        TxOp::Append { id, content, uid, gid, ino } => {
             e.u8(2);
             e.id(id);
             e.bytes(content.as_bytes());
             e.owner(*uid, *gid);
+            e.expected_ino(*ino);
         }
         TxOp::Create { id, mode, exclusive, uid, gid } => {
             e.u8(3);
@@ -369,6 +382,7 @@ fn encode_outcome(e: &mut Encoder, outcome: Outcome) {
                 Reject::NotEmpty => 4,
                 Reject::Invalid => 5,
                 Reject::NameTooLong => 6,
+                Reject::Moved => 7,
             });
         }
     }
@@ -389,6 +403,7 @@ mod tests {
             content: Content::from(content.as_bytes()),
             uid: 0,
             gid: 0,
+            ino: None,
         }
     }
 
@@ -483,8 +498,8 @@ mod tests {
     /// changed in turn.
     fn every_op() -> Vec<TxOp> {
         vec![
-            TxOp::Put { id: sid("p"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100 },
-            TxOp::Append { id: sid("a"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100 },
+            TxOp::Put { id: sid("p"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100, ino: None },
+            TxOp::Append { id: sid("a"), content: Content::from(&b"c"[..]), uid: 1000, gid: 100, ino: None },
             TxOp::Create { id: sid("c"), mode: 0o640, exclusive: true, uid: 1000, gid: 100 },
             TxOp::Mkdir { id: sid("m"), mode: 0o750, uid: 1000, gid: 100 },
             TxOp::Symlink { id: sid("l"), target: "../t".into(), uid: 1000, gid: 100 },

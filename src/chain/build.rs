@@ -131,6 +131,7 @@ mod tests {
             content: Content::from(&b"v1"[..]),
             uid: 0,
             gid: 0,
+            ino: None,
         };
         let excl =
             TxOp::Create { id: StateId::parse("f").unwrap(), mode: 0o644, exclusive: true, uid: 0, gid: 0 };
@@ -161,6 +162,7 @@ mod tests {
             content: Content::from(&b"v2"[..]),
             uid: 0,
             gid: 0,
+            ino: None,
         };
         forged.hash = forged.compute_hash();
         let mut t = Tree::new();

@@ -421,10 +421,12 @@ impl Tree {
 
     fn apply_op(&mut self, ctx: &ApplyCtx, op: &TxOp) -> Result<Vec<Change>, Reject> {
         match op {
-            TxOp::Put { id, content, uid, gid } => {
+            TxOp::Put { id, content, uid, gid, ino } => {
+                self.check_ino(id, *ino)?;
                 self.write_file(ctx, id, (*uid, *gid), |_| content.clone())
             }
-            TxOp::Append { id, content, uid, gid } => {
+            TxOp::Append { id, content, uid, gid, ino } => {
+                self.check_ino(id, *ino)?;
                 self.write_file(ctx, id, (*uid, *gid), |old| match old {
                     Some(old) if !old.is_empty() => {
                         let mut bytes = Vec::with_capacity(old.len() + content.len());
@@ -654,6 +656,15 @@ impl Tree {
         Ok(vec![Change::Renamed { from: from.clone(), to: to.clone() }])
     }
 
+    /// With an inode precondition, `id` must still name that inode.
+    fn check_ino(&self, id: &StateId, ino: Option<InodeNo>) -> Result<(), Reject> {
+        match (ino, self.entries.get(id)) {
+            (None, _) => Ok(()),
+            (Some(ino), Some(entry)) if entry.ino == ino => Ok(()),
+            (Some(_), _) => Err(Reject::Moved),
+        }
+    }
+
     /// Moving `from` to `to` must not make any path below it longer than `PATH_MAX` allows.
     fn check_rebased_lengths(&self, from: &StateId, to: &StateId) -> Result<(), Reject> {
         let deepest = self.descendants(from).map(|(id, _)| id.as_str().len()).max().unwrap_or(0);
@@ -725,7 +736,7 @@ mod tests {
         StateId::parse(s).unwrap()
     }
     fn put(id: &str, c: &str) -> TxOp {
-        TxOp::Put { id: sid(id), content: Content::from(c.as_bytes()), uid: 0, gid: 0 }
+        TxOp::Put { id: sid(id), content: Content::from(c.as_bytes()), uid: 0, gid: 0, ino: None }
     }
     fn mkdir(id: &str) -> TxOp {
         TxOp::Mkdir { id: sid(id), mode: 0o755, uid: 0, gid: 0 }
@@ -742,7 +753,13 @@ mod tests {
         let mut h = Harness::new();
         assert_eq!(h.apply(put("a", "one")), Outcome::Ok);
         assert_eq!(
-            h.apply(TxOp::Append { id: sid("a"), content: Content::from(&b"+two"[..]), uid: 0, gid: 0 }),
+            h.apply(TxOp::Append {
+                id: sid("a"),
+                content: Content::from(&b"+two"[..]),
+                uid: 0,
+                gid: 0,
+                ino: None
+            }),
             Outcome::Ok
         );
         assert_eq!(h.content("a").unwrap(), b"one+two");
@@ -754,7 +771,13 @@ mod tests {
         assert!(h.tree.get(&sid("a")).is_none());
         assert_eq!(h.apply(TxOp::Delete { id: sid("a") }), rejected(Reject::NotFound));
         assert_eq!(
-            h.apply(TxOp::Append { id: sid("b"), content: Content::from(&b"x"[..]), uid: 0, gid: 0 }),
+            h.apply(TxOp::Append {
+                id: sid("b"),
+                content: Content::from(&b"x"[..]),
+                uid: 0,
+                gid: 0,
+                ino: None
+            }),
             Outcome::Ok
         );
         assert_eq!(h.content("b").unwrap(), b"x");
@@ -824,6 +847,35 @@ mod tests {
         assert_eq!(h.apply(rename("ab", "z", RenameMode::Replace)), rejected(Reject::IsADirectory));
         assert_eq!(h.apply(rename("z", "ab", RenameMode::Replace)), rejected(Reject::NotADirectory));
         assert_eq!(h.apply(rename("missing", "q", RenameMode::Replace)), rejected(Reject::NotFound));
+    }
+
+    #[test]
+    fn a_write_bound_to_an_inode_applies_only_while_the_path_names_it() {
+        let mut h = Harness::new();
+        h.apply(put("log", "one\n"));
+        let ino = h.tree.get(&sid("log")).unwrap().ino;
+        let bound = |content: &str| TxOp::Append {
+            id: sid("log"),
+            content: Content::from(content.as_bytes()),
+            uid: 0,
+            gid: 0,
+            ino: Some(ino),
+        };
+        assert_eq!(h.apply(bound("two\n")), Outcome::Ok);
+        // Rotated: the path now names another inode; the bound append is refused, nothing changes.
+        h.apply(TxOp::Rename { from: sid("log"), to: sid("log.1"), mode: RenameMode::Replace });
+        h.apply(put("log", "fresh\n"));
+        let root = h.tree.state_root();
+        assert_eq!(h.apply(bound("three\n")), rejected(Reject::Moved));
+        assert_eq!(h.tree.state_root(), root);
+        assert_eq!(h.content("log").unwrap(), b"fresh\n");
+        assert_eq!(h.content("log.1").unwrap(), b"one\ntwo\n");
+        // Removed: refused as well, and not recreated.
+        h.apply(TxOp::Delete { id: sid("log.1") });
+        let put_bound =
+            TxOp::Put { id: sid("log.1"), content: Content::from(&b"x"[..]), uid: 0, gid: 0, ino: Some(ino) };
+        assert_eq!(h.apply(put_bound), rejected(Reject::Moved));
+        assert!(h.tree.get(&sid("log.1")).is_none());
     }
 
     #[test]
@@ -915,8 +967,8 @@ mod tests {
         let ops = [
             TxOp::Create { id: sid("c"), mode: 0o644, exclusive: false, uid, gid },
             TxOp::Mkdir { id: sid("m"), mode: 0o755, uid, gid },
-            TxOp::Put { id: sid("p"), content: Content::from(&b"x"[..]), uid, gid },
-            TxOp::Append { id: sid("a"), content: Content::from(&b"x"[..]), uid, gid },
+            TxOp::Put { id: sid("p"), content: Content::from(&b"x"[..]), uid, gid, ino: None },
+            TxOp::Append { id: sid("a"), content: Content::from(&b"x"[..]), uid, gid, ino: None },
             TxOp::Symlink { id: sid("l"), target: "c".into(), uid, gid },
         ];
         for op in ops {
@@ -926,7 +978,8 @@ mod tests {
             assert_eq!((h.entry(id).uid, h.entry(id).gid), (uid, gid), "{id}");
         }
         // Rewriting someone's file keeps its owner, whoever asks.
-        let rewrite = TxOp::Put { id: sid("p"), content: Content::from(&b"y"[..]), uid: 0, gid: 0 };
+        let rewrite =
+            TxOp::Put { id: sid("p"), content: Content::from(&b"y"[..]), uid: 0, gid: 0, ino: None };
         assert_eq!(h.apply(rewrite), Outcome::Ok);
         assert_eq!((h.entry("p").uid, h.entry("p").gid), (uid, gid));
         assert_eq!(

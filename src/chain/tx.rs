@@ -164,6 +164,11 @@ pub enum TxOp {
         /// Group of the file if this creates it.
         #[serde(default, skip_serializing_if = "is_zero")]
         gid: u32,
+        /// The inode the writing handle opened: the change applies only while `id` still
+        /// names that inode (otherwise it is rejected as `moved`, and the writer looks for where
+        /// its file went). `None`: whatever `id` names, created if missing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ino: Option<u64>,
     },
     /// Add bytes to the end of whatever the file holds when the block is applied.
     Append {
@@ -177,6 +182,11 @@ pub enum TxOp {
         /// Group of the file if this creates it.
         #[serde(default, skip_serializing_if = "is_zero")]
         gid: u32,
+        /// The inode the writing handle opened: the change applies only while `id` still
+        /// names that inode (otherwise it is rejected as `moved`, and the writer looks for where
+        /// its file went). `None`: whatever `id` names, created if missing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ino: Option<u64>,
     },
     /// Create an empty file. With `exclusive`, the file must not exist (`O_EXCL`).
     Create {
@@ -343,6 +353,10 @@ pub enum Reject {
     /// whose deepest state would end up too deep).
     #[error("a resulting path would be too long")]
     NameTooLong,
+    /// The path no longer names the inode the writing handle opened (it was renamed away or
+    /// removed after the commit named it).
+    #[error("the state moved")]
+    Moved,
 }
 
 /// What applying a transaction did, recorded in the block.
@@ -375,11 +389,18 @@ mod tests {
     #[test]
     fn ops_serialize_externally_tagged() {
         let id = StateId::parse("greeting").unwrap();
-        let op = TxOp::Put { id: id.clone(), content: Content::from(b"hi".to_vec()), uid: 0, gid: 0 };
+        let op =
+            TxOp::Put { id: id.clone(), content: Content::from(b"hi".to_vec()), uid: 0, gid: 0, ino: None };
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi"}}"#, "root's owner is left out");
         assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);
-        let op = TxOp::Put { id: id.clone(), content: Content::from(b"hi".to_vec()), uid: 1000, gid: 5 };
+        let op = TxOp::Put {
+            id: id.clone(),
+            content: Content::from(b"hi".to_vec()),
+            uid: 1000,
+            gid: 5,
+            ino: None,
+        };
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(json, r#"{"put":{"id":"greeting","content":"hi","uid":1000,"gid":5}}"#);
         assert_eq!(serde_json::from_str::<TxOp>(&json).unwrap(), op);

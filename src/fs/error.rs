@@ -120,6 +120,7 @@ fn reject_errno(reject: Reject) -> i32 {
         Reject::NotEmpty => libc::ENOTEMPTY,
         Reject::Invalid => libc::EINVAL,
         Reject::NameTooLong => libc::ENAMETOOLONG,
+        Reject::Moved => libc::ESTALE,
     }
 }
 

@@ -280,6 +280,14 @@ fn time_of(ns: i64) -> SystemTime {
     }
 }
 
+/// Whether the handle appends (`None` for a read handle).
+fn op_kind_is_append(handle: &Mutex<OpenFile>) -> Option<bool> {
+    match &handle.lock().unwrap().handle {
+        Handle::Write(w) => Some(w.append),
+        Handle::Read(_) => None,
+    }
+}
+
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
@@ -636,10 +644,13 @@ impl Fs {
             });
             let content = Content::from(w.buffer.clone());
             let (uid, gid) = (w.caller.uid, w.caller.gid);
+            // The commit names the path, on condition that it still names this inode when the
+            // block is applied: a rename racing the commit cannot redirect it to another state.
+            let ino = Some(w.ino);
             let op = if w.append {
-                TxOp::Append { id, content, uid, gid }
+                TxOp::Append { id, content, uid, gid, ino }
             } else {
-                TxOp::Put { id, content, uid, gid }
+                TxOp::Put { id, content, uid, gid, ino }
             };
             (op, chmod, w.version, w.buffer.len())
         };
@@ -649,8 +660,13 @@ impl Fs {
             None => Ok(()),
         };
         let result = match result {
-            Ok(()) => self.node.propose(op).await.map_err(FsError::from),
+            Ok(()) => self.commit_to_inode(op).await,
             Err(e) => Err(e),
+        };
+        let result = match result {
+            // A whole-content handle of a state removed meanwhile: as for an unlinked file.
+            Err(FsError::Stale) if !matches!(op_kind_is_append(&handle), Some(true)) => return Ok(()),
+            other => other,
         };
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else { unreachable!("a handle keeps its kind") };
@@ -673,6 +689,29 @@ impl Fs {
                 self.logged("commit", &id, Err(e))
             }
         }
+    }
+
+    /// Proposes a handle's `put`/`append`; when the path no longer names the handle's inode by
+    /// the time it is applied (renamed away meanwhile), follows the inode to its new path and
+    /// tries again; `Stale` when the inode is gone.
+    async fn commit_to_inode(&self, mut op: TxOp) -> Result<crate::node::Committed, FsError> {
+        for _ in 0..8 {
+            match self.node.propose(op.clone()).await {
+                Err(crate::node::Error::Rejected(crate::chain::Reject::Moved)) => {
+                    let (TxOp::Put { id, ino: Some(ino), .. } | TxOp::Append { id, ino: Some(ino), .. }) =
+                        &mut op
+                    else {
+                        return Err(FsError::Stale);
+                    };
+                    match self.node.replica().tree.id_of(*ino) {
+                        Some(now) => *id = now.clone(),
+                        None => return Err(FsError::Stale),
+                    }
+                }
+                other => return other.map_err(FsError::from),
+            }
+        }
+        Err(FsError::Stale)
     }
 
     /// `fsync`: the same commit as `flush`, then a wait until `states/` holds it too (the

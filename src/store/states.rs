@@ -602,8 +602,16 @@ mod tests {
         let mut dirs = Dirs::default();
         let mut tree = Tree::new();
         apply(&mut tree, 1, TxOp::Mkdir { id: sid("d"), mode: 0o750, uid: 0, gid: 0 });
-        apply(&mut tree, 2, TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0 });
-        apply(&mut tree, 3, TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0 });
+        apply(
+            &mut tree,
+            2,
+            TxOp::Put { id: sid("d/f"), content: Content::from(&b"hi"[..]), uid: 0, gid: 0, ino: None },
+        );
+        apply(
+            &mut tree,
+            3,
+            TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0, ino: None },
+        );
         let root = StateId::root();
         states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
         assert_eq!(std::fs::read(dir.states().join("d/f")).unwrap(), b"hi");
@@ -650,7 +658,7 @@ mod tests {
         apply(
             &mut tree,
             16,
-            TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]), uid: 0, gid: 0 },
+            TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]), uid: 0, gid: 0, ino: None },
         );
         let mut dirs = Dirs::default();
         states.settle(&mut dirs, &StateId::root(), &entries(&tree)).unwrap();
