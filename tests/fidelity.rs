@@ -438,3 +438,54 @@ fn states_mirrors_owners_modes_times_and_symlinks() {
     let st = n.status_json();
     assert_eq!(st["mirror"]["failing"], 0, "{st}");
 }
+
+// ----- the chain may be fatal, and then a restart recovers -----
+
+#[test]
+fn a_full_disk_under_chain_stops_the_node_and_a_restart_recovers_once_space_is_back() {
+    let mut n = Node::start(Opts::default().commit_timeout("3s"));
+    put(&n.path("before"), b"kept\n");
+    n.stop();
+    // chain/ becomes a 256 KiB tmpfs holding what it held.
+    let chain = n.data().join("chain");
+    let saved = n.data().join("chain.saved");
+    fs::rename(&chain, &saved).unwrap();
+    fs::create_dir(&chain).unwrap();
+    run("mount", &["-t", "tmpfs", "-o", "size=256k", "lc-test-chain", chain.to_str().unwrap()]);
+    let guard = ExtraMount(chain.clone());
+    for entry in fs::read_dir(&saved).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), chain.join(entry.file_name())).unwrap();
+    }
+    n.restart();
+    // Each block carries 32 KiB of JSON: the chain fills up after a few, and the node stops
+    // committing (EIO) instead of acknowledging blocks it cannot record.
+    let content = vec![b'c'; 32 << 10];
+    let mut acknowledged = Vec::new();
+    let mut failed = false;
+    for i in 0..40 {
+        let rel = format!("big-{i}");
+        match write_with_flags(&n.path(&rel), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, &content) {
+            Ok(()) => acknowledged.push(rel),
+            Err(step) => {
+                assert_eq!(step.errno(), libc::EIO, "a full chain/ is EIO for the app");
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "40 blocks of 32 KiB fit in a 256 KiB chain/?");
+    assert!(n.log().contains("cannot write chain/"), "the failure is logged");
+    n.kill9();
+    // Space is back: the node restarts cleanly, the acknowledged writes are there (re-applied
+    // from the consensus log where the chain lacked them), and verify passes.
+    run("mount", &["-o", "remount,size=64m", chain.to_str().unwrap()]);
+    n.restart();
+    for rel in &acknowledged {
+        assert_eq!(read(&n.path(rel)), content, "acknowledged {rel} survives");
+    }
+    put(&n.path("after"), b"serving again\n");
+    n.stop();
+    assert_ok(&n.verify(), "verify after the chain filled up and recovered");
+    drop(guard);
+}
