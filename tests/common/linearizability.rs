@@ -25,7 +25,8 @@
 //! - **P-compositionality**: each state is an independent register, so each is checked on its own.
 //! - **Unobserved indeterminate writes are dropped**: an indeterminate write whose value no read returned
 //!   can always be placed "never" (after everything), so removing it changes neither verdict; only the
-//!   ones some read saw take part in the search.
+//!   ones some read saw take part in the search. Likewise only the earliest of several indeterminate
+//!   exclusive creates of one value is kept (see [`reduce`]).
 //!
 //! When there is no linearization, the report names the furthest point the search reached: how many
 //! operations it could order, the register's value there, the operation that could not be placed, and the
@@ -177,25 +178,6 @@ impl Report {
         }
         out
     }
-
-    /// One line per register: operations, dropped, explored, verdict.
-    pub fn summary(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| {
-                let v = match k.verdict {
-                    Verdict::Linearizable => "linearizable",
-                    Verdict::Violation(_) => "VIOLATION",
-                    Verdict::Inconclusive(_) => "INCONCLUSIVE",
-                };
-                format!(
-                    "  {}: {} ops, {} unobserved indeterminate writes dropped, {} configurations explored: {v}",
-                    k.key, k.operations, k.dropped_unobserved, k.explored
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 /// Checks every register of `history` (all start as `None`: missing) with the default [`Limits`].
@@ -213,7 +195,7 @@ pub fn check_with<V: Clone + Eq + Hash + Debug>(history: &[Operation<V>], limits
         .into_iter()
         .map(|(key, ops)| {
             let operations = ops.len();
-            let (kept, dropped_unobserved) = drop_unobserved(ops);
+            let (kept, dropped_unobserved) = reduce(ops);
             let (verdict, explored) = Search::new(&kept).run(limits);
             KeyReport { key: key.to_string(), operations, dropped_unobserved, explored, verdict }
         })
@@ -222,8 +204,15 @@ pub fn check_with<V: Clone + Eq + Hash + Debug>(history: &[Operation<V>], limits
     Report { keys }
 }
 
-/// Removes indeterminate writes whose value no read returned (see the module header: sound and complete).
-fn drop_unobserved<V: Eq + Hash>(ops: Vec<&Operation<V>>) -> (Vec<&Operation<V>>, usize) {
+/// The reductions of the module header, before the search. Returns the operations kept and how many
+/// indeterminate writes were dropped as unobserved.
+///
+/// Also: of several indeterminate exclusive creates of one value, only the earliest invoked is kept. No
+/// operation of this model makes a state missing again, so at most one create ever takes effect, and the
+/// earliest one can take effect whenever a later one could (its window, from its invocation on, is longer);
+/// the others are "never". Without this, `k` concurrent creates that failed under a partition would make
+/// the search explore `2^k` equivalent subsets.
+fn reduce<V: Eq + Hash>(ops: Vec<&Operation<V>>) -> (Vec<&Operation<V>>, usize) {
     let seen: HashSet<&V> = ops
         .iter()
         .filter_map(|o| match &o.op {
@@ -231,15 +220,30 @@ fn drop_unobserved<V: Eq + Hash>(ops: Vec<&Operation<V>>) -> (Vec<&Operation<V>>
             _ => None,
         })
         .collect();
-    let before = ops.len();
+    let mut earliest_create: HashMap<&V, (Duration, usize)> = HashMap::new();
+    for (i, o) in ops.iter().enumerate() {
+        if let Op::CreateExcl { value, outcome: ExclOutcome::Unknown } = &o.op {
+            let e = earliest_create.entry(value).or_insert((o.invoke, i));
+            if o.invoke < e.0 {
+                *e = (o.invoke, i);
+            }
+        }
+    }
+    let mut dropped = 0;
     let kept: Vec<&Operation<V>> = ops
         .into_iter()
-        .filter(|o| match &o.op {
-            Op::Write { value, outcome: WriteOutcome::Unknown } => seen.contains(value),
+        .enumerate()
+        .filter(|(i, o)| match &o.op {
+            Op::Write { value, outcome: WriteOutcome::Unknown } => {
+                let keep = seen.contains(value);
+                dropped += usize::from(!keep);
+                keep
+            }
+            Op::CreateExcl { value, outcome: ExclOutcome::Unknown } => earliest_create[value].1 == *i,
             _ => true,
         })
+        .map(|(_, o)| o)
         .collect();
-    let dropped = before - kept.len();
     (kept, dropped)
 }
 
@@ -684,6 +688,26 @@ mod tests {
         H::default().excl(0, "a", Unknown, 0, 1).r(2, None, 4, 5).excl(1, "b", Won, 6, 7).assert_ok();
         // The winner's value is what the state holds.
         H::default().excl(0, "a", Won, 0, 1).r(2, Some("b"), 4, 5).assert_violation();
+    }
+
+    #[test]
+    fn many_indeterminate_exclusive_creates_of_one_value_stay_cheap() {
+        // A partition: 40 creators fail with EIO, then one of them turns out to have won.
+        use ExclOutcome::*;
+        let mut h = H::default();
+        for i in 0..40u64 {
+            h.excl(i as usize, "", Unknown, 10 + i, 11 + i);
+        }
+        h.excl(50, "", Exists, 100, 101).r(51, Some(""), 102, 103).excl(52, "", Won, 104, 105);
+        let report = check_with(&h.0, Limits { max_configurations: 10_000 });
+        assert!(matches!(report.keys[0].verdict, Verdict::Violation(_)), "{:?}", report.keys[0].verdict);
+        let mut h = H::default();
+        for i in 0..40u64 {
+            h.excl(i as usize, "", Unknown, 10 + i, 11 + i);
+        }
+        h.excl(50, "", Exists, 100, 101).r(51, Some(""), 102, 103).excl(52, "", Exists, 104, 105);
+        let report = check_with(&h.0, Limits { max_configurations: 10_000 });
+        assert_eq!(report.keys[0].verdict, Verdict::Linearizable);
     }
 
     #[test]
