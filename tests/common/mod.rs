@@ -181,6 +181,11 @@ impl Node {
         self.listen.clone().expect("node has not reported its listen address yet")
     }
 
+    /// The pid of the running child, if any (for stack dumps of a wedged node).
+    pub fn pid(&self) -> Option<i32> {
+        *self.pid.lock().unwrap()
+    }
+
     /// Whether the child is still running (does not reap it).
     pub fn is_running(&self) -> bool {
         match *self.pid.lock().unwrap() {
