@@ -50,8 +50,15 @@ use linearizability::{ExclOutcome, Op, Operation, WriteOutcome};
 /// Seconds of fault schedule when `LIGHTCHAIN_ROBUSTNESS_SECS` is not set (keeps the test under 2 minutes).
 const DEFAULT_SECS: u64 = 60;
 
+/// `--snapshot-every` of the members when `LIGHTCHAIN_ROBUSTNESS_SNAPSHOT_EVERY` is not set (a run makes
+/// several thousand blocks).
+const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+
 /// The register states the clients overwrite and read.
 const REGISTERS: [&str; 3] = ["reg/a", "reg/b", "reg/c"];
+
+/// An append-only state: clients add unique lines with `O_APPEND` and read it whole.
+const APPEND_LOG: &str = "log/appends";
 
 /// Client threads per member.
 const CLIENTS_PER_MEMBER: usize = 3;
@@ -77,6 +84,8 @@ struct Counts {
     excl_won: u64,
     excl_exists: u64,
     excl_unknown: u64,
+    appends_acked: u64,
+    appends_unknown: u64,
     /// Errors by errno (any operation).
     errors: BTreeMap<i32, u64>,
 }
@@ -91,6 +100,8 @@ impl Counts {
         self.excl_won += o.excl_won;
         self.excl_exists += o.excl_exists;
         self.excl_unknown += o.excl_unknown;
+        self.appends_acked += o.appends_acked;
+        self.appends_unknown += o.appends_unknown;
         for (e, n) in &o.errors {
             *self.errors.entry(*e).or_default() += n;
         }
@@ -277,8 +288,10 @@ fn run_client(ctx: ClientCtx) -> ClientLog {
             let key = if roll < 82 {
                 let Some(&key) = ctx.reads.choose(&mut rng) else { continue };
                 key.to_string()
-            } else {
+            } else if roll < 86 {
                 lock_name(epoch.saturating_sub(rng.gen_range(0..2)))
+            } else {
+                APPEND_LOG.to_string()
             };
             let invoke = now(ctx.origin);
             let saw = match openat(dir, &key, libc::O_RDONLY) {
@@ -310,6 +323,49 @@ fn run_client(ctx: ClientCtx) -> ClientLog {
                     }
                 }
             }
+        } else if roll < 95 {
+            // Append a line no one else appends.
+            seq += 1;
+            let line = format!("a{:02}-{seq:06}\n", ctx.id);
+            let invoke = now(ctx.origin);
+            let fd = match openat(dir, APPEND_LOG, libc::O_WRONLY | libc::O_APPEND) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log.counts.writes_not_sent += 1;
+                    if failed(&mut log, "open for appending", APPEND_LOG, &e) {
+                        root.reset();
+                    }
+                    continue;
+                }
+            };
+            let result = write_all_raw(fd, line.as_bytes()).map_err(|e| {
+                unsafe { libc::close(fd) };
+                ("write", e)
+            });
+            let result = result.and_then(|()| close_raw(fd).map_err(|e| ("close", e)));
+            let complete = now(ctx.origin);
+            let (outcome, op_note) = match &result {
+                Ok(()) => {
+                    log.counts.appends_acked += 1;
+                    (WriteOutcome::Acked, note.clone())
+                }
+                Err((step, e)) => {
+                    log.counts.appends_unknown += 1;
+                    let msg = format!("{note}, {step}: {}", errno_name(err_no(e)));
+                    if failed(&mut log, step, APPEND_LOG, e) {
+                        root.reset();
+                    }
+                    (WriteOutcome::Unknown, msg)
+                }
+            };
+            log.ops.push(Operation {
+                key: APPEND_LOG.to_string(),
+                op: Op::Write { value: line, outcome },
+                invoke,
+                complete,
+                client: ctx.id,
+                note: op_note,
+            });
         } else {
             // Race the other clients to create this second's lock; the winner writes its name into it.
             let key = lock_name(epoch);
@@ -561,6 +617,134 @@ fn gdb_stacks(pid: i32) -> String {
     }
 }
 
+// ----- checks of the append-only log -----
+
+/// Checks the appends and whole reads of [`APPEND_LOG`] against its final content (the same on every
+/// member): every line was appended by a client, none twice (exactly-once), every acknowledged one is there,
+/// in an order that agrees with real time; every read is a prefix of the final content that holds every
+/// append acknowledged before the read began, nothing invoked after it returned, and no less than a read
+/// that returned before it began.
+fn check_appends(ops: &[Operation<String>], final_content: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(fin) = final_content else {
+        return vec![format!("{APPEND_LOG}: no final content")];
+    };
+    let lines: Vec<&str> = fin.split_inclusive('\n').collect();
+    let appends: HashMap<&str, &Operation<String>> = ops
+        .iter()
+        .filter_map(|o| match &o.op {
+            Op::Write { value, .. } => Some((value.as_str(), o)),
+            _ => None,
+        })
+        .collect();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for (p, l) in lines.iter().enumerate() {
+        if position.insert(l, p).is_some() {
+            problems.push(format!("{APPEND_LOG}: the line {l:?} was appended twice (exactly-once broken)"));
+        }
+        if !appends.contains_key(l) {
+            problems.push(format!("{APPEND_LOG}: the line {l:?} was appended by no client"));
+        }
+    }
+    let acked = |o: &Operation<String>| matches!(o.op, Op::Write { outcome: WriteOutcome::Acked, .. });
+    for (l, o) in &appends {
+        if acked(o) && !position.contains_key(l) {
+            problems.push(format!(
+                "{APPEND_LOG}: the acknowledged append {l:?} (client {}, {:.3}–{:.3} s) is missing",
+                o.client,
+                o.invoke.as_secs_f64(),
+                o.complete.as_secs_f64()
+            ));
+        }
+    }
+    // Real-time order of appends.
+    let mut latest: Option<(Duration, &str)> = None;
+    for l in &lines {
+        let Some(o) = appends.get(l) else { continue };
+        if let Some((inv, earlier)) = latest {
+            if acked(o) && inv > o.complete {
+                problems.push(format!(
+                    "{APPEND_LOG}: {earlier:?} (invoked at {:.3} s) precedes {l:?}, acknowledged at {:.3} s",
+                    inv.as_secs_f64(),
+                    o.complete.as_secs_f64()
+                ));
+            }
+        }
+        if latest.is_none_or(|(inv, _)| o.invoke > inv) {
+            latest = Some((o.invoke, l));
+        }
+    }
+    // Reads: prefixes, fresh enough, never from the future, never shrinking.
+    let mut reads: Vec<(&Operation<String>, usize)> = Vec::new();
+    for o in ops {
+        let Op::Read { saw } = &o.op else { continue };
+        let saw = saw.as_deref().unwrap_or("");
+        if !fin.starts_with(saw) || !(saw.is_empty() || saw.ends_with('\n')) {
+            problems.push(format!(
+                "{APPEND_LOG}: a read (client {}, {:.3}–{:.3} s) of {} bytes is not a prefix of the final content",
+                o.client,
+                o.invoke.as_secs_f64(),
+                o.complete.as_secs_f64(),
+                saw.len()
+            ));
+            continue;
+        }
+        reads.push((o, saw.split_inclusive('\n').count()));
+    }
+    for &(r, n) in &reads {
+        let required = appends
+            .iter()
+            .filter(|(_, a)| acked(a) && a.complete < r.invoke)
+            .filter_map(|(l, _)| position.get(l).map(|p| p + 1))
+            .max()
+            .unwrap_or(0);
+        if n < required {
+            problems.push(format!(
+                "{APPEND_LOG}: a read (client {}, {:.3}–{:.3} s) saw {n} lines, but {required} were acknowledged \
+                 before it began (stale read)",
+                r.client,
+                r.invoke.as_secs_f64(),
+                r.complete.as_secs_f64()
+            ));
+        }
+        if let Some(l) = lines[..n].iter().find(|l| appends.get(*l).is_some_and(|a| a.invoke > r.complete)) {
+            problems.push(format!(
+                "{APPEND_LOG}: a read (client {}, returned at {:.3} s) saw {l:?}, appended only later",
+                r.client,
+                r.complete.as_secs_f64()
+            ));
+        }
+    }
+    let mut by_complete: Vec<&(&Operation<String>, usize)> = reads.iter().collect();
+    by_complete.sort_by_key(|(r, _)| r.complete);
+    let mut by_invoke: Vec<&(&Operation<String>, usize)> = reads.iter().collect();
+    by_invoke.sort_by_key(|(r, _)| r.invoke);
+    let (mut i, mut most): (usize, Option<(usize, &Operation<String>)>) = (0, None);
+    for &&(r, n) in &by_invoke {
+        while i < by_complete.len() && by_complete[i].0.complete < r.invoke {
+            let (earlier, m) = *by_complete[i];
+            if most.is_none_or(|(k, _)| m > k) {
+                most = Some((m, earlier));
+            }
+            i += 1;
+        }
+        if let Some((m, earlier)) = most {
+            if n < m {
+                problems.push(format!(
+                    "{APPEND_LOG}: a read (client {}, invoked at {:.3} s) saw {n} lines after a read (client {}, \
+                     returned at {:.3} s) had seen {m}",
+                    r.client,
+                    r.invoke.as_secs_f64(),
+                    earlier.client,
+                    earlier.complete.as_secs_f64()
+                ));
+            }
+        }
+    }
+    problems.truncate(40);
+    problems
+}
+
 // ----- checks on the chain -----
 
 /// Per state, the contents of its `put` transactions with outcome ok, in chain order; and per lock, how many
@@ -734,18 +918,22 @@ fn write_history(path: &Path, history: &[Operation<String>]) {
 fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members_agree() {
     let secs = env_u64("LIGHTCHAIN_ROBUSTNESS_SECS").unwrap_or(DEFAULT_SECS);
     let layout = Layout::from_env();
+    let snapshot_every = env_u64("LIGHTCHAIN_ROBUSTNESS_SNAPSHOT_EVERY").unwrap_or(DEFAULT_SNAPSHOT_EVERY);
     let seed = env_u64("LIGHTCHAIN_ROBUSTNESS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
             % 1_000_000
     });
     eprintln!(
-        "robustness: {secs} s of faults, seed {seed}, layout {layout:?} (LIGHTCHAIN_ROBUSTNESS_SECS, \
-         LIGHTCHAIN_ROBUSTNESS_SEED, LIGHTCHAIN_ROBUSTNESS_LAYOUT)"
+        "robustness: {secs} s of faults, seed {seed}, layout {layout:?}, snapshot every {snapshot_every} entries \
+         (LIGHTCHAIN_ROBUSTNESS_SECS, _SEED, _LAYOUT, _SNAPSHOT_EVERY)"
     );
     let mut rng = StdRng::seed_from_u64(seed);
 
     let base = faults::group_base();
+    // Frequent snapshots, so that a member that was down or cut off for a few seconds catches up by
+    // snapshot (the log it lacks is purged), under faults too.
     let opts = ClusterOpts {
+        snapshot_every: Some(snapshot_every),
         supplementary_group_base: Some(base),
         watchdog: Some(Duration::from_secs(secs + 300)),
         ..ClusterOpts::default()
@@ -761,6 +949,8 @@ fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members
     // these setup writes are part of the history.
     fs::create_dir(c.path(0, "reg")).expect("mkdir reg");
     fs::create_dir(c.path(0, "lock")).expect("mkdir lock");
+    fs::create_dir(c.path(0, "log")).expect("mkdir log");
+    put(&c.path(0, APPEND_LOG), b"");
     let mut history: Vec<Operation<String>> = Vec::new();
     for key in REGISTERS {
         let value = format!("initial {key}\n");
@@ -1021,16 +1211,21 @@ fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members
         }
     }
 
+    // The append-only log is not a register: it has its own checks.
+    let (appends, registers): (Vec<Operation<String>>, Vec<Operation<String>>) =
+        history.iter().cloned().partition(|o| o.key == APPEND_LOG);
+    problems.extend(check_appends(&appends, finals.get(APPEND_LOG).cloned().flatten().as_deref()));
+
     // The history.
     let checked_at = Instant::now();
-    let report = linearizability::check(&history);
+    let report = linearizability::check(&registers);
     let check_time = checked_at.elapsed();
     if !report.is_linearizable() {
         problems.push(report.failures());
     }
 
     if let Some(blocks) = chains.first() {
-        problems.extend(check_chain(&history, blocks, &finals));
+        problems.extend(check_chain(&registers, blocks, &finals));
         timeline.note(
             origin,
             format!("chain: {} blocks, empty versions of registers: {empty_versions}", blocks.len()),
@@ -1070,7 +1265,8 @@ fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members
     let errors: Vec<String> = counts.errors.iter().map(|(e, n)| format!("{}: {n}", errno_name(*e))).collect();
     eprintln!(
         "robustness summary (seed {seed}, {:.1} s):\n  operations recorded: {} — reads {} (+{} failed), writes acknowledged {}, \
-         indeterminate {}, refused before sending {}; exclusive creates won {}, EEXIST {}, unknown {}\n  errors: {}\n  \
+         indeterminate {}, refused before sending {}; exclusive creates won {}, EEXIST {}, unknown {}; appends \
+         acknowledged {}, indeterminate {}\n  errors: {}\n  \
          faults injected: {:?}; iptables rules added: {}\n  linearizability check ({check_time:.1?}):\n{}\n  problems: {}",
         origin.elapsed().as_secs_f64(),
         history.len(),
@@ -1082,6 +1278,8 @@ fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members
         counts.excl_won,
         counts.excl_exists,
         counts.excl_unknown,
+        counts.appends_acked,
+        counts.appends_unknown,
         if errors.is_empty() { "none".to_string() } else { errors.join(", ") },
         injected,
         rules_added,
@@ -1189,4 +1387,40 @@ fn two_flushes_of_one_dirty_append_handle_at_once_append_its_bytes_once() {
         doubled.join("\n"),
         node.log_tail(30)
     );
+}
+
+/// The append-log checks of the harness on hand-made histories (no cluster): each kind of violation is
+/// reported, and a correct history passes.
+#[test]
+fn the_append_log_checks_catch_duplicates_losses_and_stale_reads() {
+    let op = |client: usize, op: Op<String>, a: u64, b: u64| Operation {
+        key: APPEND_LOG.to_string(),
+        op,
+        invoke: Duration::from_millis(a),
+        complete: Duration::from_millis(b),
+        client,
+        note: String::new(),
+    };
+    let append =
+        |c, l: &str, a, b| op(c, Op::Write { value: l.to_string(), outcome: WriteOutcome::Acked }, a, b);
+    let read = |c, s: &str, a, b| op(c, Op::Read { saw: Some(s.to_string()) }, a, b);
+    let good = vec![append(0, "x\n", 0, 1), read(1, "", 0, 1), read(1, "x\n", 2, 3), append(0, "y\n", 4, 5)];
+    assert_eq!(check_appends(&good, Some("x\ny\n")), Vec::<String>::new());
+    let found = |h: &[Operation<String>], fin: &str, needle: &str| {
+        let p = check_appends(h, Some(fin));
+        assert!(p.iter().any(|x| x.contains(needle)), "expected {needle:?} in {p:?}");
+    };
+    found(&good, "x\ny\nx\n", "appended twice");
+    found(&good, "x\n", "is missing");
+    found(&good, "y\nx\n", "precedes");
+    found(&good, "x\ny\nz\n", "appended by no client");
+    let mut stale = good.clone();
+    stale.push(read(2, "x\n", 6, 7));
+    found(&stale, "x\ny\n", "stale read");
+    let mut shrinking = good.clone();
+    shrinking.push(read(2, "", 4, 4));
+    found(&shrinking, "x\ny\n", "after a read");
+    let mut future = good.clone();
+    future.push(read(2, "x\ny\n", 2, 3));
+    found(&future, "x\ny\n", "appended only later");
 }
