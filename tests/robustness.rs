@@ -76,15 +76,25 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Counters of one client (summed for the summary).
 #[derive(Default, Debug, Clone)]
 struct Counts {
+    /// Reads that returned (recorded in the history).
     reads: u64,
+    /// Reads that failed (not recorded: they observed nothing).
     reads_failed: u64,
+    /// Overwrites whose `close` returned 0.
     writes_acked: u64,
+    /// Overwrites that failed after the content was handed over (indeterminate).
     writes_unknown: u64,
+    /// Overwrites and appends whose `open` failed (nothing was proposed).
     writes_not_sent: u64,
+    /// Exclusive creates that won.
     excl_won: u64,
+    /// Exclusive creates that got `EEXIST`.
     excl_exists: u64,
+    /// Exclusive creates that failed otherwise (indeterminate).
     excl_unknown: u64,
+    /// Appends whose `close` returned 0.
     appends_acked: u64,
+    /// Appends that failed after the line was handed over (indeterminate).
     appends_unknown: u64,
     /// Errors by errno (any operation).
     errors: BTreeMap<i32, u64>,
@@ -111,7 +121,9 @@ impl Counts {
 /// What one client did.
 #[derive(Default)]
 struct ClientLog {
+    /// The client's operations, in its own order.
     ops: Vec<Operation<String>>,
+    /// Its counters.
     counts: Counts,
     /// Errors the contract does not allow here (anything but `EIO` and a dead mount), with their context.
     anomalies: Vec<String>,
@@ -130,7 +142,9 @@ fn dead_mount(e: i32) -> bool {
 /// A directory fd on the live FUSE mount of one member. Every call goes through it (`openat`), so a call
 /// never lands in the bare mountpoint directory while a restarted member replaces its dead mount.
 struct MountRoot {
+    /// The mountpoint.
     mnt: PathBuf,
+    /// An `O_DIRECTORY` fd on the live mount, once opened.
     fd: Option<i32>,
 }
 
@@ -199,15 +213,21 @@ fn lock_name(n: u64) -> String {
 
 /// Everything a client thread needs.
 struct ClientCtx {
+    /// The client's number (unique across members).
     id: usize,
+    /// The member whose mount it uses.
     member: usize,
     /// The registers this client overwrites.
     writes: Vec<&'static str>,
     /// The registers this client reads.
     reads: Vec<&'static str>,
+    /// That member's mountpoint.
     mnt: PathBuf,
+    /// Time zero of the history.
     origin: Instant,
+    /// Set when the client must stop.
     stop: Arc<AtomicBool>,
+    /// Seed of its choices.
     seed: u64,
 }
 
@@ -512,7 +532,9 @@ const ALL_FAULTS: [Fault; 9] = [
 
 /// One line of the fault timeline.
 struct Event {
+    /// When, since the history's origin.
     at: Duration,
+    /// What happened.
     what: String,
 }
 
