@@ -797,6 +797,20 @@ fn chain_writes(blocks: &[Value]) -> (HashMap<String, Vec<String>>, HashMap<Stri
     (puts, excl)
 }
 
+/// Where the chain holds a `put` of `content` to `key`: "height H: request {…} outcome".
+fn txs_holding(blocks: &[Value], key: &str, content: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for b in blocks {
+        for tx in b["txs"].as_array().into_iter().flatten() {
+            let put = &tx["op"]["put"];
+            if put["id"] == Value::String(key.into()) && put["content"] == Value::String(content.into()) {
+                found.push(format!("height {}: request {} {}", b["height"], tx["request"], tx["outcome"]));
+            }
+        }
+    }
+    found
+}
+
 /// The chain-side checks (see the module header); returns the problems found.
 fn check_chain(
     history: &[Operation<String>],
@@ -817,7 +831,10 @@ fn check_chain(
         for (p, v) in chain.iter().enumerate() {
             // (Empty versions may legitimately be committed more than once; see the test.)
             if position.insert(v.as_str(), p).is_some() && !v.is_empty() {
-                problems.push(format!("{key}: the write {v:?} was applied twice (exactly-once broken)"));
+                problems.push(format!(
+                    "{key}: the write {v:?} was applied twice (exactly-once broken): {}",
+                    txs_holding(blocks, key, v).join("; ")
+                ));
             }
             if !by_value.contains_key(v.as_str()) {
                 problems.push(format!("{key}: the chain holds {v:?}, which no client wrote"));
