@@ -1,11 +1,14 @@
 //! Robustness harness (issue 8 item 7; DESIGN §1.3, §1.6; etcd's robustness tests are the model).
 //!
 //! A real 3-member cluster on loopback, many client threads reading and writing whole files of a few states
-//! through all three mounts, racing `O_CREAT|O_EXCL` creates of fresh "lock" states, while the test thread
+//! through all three mounts, appending unique lines to one `O_APPEND` log and reading it whole, racing
+//! `O_CREAT|O_EXCL` creates of fresh "lock" states, while the test thread
 //! injects faults from a seeded schedule: `kill -9` and restart, `SIGSTOP`/`SIGCONT`, and network partitions
 //! (`tests/common/faults.rs`) — leader or follower isolated both ways, the leader's requests cut one way,
 //! the followers' requests to the leader cut one way, and every member cut from every other (no quorum).
-//! Every operation is recorded with its invocation and return time ([`Instant`]s of this process).
+//! Every operation is recorded with its invocation and return time ([`Instant`]s of this process). Members
+//! snapshot often, so one that was down catches up by snapshot. Faults come one at a time; those that depose
+//! the leader last long enough for a failover (5–6 s at worst on openraft 0.9, DESIGN §5).
 //!
 //! Afterwards everything is healed and the test asserts:
 //! - the history is linearizable (`tests/common/linearizability.rs`; failed writes are indeterminate),
@@ -14,6 +17,8 @@
 //! - in the chain, per state: every acknowledged write applied exactly once, no write applied twice, nothing
 //!   that no client wrote, writes in an order that agrees with real time, the last one being what every
 //!   mount and every `states/` shows; at most one winning exclusive create per lock;
+//! - the log holds every acknowledged line exactly once, in real-time order, and every read of it was a
+//!   prefix of the final content, never stale and never shrinking;
 //! - `lightchain verify` passes on every member (stopped first, cleanly by SIGTERM);
 //! - no node panicked (the harness's `Node::drop` checks the logs) and no iptables rule was left behind.
 //!
@@ -21,7 +26,9 @@
 //! faults); set it higher for a soak, and `LIGHTCHAIN_ROBUSTNESS_SEED` to replay a schedule (the seed is
 //! printed; the interleaving of the clients is not reproducible, the sequence of faults is). A failure keeps
 //! every member's data directory and log, plus the full history and the fault timeline, in a directory it
-//! names.
+//! names; a member that stops answering its mount fails the test with its thread stacks instead of hanging.
+//!
+//! Also here: focused single-node reproductions of bugs the harness found, and a unit test of the log checks.
 
 mod common;
 #[path = "common/linearizability.rs"]
