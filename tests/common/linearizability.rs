@@ -21,7 +21,8 @@
 //! comes before the first remaining return ("minimal"), applies it to the register if legal, lifts its two
 //! events out of the list and starts over; reaching a return whose operation was not linearized means
 //! backtracking. A cache of (set of linearized operations, register value) pairs already explored makes the
-//! search polynomial on the histories that matter. Two reductions keep it small:
+//! search polynomial on the histories that matter (the set is kept as a 128-bit Zobrist fingerprint). Two
+//! reductions keep it small:
 //! - **P-compositionality**: each state is an independent register, so each is checked on its own.
 //! - **Unobserved indeterminate writes are dropped**: an indeterminate write whose value no read returned
 //!   can always be placed "never" (after everything), so removing it changes neither verdict; only the
@@ -287,19 +288,34 @@ struct Event {
     op: usize,
 }
 
-/// A fixed-size set of operation indices.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// The set of linearized operations as a 128-bit fingerprint (Zobrist hashing: the XOR of a random pair
+/// per member), so the cache holds 24 bytes per configuration however long the history is, and adding or
+/// removing an operation costs one XOR. Two different sets collide with a probability of about 2^-128; a
+/// collision could only prune a branch of the search (a false violation), never make a history pass.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct Fingerprint(u64, u64);
 
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+/// The random pair of each operation (a fixed seed: verdicts are reproducible).
+struct Zobrist(Vec<(u64, u64)>);
+
+impl Zobrist {
+    fn new(n: usize) -> Zobrist {
+        // splitmix64
+        let mut x: u64 = 0x6c69_6768_7463_6861;
+        let mut next = move || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Zobrist((0..n).map(|_| (next(), next())).collect())
     }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
-    }
-    fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
+
+    /// Adds operation `i` to the set, or removes it (the same XOR).
+    fn toggle(&self, fp: &mut Fingerprint, i: usize) {
+        fp.0 ^= self.0[i].0;
+        fp.1 ^= self.0[i].1;
     }
 }
 
@@ -394,8 +410,9 @@ impl<'a, V: Clone + Eq + Hash + Debug> Search<'a, V> {
 
     fn run(mut self, limits: Limits) -> (Verdict, usize) {
         let sentinel = self.events.len();
-        let mut linearized = Bits::new(self.ops.len());
-        let mut seen: HashSet<(Bits, Val)> = HashSet::new();
+        let zobrist = Zobrist::new(self.ops.len());
+        let mut linearized = Fingerprint::default();
+        let mut seen: HashSet<(Fingerprint, Val)> = HashSet::new();
         let mut stack: Vec<(usize, Val)> = Vec::new();
         let mut state: Val = MISSING;
         // The furthest the search got: (operations linearized, the operation it could not place, the value).
@@ -408,8 +425,8 @@ impl<'a, V: Clone + Eq + Hash + Debug> Search<'a, V> {
             let ev = self.events[e];
             if ev.call {
                 if let Some(after) = self.steps[ev.op].apply(state) {
-                    linearized.set(ev.op);
-                    if seen.insert((linearized.clone(), after)) {
+                    zobrist.toggle(&mut linearized, ev.op);
+                    if seen.insert((linearized, after)) {
                         if seen.len() > limits.max_configurations {
                             return (
                                 Verdict::Inconclusive(format!(
@@ -426,7 +443,7 @@ impl<'a, V: Clone + Eq + Hash + Debug> Search<'a, V> {
                         e = self.next[sentinel];
                         continue;
                     }
-                    linearized.clear(ev.op);
+                    zobrist.toggle(&mut linearized, ev.op);
                 }
                 e = self.next[e];
             } else {
@@ -443,7 +460,7 @@ impl<'a, V: Clone + Eq + Hash + Debug> Search<'a, V> {
                         return (Verdict::Violation(self.explain(furthest)), explored);
                     }
                     Some((op, before)) => {
-                        linearized.clear(op);
+                        zobrist.toggle(&mut linearized, op);
                         state = before;
                         self.unlift(op);
                         e = self.next[self.call_at[op]];
