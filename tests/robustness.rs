@@ -668,8 +668,10 @@ fn check_appends(ops: &[Operation<String>], final_content: Option<&str>) -> Vec<
         .collect();
     let mut position: HashMap<&str, usize> = HashMap::new();
     for (p, l) in lines.iter().enumerate() {
-        if position.insert(l, p).is_some() {
+        if position.contains_key(l) {
             problems.push(format!("{APPEND_LOG}: the line {l:?} was appended twice (exactly-once broken)"));
+        } else {
+            position.insert(l, p);
         }
         if !appends.contains_key(l) {
             problems.push(format!("{APPEND_LOG}: the line {l:?} was appended by no client"));
@@ -686,10 +688,13 @@ fn check_appends(ops: &[Operation<String>], final_content: Option<&str>) -> Vec<
             ));
         }
     }
-    // Real-time order of appends.
+    // Real-time order of appends (by first occurrence: a duplicate is reported above).
     let mut latest: Option<(Duration, &str)> = None;
-    for l in &lines {
+    for (p, l) in lines.iter().enumerate() {
         let Some(o) = appends.get(l) else { continue };
+        if position.get(l) != Some(&p) {
+            continue;
+        }
         if let Some((inv, earlier)) = latest {
             if acked(o) && inv > o.complete {
                 problems.push(format!(
@@ -837,7 +842,9 @@ fn check_chain(
         let mut position: HashMap<&str, usize> = HashMap::new();
         for (p, v) in chain.iter().enumerate() {
             // (Empty versions may legitimately be committed more than once; see the test.)
-            if position.insert(v.as_str(), p).is_some() && !v.is_empty() {
+            if !position.contains_key(v.as_str()) {
+                position.insert(v.as_str(), p);
+            } else if !v.is_empty() {
                 problems.push(format!(
                     "{key}: the write {v:?} was applied twice (exactly-once broken): {}",
                     txs_holding(blocks, key, v).join("; ")
@@ -859,10 +866,13 @@ fn check_chain(
             }
         }
         // Real-time order: every write the chain applies before an acknowledged write must have been invoked
-        // before that write returned.
+        // before that write returned. (By first application: a duplicate is reported above.)
         let mut latest_invoke: Option<(Duration, &str)> = None;
-        for v in chain {
+        for (p, v) in chain.iter().enumerate() {
             let Some(o) = by_value.get(v.as_str()) else { continue };
+            if position.get(v.as_str()) != Some(&p) {
+                continue;
+            }
             if matches!(o.op, Op::Write { outcome: WriteOutcome::Acked, .. }) {
                 if let Some((inv, earlier)) = latest_invoke {
                     if inv > o.complete {
