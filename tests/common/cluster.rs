@@ -39,11 +39,21 @@ pub struct ClusterOpts {
     pub snapshot_every: Option<u64>,
     /// `--read-consistency`, if set.
     pub read_consistency: Option<String>,
+    /// If set, member `i` runs with supplementary group `base + i` (for partitions, `tests/common/faults.rs`).
+    pub supplementary_group_base: Option<u32>,
+    /// Overrides the per-start watchdog of every member (soak runs last longer than the default).
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { commit_timeout: "3s".to_string(), snapshot_every: None, read_consistency: None }
+        ClusterOpts {
+            commit_timeout: "3s".to_string(),
+            snapshot_every: None,
+            read_consistency: None,
+            supplementary_group_base: None,
+            watchdog: None,
+        }
     }
 }
 
@@ -108,7 +118,8 @@ impl Cluster {
             let peers = addrs.join(",");
             let mut nodes: Vec<Node> = addrs
                 .iter()
-                .map(|addr| {
+                .enumerate()
+                .map(|(i, addr)| {
                     let mut extra = vec!["--peer".to_string(), peers.clone()];
                     if let Some(n) = opts.snapshot_every {
                         extra.push("--snapshot-every".into());
@@ -118,6 +129,8 @@ impl Cluster {
                         commit_timeout: Some(opts.commit_timeout.clone()),
                         read_consistency: opts.read_consistency.clone(),
                         extra,
+                        supplementary_group: opts.supplementary_group_base.map(|base| base + i as u32),
+                        watchdog: opts.watchdog,
                         ..Opts::default()
                     };
                     let mut node = Node::prepare(node_opts);

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod faults;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -61,6 +62,11 @@ pub struct Opts {
     pub read_consistency: Option<String>,
     /// Anything else, appended verbatim.
     pub extra: Vec<String>,
+    /// A supplementary group the child runs with (its uid and gid stay root's), so that `iptables -m owner
+    /// --gid-owner G --suppl-groups` can match the packets it sends (DESIGN §5, `tests/common/faults.rs`).
+    pub supplementary_group: Option<u32>,
+    /// How long the watchdog lets one start of the child run (default [`WATCHDOG`]); longer for soak runs.
+    pub watchdog: Option<Duration>,
 }
 
 impl Opts {
@@ -177,6 +183,11 @@ impl Node {
         self.listen.clone().expect("node has not reported its listen address yet")
     }
 
+    /// The pid of the running child, if any (for stack dumps of a wedged node).
+    pub fn pid(&self) -> Option<i32> {
+        *self.pid.lock().unwrap()
+    }
+
     /// Whether the child is still running (does not reap it).
     /// `chain/` and `states/` are written behind the acknowledgement (DESIGN §1.4): while the
     /// node runs, waits until its status says both hold everything applied (no-op when stopped).
@@ -230,10 +241,18 @@ impl Node {
         clean_env(&mut cmd);
         // If the test process dies without running `Drop` (e.g. killed by a timeout), take the node with it.
         // (The signal fires when the spawning thread exits; nodes live and die within one test thread.)
+        let group = self.opts.supplementary_group;
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Same effect as `setpriv --groups G`: replaces the supplementary groups.
+                if let Some(g) = group {
+                    let groups = [g as libc::gid_t];
+                    if libc::setgroups(1, groups.as_ptr()) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -254,11 +273,12 @@ impl Node {
         let pid = Arc::clone(&self.pid);
         let fired = Arc::clone(&self.watchdog_fired);
         let mount = self.mount();
+        let limit = self.opts.watchdog.unwrap_or(WATCHDOG);
         thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                 let Some(p) = *pid.lock().unwrap() else { return };
                 fired.store(true, Ordering::SeqCst);
-                eprintln!("test harness watchdog: node pid {p} still running after {WATCHDOG:?}, killing it");
+                eprintln!("test harness watchdog: node pid {p} still running after {limit:?}, killing it");
                 unsafe { libc::kill(p, libc::SIGKILL) };
                 // If it cannot die (a thread stuck on its own mount), abort the FUSE connection too.
                 if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(KILL_GRACE) {
@@ -545,7 +565,10 @@ impl Drop for Node {
         }
         if thread::panicking() || self.watchdog_fired.load(Ordering::SeqCst) {
             if self.watchdog_fired.load(Ordering::SeqCst) {
-                eprintln!("NOTE: the harness watchdog killed the node after {WATCHDOG:?}");
+                eprintln!(
+                    "NOTE: the harness watchdog killed the node after {:?}",
+                    self.opts.watchdog.unwrap_or(WATCHDOG)
+                );
             }
             eprintln!("{}", self.log_tail(150));
         }
