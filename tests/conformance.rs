@@ -1,5 +1,7 @@
-//! A conformance table: each supported call, its success and every errno it documents (DESIGN
-//! §1.2, `docs/SEMANTICS.md`), through raw syscalls on a real mount — with ENAMETOOLONG at both
+//! A conformance table: each supported call (open, create, mkdir, rmdir, unlink, rename,
+//! truncate, ftruncate, chmod, chown, utimensat, symlink, readlink, and the refused link and
+//! mknod), its success and every errno it documents (DESIGN §1.2, `docs/SEMANTICS.md`), through
+//! raw syscalls on a real mount — with ENAMETOOLONG at both
 //! limits (a 256-byte component, a 4,096-byte path). After every failing call the node must
 //! still serve and the tree must be what it was; at the end a restart replays everything and
 //! `verify` passes.
@@ -173,6 +175,54 @@ fn cases() -> Vec<Case> {
             chmod(c(p, ".lightchain/status").as_ptr(), 0o666)
         }),
         case("chmod of a state", &[], |p| unsafe { chmod(c(p, "other-file").as_ptr(), 0o600) }),
+        // chown (root runs the tests: POSIX permission cases are in tests/users.rs)
+        case("chown of a missing state", &[ENOENT], |p| unsafe {
+            chown(c(p, "missing").as_ptr(), 1000, 1000)
+        }),
+        case("chown of a state", &[], |p| unsafe { chown(c(p, "other-file").as_ptr(), 1000, 1000) }),
+        case("lchown of a symlink", &[], |p| unsafe { lchown(c(p, "link").as_ptr(), 1000, 1000) }),
+        // utimensat
+        case("utimensat of a missing state", &[ENOENT], |p| unsafe {
+            utimensat(AT_FDCWD, c(p, "missing").as_ptr(), std::ptr::null(), 0)
+        }),
+        case("utimensat with a bad nanosecond count", &[EINVAL], |p| {
+            let t = [timespec { tv_sec: 0, tv_nsec: 2_000_000_000 }, timespec { tv_sec: 0, tv_nsec: 0 }];
+            unsafe { utimensat(AT_FDCWD, c(p, "file").as_ptr(), t.as_ptr(), 0) }
+        }),
+        case("utimensat to a time before 1970", &[], |p| {
+            let t = [timespec { tv_sec: -86_400, tv_nsec: 5 }, timespec { tv_sec: -86_400, tv_nsec: 5 }];
+            unsafe { utimensat(AT_FDCWD, c(p, "file").as_ptr(), t.as_ptr(), 0) }
+        }),
+        // symlink / readlink
+        case("symlink onto an existing name", &[EEXIST], |p| unsafe {
+            symlink(c(p, "").as_ptr(), c(p, "file").as_ptr())
+        }),
+        case("symlink in a missing directory", &[ENOENT], |p| unsafe {
+            symlink(c(p, "file").as_ptr(), c(p, "nodir/l").as_ptr())
+        }),
+        case("symlink with a 256-byte name", &[ENAMETOOLONG], |p| unsafe {
+            symlink(c(p, "file").as_ptr(), c(p, &long_name()).as_ptr())
+        }),
+        case("symlink with a 4,096-byte target", &[ENAMETOOLONG], |p| {
+            let target = CString::new("t".repeat(4096)).unwrap();
+            unsafe { symlink(target.as_ptr(), c(p, "long-target").as_ptr()) }
+        }),
+        case("symlink with an empty target", &[ENOENT], |p| {
+            let target = CString::new("").unwrap();
+            unsafe { symlink(target.as_ptr(), c(p, "empty-target").as_ptr()) }
+        }),
+        case("symlink of a new name", &[], |p| {
+            let target = CString::new("file").unwrap();
+            unsafe { symlink(target.as_ptr(), c(p, "new-link").as_ptr()) }
+        }),
+        case("readlink of a file", &[EINVAL], |p| {
+            let mut buf = [0u8; 64];
+            unsafe { readlink(c(p, "file").as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as c_int }
+        }),
+        case("readlink of a link", &[], |p| {
+            let mut buf = [0u8; 64];
+            unsafe { readlink(c(p, "link").as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as c_int }
+        }),
         // unsupported
         case("hard link", &[EPERM], |p| unsafe { link(c(p, "file").as_ptr(), c(p, "hard").as_ptr()) }),
         case("mknod of a fifo", &[EPERM], |p| unsafe { mkfifo(c(p, "fifo").as_ptr(), 0o644) }),
@@ -193,6 +243,7 @@ fn setup(n: &Node) {
     std::fs::create_dir(n.path("other")).unwrap();
     put(&n.path("other/x"), b"x\n");
     std::fs::create_dir(n.path("empty")).unwrap();
+    std::os::unix::fs::symlink("file", n.path("link")).unwrap();
 }
 
 /// A listing of the whole mount (paths, kinds, sizes, modes), to show nothing else changed.
