@@ -48,6 +48,7 @@ impl FsError {
                 | node::Error::ShuttingDown
                 | node::Error::NotLeader
                 | node::Error::NoQuorum
+                | node::Error::OutcomeUnknown
                 | node::Error::Fatal(_) => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
@@ -97,6 +98,7 @@ mod tests {
         assert_eq!(FsError::InvalidName(StateIdError::Reserved).errno(), libc::EACCES);
         assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);
+        assert_eq!(FsError::Node(node::Error::OutcomeUnknown).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(), libc::ENOTEMPTY);
     }
 }

@@ -26,7 +26,6 @@ mod services;
 mod status;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +35,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use batcher::Applied;
 pub use status::{MemberStatus, Status};
 
-use crate::chain::{Change, Height, NodeId, Outcome, Reject, RequestId, Transaction, TxOp};
+use crate::chain::dedup::{new_incarnation, Issuer};
+use crate::chain::{Change, Height, NodeId, Outcome, Reject, Transaction, TxOp};
 use crate::consensus::log_store::LogStore;
 use crate::consensus::network::Network;
 use crate::consensus::state_machine::{Replica, Shared, StateMachineStore};
@@ -92,6 +92,10 @@ pub enum Error {
     /// This node is not the leader (a peer asked it to do a leader's job).
     #[error("not the leader")]
     NotLeader,
+    /// The request's id was refused as expired (`chain::dedup`): whether an earlier copy
+    /// applied can no longer be told. Never reported as a success.
+    #[error("the outcome is unknown: the request id expired before this copy was applied")]
+    OutcomeUnknown,
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
@@ -126,7 +130,8 @@ pub struct Node {
     identity: Identity,
     guard: Arc<guard::NodeGuard>,
     channels: Channels,
-    next_seq: AtomicU64,
+    /// Request ids of this process (a new incarnation per start) and their `acked_below`.
+    requests: Arc<Mutex<Issuer>>,
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
@@ -244,9 +249,9 @@ impl Node {
         }
 
         let (proposals, queue) = mpsc::unbounded_channel();
-        // Sequence numbers start from the clock so they keep growing across restarts of the
-        // same data directory (its incarnation stays the same).
-        let next_seq = AtomicU64::new(now_ms() * 1000);
+        // Request ids of this process: a new incarnation for every start, seqs from 1, so
+        // they never repeat or go backwards, whatever the clock does (`chain::dedup`).
+        let requests = Arc::new(Mutex::new(Issuer::new(identity.node_id, new_incarnation())));
         let node = Arc::new(Node {
             raft: raft.clone(),
             shared: shared.clone(),
@@ -254,7 +259,7 @@ impl Node {
             identity,
             guard: guard.clone(),
             channels: channels.clone(),
-            next_seq,
+            requests,
             proposals,
             reads: Arc::default(),
             views: Arc::default(),
@@ -304,15 +309,18 @@ impl Node {
 
     /// Proposes one transaction and waits until it is committed and applied here.
     pub async fn propose(&self, op: TxOp) -> Result<Committed, Error> {
-        let request = RequestId {
-            node: self.identity.node_id,
-            incarnation: self.identity.incarnation,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        };
-        let applied = self.submit(Transaction { request, op }).await?;
+        let issued = self.requests.lock().unwrap().issue();
+        // However this call ends (an answer, a timeout, or the caller dropping it), the id is
+        // answered from then on: later transactions may tell the state machine to forget it.
+        let _settle = Settle { requests: &self.requests, seq: issued.request.seq };
+        let tx = Transaction { request: issued.request, acked_below: issued.acked_below, op };
+        let applied = self.submit(tx).await?;
         match applied.outcome {
-            Outcome::Ok | Outcome::Duplicate => Ok(Committed { height: applied.height }),
+            Outcome::Ok => Ok(Committed { height: applied.height }),
             Outcome::Rejected(reject) => Err(Error::Rejected(reject)),
+            // The state machine answers a duplicate with its first outcome; one that still
+            // reads `duplicate` (or an expired id) has no outcome that can be told.
+            Outcome::Duplicate | Outcome::Expired => Err(Error::OutcomeUnknown),
         }
     }
 
@@ -495,6 +503,20 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "consensus did not stop cleanly");
         }
+    }
+}
+
+/// Marks a request id answered when its proposal ends, however it ends.
+struct Settle<'a> {
+    /// The issuer the id came from.
+    requests: &'a Mutex<Issuer>,
+    /// The id's seq.
+    seq: u64,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.requests.lock().unwrap().settle(self.seq);
     }
 }
 

@@ -309,7 +309,7 @@ mod tests {
     use crate::chain::{ApplyCtx, Content, RenameMode, RequestId, Transaction, TxOp};
 
     fn apply(tree: &mut Tree, states: &StatesDir, seq: u64, op: TxOp) {
-        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
+        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, acked_below: 0, op };
         let (_, changes) = tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
         for c in &changes {
             states.apply(c, tree).unwrap();
