@@ -126,3 +126,23 @@ impl PeerGuard for NodeGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_a_membership_only_configured_peers_are_authorized() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::create(tmp.path()).unwrap();
+        let identity = Arc::new(Mutex::new(Identity::generate(1)));
+        let guard = NodeGuard::new(identity, &data, ClusterToken::generate(), [1, 2, 3].into()).unwrap();
+        guard.authorize(2).unwrap();
+        guard.authorize(3).unwrap();
+        assert!(guard.authorize(4).is_err(), "not a configured peer");
+        assert!(guard.authorize(1).is_err(), "a message claiming to be from this node");
+        // A stranger with an empty cluster id and an unused node id is not admitted any more: it
+        // fails `authorize` before `admit` is asked.
+        assert!(guard.authorize(999).is_err());
+    }
+}

@@ -213,4 +213,19 @@ mod tests {
         fresh.attach(&mut md);
         assert_eq!(PeerMeta::read(&md).unwrap(), fresh);
     }
+
+    #[test]
+    fn tokens_and_senders_are_checked_with_the_right_codes() {
+        let token = ClusterToken::generate();
+        let mut md = MetadataMap::new();
+        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        attach_token(&mut md, &ClusterToken::generate());
+        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        attach_token(&mut md, &token);
+        check_token(&md, &token).unwrap();
+        let sender = PeerMeta { cluster_id: "c".into(), node_id: 3, incarnation: 1 };
+        check_sender(&sender, Some(3), "vote").unwrap();
+        assert_eq!(check_sender(&sender, Some(4), "vote").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(check_sender(&sender, None, "vote").unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
 }
