@@ -13,9 +13,9 @@
 //!
 //! A node with data checks that reachable peers belong to its cluster.
 //!
-//! A node whose `identity.json` exists but which has no cluster id yet (it crashed between
-//! writing its identity and its first membership, or before the genesis reached it) decides
-//! again, with the same identity: a peer that remembers *this* incarnation is not a sign of lost
+//! A node whose `identity.json` exists but which has no cluster id and no consensus state yet
+//! (it crashed between writing its identity and its first membership) decides again, with the
+//! same identity: a peer that remembers *this* incarnation is not a sign of lost
 //! data, and initializing twice is a no-op, so such a node is never stuck uninitialized.
 //!
 //! [`resolve_token`] picks the cluster token before anything listens (DESIGN §1.7).
@@ -106,6 +106,18 @@ pub fn resolve_token(
     token.save(data)?;
     tracing::info!(path = %data.token().display(), "made a cluster token for this new single-node cluster");
     Ok(token)
+}
+
+/// Whether the directory holds anything of consensus or the chain (a non-empty file under
+/// `raft/` or `chain/`): then it initialized or was replicated to, and is not deciding again.
+pub fn has_consensus_state(data: &DataDir) -> bool {
+    [data.raft(), data.chain()].iter().any(|dir| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    })
 }
 
 async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {

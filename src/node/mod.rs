@@ -219,9 +219,10 @@ impl Node {
         let peers: Vec<String> =
             members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
         let channels = Channels::default();
-        // A directory with no cluster id yet has never seen its genesis: it may have crashed
-        // between writing its identity and initializing, so it decides again (bootstrap).
-        let decision = if fresh || identity.cluster_id.is_none() {
+        // A directory with no cluster id and no consensus state yet may have crashed between
+        // writing its identity and initializing: it decides again (bootstrap).
+        let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data);
+        let decision = if fresh || undecided {
             let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members).await;
             let d = d.map_err(StartError::Refused)?;
             if fresh {
