@@ -43,10 +43,15 @@ impl Mounted {
     fn cluster(binary: &Path, extra: &[&str]) -> Vec<Mounted> {
         let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.join(",");
+        // Members of a static cluster share one cluster token (DESIGN §1.7).
+        let token = std::env::temp_dir().join(format!("lightchain-bench-token-{}", std::process::id()));
+        let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
+        std::fs::write(&token, secret).expect("write the cluster token file");
+        let token = token.to_str().expect("a UTF-8 temp dir").to_owned();
         let nodes: Vec<Mounted> = addrs
             .iter()
             .map(|addr| {
-                let mut args = vec!["--peer", peers.as_str()];
+                let mut args = vec!["--peer", peers.as_str(), "--cluster-token-file", token.as_str()];
                 args.extend_from_slice(extra);
                 Mounted::spawn(binary, addr, &args)
             })

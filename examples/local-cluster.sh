@@ -49,6 +49,9 @@ done
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/lightchain-cluster.XXXXXX")"
 peers="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+# Every member gets the same cluster token (DESIGN §1.7): a shared secret, readable by its owner only.
+token="$dir/cluster-token"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token" && echo >>"$token")
 pids=()
 sleeper=""
 
@@ -92,6 +95,7 @@ for i in 1 2 3; do
         --data "$dir/node$i/data" \
         --listen "127.0.0.1:${ports[$((i - 1))]}" \
         --peer "$peers" \
+        --cluster-token-file "$token" \
         --name "node$i" \
         --commit-timeout "$commit_timeout" \
         >"$dir/node$i/log" 2>&1 &
@@ -103,7 +107,7 @@ echo "starting 3 nodes in $dir (peers $peers)..."
 deadline=$((SECONDS + 60))
 for i in 1 2 3; do
     addr="127.0.0.1:${ports[$((i - 1))]}"
-    until "$bin" status --addr "$addr" >/dev/null 2>&1; do
+    until "$bin" status --addr "$addr" --data "$dir/node$i/data" >/dev/null 2>&1; do
         if ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; then
             echo "node$i exited during start-up; the end of its log ($dir/node$i/log):" >&2
             tail -n 20 "$dir/node$i/log" >&2
@@ -131,7 +135,7 @@ Things to try in another terminal:
   cat $m2/greeting                   # ... is readable on node2 as soon as it returned
   mkdir $m3/app && echo '{}' > $m3/app/config.json && ls -l $m1/app
   cat $m1/.lightchain/status         # this node's view: role, leader, term, head, members
-  $bin status --addr 127.0.0.1:${ports[1]}
+  $bin status --addr 127.0.0.1:${ports[1]} --data $dir/node2/data   # the CLI reads the token there
   $bin log --data $dir/node1/data    # the chain: one block per committed change
   $bin log greeting --data $dir/node3/data
   diff -r $dir/node1/data/states $dir/node3/data/states   # the same files everywhere
@@ -139,7 +143,7 @@ Things to try in another terminal:
 Fail-over: kill the leader (its pid is above; the leader is named in the status), then keep writing on the
 others. Restart a killed node N (here node2) with the same flags; it catches up (a node you restart by
 hand is yours to stop: Ctrl-C in its terminal):
-  $bin mount $m2 --data $dir/node2/data --listen 127.0.0.1:${ports[1]} --peer $peers --name node2
+  $bin mount $m2 --data $dir/node2/data --listen 127.0.0.1:${ports[1]} --peer $peers --cluster-token-file $token --name node2
 
 Press Ctrl-C to stop the cluster.
 EOF

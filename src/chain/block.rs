@@ -71,6 +71,9 @@ pub type BlockHash = Digest;
 pub struct BlockTx {
     /// Who asked (deduplication key).
     pub request: RequestId,
+    /// The origin's answered-below mark the transaction carried (see `chain::dedup`).
+    #[serde(default, skip_serializing_if = "super::tx::is_zero")]
+    pub acked_below: u64,
     /// The change.
     pub op: TxOp,
     /// Whether it was applied, rejected by a precondition, or a duplicate.
@@ -163,6 +166,12 @@ impl Block {
             e.u64(tx.request.node);
             e.u64(tx.request.incarnation);
             e.u64(tx.request.seq);
+            if tx.acked_below != 0 {
+                // Tagged, and left out when 0, so blocks made before it existed hash as they
+                // did; the tag is no op's, so the encoding stays unambiguous.
+                e.u8(ACKED_BELOW_TAG);
+                e.u64(tx.acked_below);
+            }
             encode_op(&mut e, &tx.op);
             encode_outcome(&mut e, tx.outcome);
         }
@@ -269,6 +278,9 @@ impl Encoder {
     }
 }
 
+/// Precedes a transaction's non-zero `acked_below` in the canonical encoding (op tags are small).
+const ACKED_BELOW_TAG: u8 = 0xA0;
+
 fn encode_op(e: &mut Encoder, op: &TxOp) {
     match op {
         TxOp::Put { id, content, uid, gid, ino } => {
@@ -372,6 +384,7 @@ fn encode_outcome(e: &mut Encoder, outcome: Outcome) {
     match outcome {
         Outcome::Ok => e.u8(0),
         Outcome::Duplicate => e.u8(1),
+        Outcome::Expired => e.u8(3),
         Outcome::Rejected(reject) => {
             e.u8(2);
             e.u8(match reject {
@@ -394,7 +407,12 @@ mod tests {
     use crate::chain::tx::Content;
 
     fn tx(seq: u64, op: TxOp) -> BlockTx {
-        BlockTx { request: RequestId { node: 1, incarnation: 7, seq }, op, outcome: Outcome::Ok }
+        BlockTx {
+            request: RequestId { node: 1, incarnation: 7, seq },
+            acked_below: 0,
+            op,
+            outcome: Outcome::Ok,
+        }
     }
 
     fn put(id: &str, content: &str) -> TxOp {
@@ -461,6 +479,8 @@ mod tests {
             Box::new(|b| b.prev_hash.0[31] ^= 1),
             Box::new(|b| b.txs[0].request.seq += 1),
             Box::new(|b| b.txs[0].outcome = Outcome::Rejected(Reject::NotFound)),
+            Box::new(|b| b.txs[0].outcome = Outcome::Expired),
+            Box::new(|b| b.txs[0].acked_below += 1),
             Box::new(|b| b.txs[1].op = put("b", "z")),
             Box::new(|b| b.txs.swap(0, 1)),
             Box::new(|b| {
@@ -668,6 +688,22 @@ mod tests {
         for (line, block) in text.lines().zip(&blocks) {
             assert_eq!(serde_json::to_string(block).unwrap(), line);
         }
+    }
+
+    #[test]
+    fn acked_below_is_hashed_and_absent_when_zero() {
+        // Blocks made before `acked_below` existed read it as 0 and hash as they did: a 0 is
+        // neither encoded nor written, so the JSON is what old code wrote.
+        let chain = sample_chain();
+        let json = serde_json::to_string(&chain[1]).unwrap();
+        assert!(!json.contains("acked_below"));
+        let mut with = chain[1].clone();
+        with.txs[0].acked_below = 1;
+        with.hash = with.compute_hash();
+        assert_ne!(with.hash, chain[1].hash);
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""acked_below":1"#));
+        assert_eq!(serde_json::from_str::<Block>(&json).unwrap(), with);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn apply_batch(
     for tx in txs {
         let (outcome, tx_changes) = tree.apply(&ctx, &tx);
         changes.extend(tx_changes.into_iter().map(|c| (tx.request.node, c)));
-        block_txs.push(BlockTx { request: tx.request, op: tx.op, outcome });
+        block_txs.push(BlockTx { request: tx.request, acked_below: tx.acked_below, op: tx.op, outcome });
     }
     let block = Block::seal(
         prev.map(|p| (p.height, p.hash)),
@@ -91,7 +91,11 @@ pub fn replay(
     block: &Block,
 ) -> Result<Vec<(NodeId, Change)>, ReplayError> {
     block.verify_after(prev)?;
-    let txs = block.txs.iter().map(|t| Transaction { request: t.request, op: t.op.clone() }).collect();
+    let txs = block
+        .txs
+        .iter()
+        .map(|t| Transaction { request: t.request, acked_below: t.acked_below, op: t.op.clone() })
+        .collect();
     let pos = LogPosition { term: block.term, index: block.index, proposer: block.proposer };
     let (rebuilt, changes) = apply_batch(tree, prev, pos, block.timestamp_ms, txs);
     for (position, (stored, computed)) in block.txs.iter().zip(&rebuilt.txs).enumerate() {
@@ -116,7 +120,7 @@ mod tests {
     use crate::chain::{Content, Outcome, Reject, RequestId, StateId, TxOp};
 
     fn tx(seq: u64, op: TxOp) -> Transaction {
-        Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op }
+        Transaction { request: RequestId { node: 1, incarnation: 1, seq }, acked_below: 0, op }
     }
     fn pos(index: u64) -> LogPosition {
         LogPosition { term: 1, index, proposer: 1 }
@@ -185,5 +189,41 @@ mod tests {
         let f = tree.get(&StateId::parse("d/f").unwrap()).unwrap();
         assert_eq!((f.uid, f.gid), (0, 0), "states of old chains are root's");
         assert_eq!(f.mtime_ns, 1_700_000_000_500 * 1_000_000);
+    }
+
+    #[test]
+    fn replay_rebuilds_the_same_dedup_memory() {
+        // Seq 1 applies, its origin then declares 1..=2 answered, and a late copy of 1 and a
+        // never-applied 2 are refused as expired. Replaying the chain judges every copy the same.
+        let put = |c: &str| TxOp::Put {
+            id: StateId::parse("f").unwrap(),
+            content: Content::from(c.as_bytes()),
+            uid: 0,
+            gid: 0,
+            ino: None,
+        };
+        let at = |seq, acked_below, c: &str| Transaction {
+            request: RequestId { node: 1, incarnation: 1, seq },
+            acked_below,
+            op: put(c),
+        };
+        let mut tree = Tree::new();
+        let (b0, _) = apply_batch(&mut tree, None, pos(1), 1, vec![at(1, 1, "one"), at(1, 1, "again")]);
+        let (b1, _) = apply_batch(
+            &mut tree,
+            Some(Tip::of(&b0)),
+            pos(2),
+            2,
+            vec![at(3, 3, "three"), at(1, 1, "late"), at(2, 1, "two")],
+        );
+        let outcomes: Vec<_> = b0.txs.iter().chain(&b1.txs).map(|t| t.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Ok, Outcome::Duplicate, Outcome::Ok, Outcome::Expired, Outcome::Expired]
+        );
+        let mut again = Tree::new();
+        replay(&mut again, None, &b0).unwrap();
+        replay(&mut again, Some(Tip::of(&b0)), &b1).unwrap();
+        assert_eq!(again.state_root(), tree.state_root());
     }
 }

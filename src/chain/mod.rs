@@ -9,6 +9,7 @@
 
 mod block;
 mod build;
+pub mod dedup;
 mod state_id;
 mod tree;
 mod tx;

@@ -4,7 +4,8 @@
 //! block is applied* and either changes the tree or rejects the transaction; the same
 //! transactions in the same order give the same tree and the same outcomes on every node. It
 //! also keeps, incrementally, the [`StateRoot`] (a digest of the whole tree whose update costs
-//! O(changed entries), never O(tree)) and the set of applied request ids (deduplication).
+//! O(changed entries), never O(tree)) and, through [`Dedup`], what exactly-once needs to know
+//! of applied request ids (the whole invariant is stated in `chain::dedup`).
 //!
 //! Inode numbers are assigned here, from a counter that only grows, when a state is created:
 //! every node and every restart (which replays the chain) assigns the same numbers, a number
@@ -17,12 +18,11 @@
 //!
 //! Pure: no clock, no I/O. The caller passes the block's height and timestamp.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use super::block::{Digest, Encoder, Height};
-use super::tx::{
-    Content, NodeId, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET,
-};
+use super::dedup::{Dedup, Verdict};
+use super::tx::{Content, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET};
 use super::StateId;
 
 /// Inode number of a state; the root directory is 1.
@@ -43,10 +43,6 @@ const SET_UID: u32 = 0o4000;
 const SET_GID: u32 = 0o2000;
 /// `S_IXGRP`.
 const GROUP_EXEC: u32 = 0o010;
-/// Per origin, how many out-of-order request ids are remembered above the contiguous prefix.
-const DEDUP_WINDOW: usize = 4096;
-/// Per origin, how many outcomes are remembered for retries.
-const OUTCOME_MEMORY: usize = 1024;
 
 /// A file, a directory or a symlink.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,33 +214,6 @@ fn entry_digest(id: &StateId, entry: &Entry) -> Digest {
     e.finish()
 }
 
-/// Applied request ids of one origin: everything up to `low` plus the sparse set above it.
-#[derive(Clone, Debug, Default)]
-struct SeenRequests {
-    low: u64,
-    above: BTreeSet<u64>,
-    /// Outcomes of the latest requests, so a retry learns what its first attempt did.
-    recent: std::collections::VecDeque<(u64, Outcome)>,
-}
-
-impl SeenRequests {
-    /// Records `seq`; returns false when it was already recorded.
-    fn insert(&mut self, seq: u64) -> bool {
-        if seq <= self.low || !self.above.insert(seq) {
-            return false;
-        }
-        while self.above.remove(&(self.low + 1)) {
-            self.low += 1;
-        }
-        // A gap that never fills (a request that was never proposed) must not grow this set
-        // forever; giving up on ids far below the newest is deterministic and harmless.
-        while self.above.len() > DEDUP_WINDOW {
-            self.low = self.above.pop_first().unwrap();
-        }
-        true
-    }
-}
-
 /// The whole tree of states.
 #[derive(Clone, Debug)]
 pub struct Tree {
@@ -252,7 +221,7 @@ pub struct Tree {
     by_ino: HashMap<InodeNo, StateId>,
     next_ino: InodeNo,
     root: StateRoot,
-    seen: HashMap<(NodeId, u64), SeenRequests>,
+    dedup: Dedup,
 }
 
 impl Default for Tree {
@@ -269,7 +238,7 @@ impl Tree {
             by_ino: HashMap::new(),
             next_ino: ROOT_INO + 1,
             root: StateRoot::default(),
-            seen: HashMap::new(),
+            dedup: Dedup::default(),
         };
         let root = Entry {
             ino: ROOT_INO,
@@ -394,29 +363,25 @@ impl Tree {
         }
     }
 
-    /// Applies one transaction. On a rejection or a duplicate nothing changes.
+    /// Applies one transaction. On a rejection, a duplicate or an expired id nothing changes.
     pub fn apply(&mut self, ctx: &ApplyCtx, tx: &Transaction) -> (Outcome, Vec<Change>) {
-        let origin = (tx.request.node, tx.request.incarnation);
-        if !self.seen.entry(origin).or_default().insert(tx.request.seq) {
-            return (Outcome::Duplicate, Vec::new());
+        match self.dedup.check(&tx.request, tx.acked_below) {
+            Verdict::Duplicate { .. } => return (Outcome::Duplicate, Vec::new()),
+            Verdict::Expired => return (Outcome::Expired, Vec::new()),
+            Verdict::Fresh => {}
         }
         let (outcome, changes) = match self.apply_op(ctx, &tx.op) {
             Ok(changes) => (Outcome::Ok, changes),
             Err(reject) => (Outcome::Rejected(reject), Vec::new()),
         };
-        let seen = self.seen.get_mut(&origin).expect("recorded above");
-        seen.recent.push_back((tx.request.seq, outcome));
-        if seen.recent.len() > OUTCOME_MEMORY {
-            seen.recent.pop_front();
-        }
+        self.dedup.record(&tx.request, outcome);
         (outcome, changes)
     }
 
-    /// What the first application of `request` did, if it is recent enough to be remembered
-    /// (for answering a retried request whose block says `duplicate`).
-    pub fn first_outcome(&self, request: &crate::chain::RequestId) -> Option<Outcome> {
-        let seen = self.seen.get(&(request.node, request.incarnation))?;
-        seen.recent.iter().rev().find(|(seq, _)| *seq == request.seq).map(|(_, o)| *o)
+    /// What the proposer of `request` is told, given the outcome its block `recorded` (a
+    /// duplicate learns the first application's outcome; see `chain::dedup`).
+    pub fn answer(&self, request: &crate::chain::RequestId, recorded: Outcome) -> Outcome {
+        self.dedup.answer(request, recorded)
     }
 
     fn apply_op(&mut self, ctx: &ApplyCtx, op: &TxOp) -> Result<Vec<Change>, Reject> {
@@ -714,7 +679,11 @@ mod tests {
             self.seq += 1;
             self.height += 1;
             let ctx = ApplyCtx { height: self.height, timestamp_ms: self.height * 1000 };
-            let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq: self.seq }, op };
+            let tx = Transaction {
+                request: RequestId { node: 1, incarnation: 1, seq: self.seq },
+                acked_below: 0,
+                op,
+            };
             self.tree.apply(&ctx, &tx).0
         }
         fn content(&self, id: &str) -> Option<Vec<u8>> {
@@ -919,7 +888,8 @@ mod tests {
         assert_eq!(h.apply(TxOp::Chmod { id: sid("f"), mode: 0o100600 }), Outcome::Ok);
         assert_eq!(h.tree.get(&sid("f")).unwrap().mode, 0o600);
         let ctx = ApplyCtx { height: 99, timestamp_ms: 99 };
-        let tx = Transaction { request: RequestId { node: 2, incarnation: 5, seq: 1 }, op: put("f", "once") };
+        let request = RequestId { node: 2, incarnation: 5, seq: 1 };
+        let tx = Transaction { request, acked_below: 1, op: put("f", "once") };
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Ok);
         h.apply(put("f", "later"));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
@@ -951,13 +921,17 @@ mod tests {
         let ctx = ApplyCtx { height: 50, timestamp_ms: 50 };
         h.apply(put("lock", "a"));
         let request = RequestId { node: 3, incarnation: 9, seq: 77 };
-        let tx = Transaction {
-            request,
-            op: TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true, uid: 0, gid: 0 },
-        };
+        let create = TxOp::Create { id: sid("lock"), mode: 0o644, exclusive: true, uid: 0, gid: 0 };
+        let tx = Transaction { request, acked_below: 77, op: create };
         assert_eq!(h.tree.apply(&ctx, &tx).0, rejected(Reject::AlreadyExists));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
-        assert_eq!(h.tree.first_outcome(&request), Some(rejected(Reject::AlreadyExists)));
+        assert_eq!(h.tree.answer(&request, Outcome::Duplicate), rejected(Reject::AlreadyExists));
+        // Once its origin declares it answered, a late copy is refused, never a success.
+        let later =
+            Transaction { request: RequestId { seq: 78, ..request }, acked_below: 78, op: put("x", "1") };
+        assert_eq!(h.tree.apply(&ctx, &later).0, Outcome::Ok);
+        assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Expired);
+        assert_eq!(h.tree.answer(&request, Outcome::Duplicate), Outcome::Expired);
     }
 
     #[test]
@@ -1138,18 +1112,5 @@ mod tests {
         let mut b = Harness::new();
         b.apply(symlink("l", "y"));
         assert_ne!(a.tree.state_root(), b.tree.state_root());
-    }
-
-    #[test]
-    fn seen_requests_window() {
-        let mut seen = SeenRequests::default();
-        assert!(seen.insert(2));
-        assert!(seen.insert(1));
-        assert_eq!(seen.low, 2);
-        assert!(!seen.insert(1));
-        assert!(!seen.insert(2));
-        assert!(seen.insert(10));
-        assert!(!seen.insert(10));
-        assert!(seen.insert(3));
     }
 }

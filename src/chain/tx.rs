@@ -19,14 +19,15 @@ use super::StateId;
 pub type NodeId = u64;
 
 /// Identifies one proposal across retries and forwarding: which node made it, in which life of
-/// that node's data directory (`incarnation`), and its sequence number there.
+/// that node's process (`incarnation`), and its sequence number there (see `chain::dedup`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct RequestId {
     /// The node that accepted the request from an application.
     pub node: NodeId,
-    /// Random id of that node's data directory, made when it was created.
+    /// Random id of that node's process, made afresh at every start (not the data directory's
+    /// incarnation, which names the node to its peers).
     pub incarnation: u64,
-    /// Position of the request among that node's proposals.
+    /// Position of the request among that process's proposals, from 1.
     pub seq: u64,
 }
 
@@ -140,8 +141,10 @@ pub enum TimeSpec {
 /// Longest symlink target, in bytes (Linux's `PATH_MAX` less the terminating NUL).
 pub const MAX_SYMLINK_TARGET: usize = 4095;
 
-fn is_zero(v: &u32) -> bool {
-    *v == 0
+/// For `skip_serializing_if`: root's owner (0) and "no acknowledged bound" (0) are left out of
+/// the JSON, so old readers and people see nothing new where nothing is.
+pub(crate) fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// One change to the tree of states.
@@ -313,6 +316,10 @@ impl TxOp {
 pub struct Transaction {
     /// Who asked, for deduplication.
     pub request: RequestId,
+    /// Every seq of this request's origin below this was answered to its application and is
+    /// never retried: the state machine may forget them (see `chain::dedup`). 0 in old chains.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub acked_below: u64,
     /// What to change.
     pub op: TxOp,
 }
@@ -367,8 +374,12 @@ pub enum Outcome {
     Ok,
     /// A precondition failed; nothing changed.
     Rejected(Reject),
-    /// The request id was applied before; nothing changed.
+    /// The request id was applied before; nothing changed. Its proposer is told the first
+    /// application's outcome.
     Duplicate,
+    /// The request id is below its origin's horizon and not remembered: whether it applied
+    /// can no longer be told. Nothing changed; its proposer hears "outcome unknown".
+    Expired,
 }
 
 #[cfg(test)]

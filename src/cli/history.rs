@@ -87,6 +87,7 @@ fn outcome(o: Outcome) -> String {
     match o {
         Outcome::Ok => "ok".into(),
         Outcome::Duplicate => "duplicate".into(),
+        Outcome::Expired => "expired (outcome unknown)".into(),
         Outcome::Rejected(r) => format!("rejected: {r}"),
     }
 }

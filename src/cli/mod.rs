@@ -42,6 +42,12 @@ enum Command {
         /// Print the status document as JSON.
         #[arg(long)]
         json: bool,
+        /// The node's data directory, where the cluster token is read from.
+        #[arg(long, env = "LIGHTCHAIN_DATA")]
+        data: Option<PathBuf>,
+        /// The cluster token file (instead of the data directory's token).
+        #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
+        cluster_token_file: Option<PathBuf>,
     },
     /// Print the history of the chain, or of one state.
     Log {
@@ -98,6 +104,11 @@ pub struct MountArgs {
     /// Let other users than the mounting one use the mount.
     #[arg(long, env = "LIGHTCHAIN_ALLOW_OTHER")]
     pub allow_other: bool,
+    /// The cluster token, shared by every member (a file holding one line of 16 to 1024 visible
+    /// ASCII characters, e.g. from `openssl rand -hex 32`). Copied into the data directory.
+    /// Required with --peer and for a non-loopback --listen; a lone node makes its own.
+    #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -161,7 +172,9 @@ pub fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Mount(args) => mount::run(args),
-        Command::Status { addr, json } => status::run(&addr, json),
+        Command::Status { addr, json, data, cluster_token_file } => {
+            status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref())
+        }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),
     }

@@ -63,6 +63,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         read_consistency: args.read_consistency,
         peers: args.peers.clone(),
         snapshot_every: args.snapshot_every,
+        token_file: args.cluster_token_file.clone(),
     };
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;

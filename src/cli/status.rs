@@ -1,13 +1,47 @@
-//! `lightchain status`: a running node's view of the cluster, over gRPC.
+//! `lightchain status`: a running node's view of the cluster, over gRPC. The node answers
+//! holders of the cluster token only: it is read from `--cluster-token-file`, else from the
+//! data directory (`--data`, else the default one).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::node::Status;
+use std::path::Path;
 
-pub(super) fn run(addr: &str, json: bool) -> ExitCode {
+use crate::node::Status;
+use crate::store::identity::ClusterToken;
+use crate::store::DataDir;
+
+/// The token to present: from `--cluster-token-file`, else from the data directory. Without
+/// either, none is sent (the node will refuse, and the error says why).
+fn find_token(data: &Path, token_file: Option<&Path>) -> Result<Option<ClusterToken>, String> {
+    if let Some(file) = token_file {
+        return ClusterToken::read_file(file).map(Some).map_err(|e| e.to_string());
+    }
+    match ClusterToken::load(&DataDir { root: data.to_owned() }) {
+        Ok(token) => {
+            if token.is_none() {
+                eprintln!(
+                    "lightchain status: no cluster token in {} (give --data DIR or --cluster-token-file FILE)",
+                    data.display()
+                );
+            }
+            Ok(token)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>) -> ExitCode {
+    let token = match find_token(data, token_file) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("lightchain status: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let fetched = runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5)));
+    let fetched =
+        runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5), token.as_ref()));
     let json_text = match fetched {
         Ok(text) => text,
         Err(message) => {

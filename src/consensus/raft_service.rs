@@ -1,7 +1,9 @@
 //! The `Raft` gRPC service: peers' consensus messages into this node's openraft.
 //!
-//! Every request's metadata is admitted first (see `rpc::peer`). Append entries and vote are
-//! handed to openraft as they are; a streamed snapshot is staged under `tmp/` as a chain
+//! Every request's metadata is admitted first (see `rpc::peer`: token, member, incarnation),
+//! then the payload must speak for its sender only: a vote's candidate, and the leader of
+//! append-entries and of a snapshot, must be the sending node. Only then are append entries and
+//! vote handed to openraft; a streamed snapshot (at most `MAX_SNAPSHOT_BYTES` of blocks) is staged under `tmp/` as a chain
 //! segment — the manifest first, then the blocks this node lacks — and installed whole with
 //! `install_full_snapshot`, so the state machine appends and verifies them in order.
 
@@ -18,7 +20,7 @@ use super::state_machine::SnapshotData;
 use super::typ::Raft;
 use crate::rpc::pb::raft_server::Raft as RaftRpc;
 use crate::rpc::pb::{RaftMessage, SnapshotChunk};
-use crate::rpc::peer::{self, PeerGuard};
+use crate::rpc::peer::{self, PeerGuard, PeerMeta, MAX_SNAPSHOT_BYTES};
 
 /// Serves `Raft`.
 pub struct RaftService {
@@ -46,16 +48,25 @@ impl RaftService {
         &self,
         stream: &mut Streaming<SnapshotChunk>,
         dir: &PathBuf,
+        sender: &PeerMeta,
     ) -> Result<SnapshotHeader, Status> {
         let first =
             stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+        peer::check_sender(sender, header.vote.leader_id().voted_for(), "snapshot")?;
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
         let mut file = std::fs::File::create(dir.join(format!("{:020}.jsonl", 0)))
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut complete = false;
+        let mut total = 0u64;
         while let Some(chunk) = stream.message().await? {
+            total += chunk.blocks.len() as u64;
+            if total > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the snapshot stream exceeds {MAX_SNAPSHOT_BYTES} bytes of blocks"
+                )));
+            }
             file.write_all(&chunk.blocks).map_err(|e| Status::internal(e.to_string()))?;
             complete = chunk.last;
         }
@@ -77,8 +88,10 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc = decode(&request.into_inner().payload)?;
+        let sender = peer::admit_request(&request, self.guard.as_ref())?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
+            decode(&request.into_inner().payload)?;
+        peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "append-entries")?;
         tracing::debug!("append_entries received");
         let r = self.raft()?.append_entries(rpc).await;
         tracing::debug!("append_entries answered");
@@ -86,8 +99,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc = decode(&request.into_inner().payload)?;
+        let sender = peer::admit_request(&request, self.guard.as_ref())?;
+        let rpc: openraft::raft::VoteRequest<u64> = decode(&request.into_inner().payload)?;
+        peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "vote request")?;
         Ok(self.reply(json(&self.raft()?.vote(rpc).await)))
     }
 
@@ -95,12 +109,12 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
-        peer::admit_request(&request, self.guard.as_ref())?;
+        let sender = peer::admit_request(&request, self.guard.as_ref())?;
         let raft = self.raft()?.clone();
         let mut stream = request.into_inner();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = self.staging.join(format!("snapshot-{}-{n}", std::process::id()));
-        let staged = self.stage(&mut stream, &dir).await;
+        let staged = self.stage(&mut stream, &dir, &sender).await;
         let header = match staged {
             Ok(h) => h,
             Err(e) => {

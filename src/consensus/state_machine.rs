@@ -238,24 +238,17 @@ impl StateMachineStore {
                     apply_batch(&mut replica.tree, replica.head, pos, batch.timestamp_ms, batch.txs);
                 changes.extend(tx_changes);
                 // A retried request reads `duplicate` in the block; its proposer gets what the
-                // first attempt did.
-                let outcomes = block
-                    .txs
-                    .iter()
-                    .map(|t| match t.outcome {
-                        Outcome::Duplicate => {
-                            replica.tree.first_outcome(&t.request).unwrap_or(Outcome::Duplicate)
-                        }
-                        other => other,
-                    })
-                    .collect();
+                // first attempt did (`chain::dedup`).
+                let outcomes = block.txs.iter().map(|t| replica.tree.answer(&t.request, t.outcome)).collect();
                 (block, outcomes)
             }
             EntryPayload::Membership(membership) => {
                 let members = members_of(&membership);
-                // Node 0 is consensus itself; seq 0 would read as already seen.
-                let request = RequestId { node: 0, incarnation: 0, seq: log_id.index + 1 };
-                let tx = Transaction { request, op: TxOp::Membership { members } };
+                // Node 0 is consensus itself: one id per log index, and nothing below it will
+                // ever arrive again.
+                let seq = log_id.index + 1;
+                let request = RequestId { node: 0, incarnation: 0, seq };
+                let tx = Transaction { request, acked_below: seq, op: TxOp::Membership { members } };
                 let timestamp = replica.head.map_or(0, |h| h.timestamp_ms);
                 let (block, _) = apply_batch(&mut replica.tree, replica.head, pos, timestamp, vec![tx]);
                 replica.membership = StoredMembership::new(Some(log_id), membership);

@@ -77,6 +77,7 @@ impl FsError {
                 | node::Error::ShuttingDown
                 | node::Error::NotLeader
                 | node::Error::NoQuorum
+                | node::Error::OutcomeUnknown
                 | node::Error::Fatal(_) => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
@@ -137,6 +138,7 @@ mod tests {
         assert_eq!(FsError::InvalidName(StateIdError::Reserved).errno(), libc::EACCES);
         assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);
+        assert_eq!(FsError::Node(node::Error::OutcomeUnknown).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(), libc::ENOTEMPTY);
         assert_eq!(FsError::SymlinkTarget(TargetError::TooLong).errno(), libc::ENAMETOOLONG);
         assert_eq!(FsError::SymlinkTarget(TargetError::Empty).errno(), libc::ENOENT);

@@ -12,7 +12,11 @@
 //! (`Cluster.Forward`), joins the leader's next group commit, and is answered here only once
 //! this node has applied the entry too, so a writer always reads its own write. Retries (no
 //! leader yet, a leader that just lost its role, a lost connection) reuse the same request
-//! ids, which the state machine deduplicates: a transaction applies at most once.
+//! ids and `acked_below`, which the state machine deduplicates: a transaction applies at most
+//! once, and a retry learns what its first copy did (`chain::dedup`). A retry is sent only
+//! while its proposer still waits, and an attempt is abandoned the moment every proposer of
+//! the batch gave up, so a write stuck on a partitioned old leader frees its slot at the
+//! commit timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +138,15 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             return;
         }
         let txs: Vec<Transaction> = batch.iter().map(|p| p.tx.clone()).collect();
-        match ctx.raft.client_write(Batch { timestamp_ms, txs: txs.clone() }).await {
+        let write = ctx.raft.client_write(Batch { timestamp_ms, txs: txs.clone() });
+        let written = tokio::select! {
+            written = write => written,
+            // Everyone gave up (their commit timeout passed): free the in-flight slot now
+            // rather than when a write stuck on an unreachable leader finally fails. What was
+            // sent may still commit; its ids are then answered and expire (`chain::dedup`).
+            () = all_gave_up(&mut batch) => return,
+        };
+        match written {
             Ok(response) => {
                 let height = response.data.height.expect("a normal entry always makes a block");
                 let index = response.log_id.index;
@@ -146,7 +158,11 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
                     if leader != ctx.self_id {
-                        match forward(ctx, &node.addr, &txs).await {
+                        let forwarded = tokio::select! {
+                            forwarded = forward(ctx, &node.addr, &txs) => forwarded,
+                            () = all_gave_up(&mut batch) => return,
+                        };
+                        match forwarded {
                             Ok(applied) => {
                                 for (p, a) in batch.into_iter().zip(applied) {
                                     let _ = p.reply.send(Ok(a));
@@ -159,7 +175,10 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
                         }
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = all_gave_up(&mut batch) => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
             Err(e) => {
@@ -171,6 +190,11 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             }
         }
     }
+}
+
+/// Resolves once every proposer of `batch` stopped waiting (its call timed out or was dropped).
+async fn all_gave_up(batch: &mut [Proposal]) {
+    futures_util::future::join_all(batch.iter_mut().map(|p| p.reply.closed())).await;
 }
 
 /// Proposes `txs` on the leader at `addr`, then waits until this node applied the entry.

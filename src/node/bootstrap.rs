@@ -12,6 +12,13 @@
 //!   membership (openraft accepts concurrent identical initializations).
 //!
 //! A node with data checks that reachable peers belong to its cluster.
+//!
+//! A node whose `identity.json` exists but which has no cluster id and no consensus state yet
+//! (it crashed between writing its identity and its first membership) decides again, with the
+//! same identity: a peer that remembers *this* incarnation is not a sign of lost
+//! data, and initializing twice is a no-op, so such a node is never stuck uninitialized.
+//!
+//! [`resolve_token`] picks the cluster token before anything listens (DESIGN §1.7).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,7 +26,8 @@ use std::time::{Duration, Instant};
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::{HelloReply, HelloRequest};
 use crate::rpc::peer::{self, Channels, PeerGuard};
-use crate::store::identity::node_id_for;
+use crate::store::identity::{node_id_for, ClusterToken};
+use crate::store::DataDir;
 
 /// How long a new node waits for a majority of its peers.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +65,61 @@ pub fn members(advertise: &str, peers: &[String]) -> BTreeMap<u64, String> {
     members
 }
 
+/// The cluster token this node uses, in order: `--cluster-token-file` (copied into the data
+/// directory when it differs, so the CLI finds it), the data directory's, or — for a lone node
+/// listening on loopback only — a new one. A node with other members, or one listening beyond
+/// loopback, refuses to start without a token it was given.
+pub fn resolve_token(
+    data: &DataDir,
+    token_file: Option<&std::path::Path>,
+    members: &BTreeMap<u64, String>,
+    config: &super::Config,
+) -> Result<ClusterToken, super::StartError> {
+    let stored = ClusterToken::load(data)?;
+    if let Some(file) = token_file {
+        let given = ClusterToken::read_file(file)?;
+        if stored.as_ref() != Some(&given) {
+            if stored.is_some() {
+                tracing::warn!(file = %file.display(), "the cluster token file differs from the data directory's token; using the file's");
+            }
+            given.save(data)?;
+        }
+        return Ok(given);
+    }
+    if let Some(token) = stored {
+        return Ok(token);
+    }
+    if members.len() > 1 {
+        return Err(super::StartError::Refused(
+            "a cluster of several members needs a shared secret: give every member the same \
+             --cluster-token-file FILE (for example made with `openssl rand -hex 32 > FILE`)"
+                .into(),
+        ));
+    }
+    if !config.listen.ip().is_loopback() {
+        return Err(super::StartError::Refused(format!(
+            "refusing to listen on {} (not loopback) without a cluster token: give --cluster-token-file FILE",
+            config.listen
+        )));
+    }
+    let token = ClusterToken::generate();
+    token.save(data)?;
+    tracing::info!(path = %data.token().display(), "made a cluster token for this new single-node cluster");
+    Ok(token)
+}
+
+/// Whether the directory holds anything of consensus or the chain (a non-empty file under
+/// `raft/` or `chain/`): then it initialized or was replicated to, and is not deciding again.
+pub fn has_consensus_state(data: &DataDir) -> bool {
+    [data.raft(), data.chain()].iter().any(|dir| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    })
+}
+
 async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {
     let channel = channels.get(addr)?;
     let request = peer::request(HelloRequest {}, guard, Duration::from_secs(2));
@@ -84,7 +147,7 @@ pub async fn decide_fresh(
         for addr in &others {
             let Ok(reply) = hello(channels, guard, addr).await else { continue };
             answered += 1;
-            if reply.known_incarnation.is_some() {
+            if reply.known_incarnation.is_some_and(|known| known != guard.local().incarnation) {
                 return Err(format!(
                     "this node's data directory is new, but peer {addr} already knows node {self_id} from an earlier \
                      life: its data was lost, and with it its vote record. It must not rejoin under its old identity. \

@@ -4,9 +4,10 @@
 //!   next group commit) and answered once applied here, with the entry's log index so the
 //!   follower can wait until it has applied that far too.
 //! - `ReadIndex`: the leader's read index, for linearizable reads on followers.
-//! - `Hello`: what this node knows, for the start-up checks of `bootstrap`. Not admitted
-//!   through the guard: a node with a wiped directory must get an answer that explains why it
-//!   is refused.
+//! - `Hello`: what this node knows, for the start-up checks of `bootstrap`. The caller must hold
+//!   the token and be a member or configured peer, but a caller without a genesis is not checked
+//!   for its incarnation (and leaves no trace): a node with a wiped directory must get an answer
+//!   that explains why it is refused.
 
 use std::sync::Arc;
 
@@ -73,16 +74,12 @@ impl Cluster for ClusterService {
         // A caller that has a genesis is an established member: remember its incarnation (and
         // refuse it if it changed). A caller without one is a new node deciding how to start:
         // answer, but remember nothing, so a refused attempt leaves no trace.
-        let established =
-            request.metadata().get("lc-cluster").and_then(|v| v.to_str().ok()).is_some_and(|c| !c.is_empty());
-        if established {
+        // Either way the caller must hold the token and be a member or a configured peer.
+        let meta = peer::authenticate_request(&request, self.cell.guard.as_ref())?;
+        if !meta.cluster_id.is_empty() {
             peer::admit_request(&request, self.cell.guard.as_ref())?;
         }
-        let from = request
-            .metadata()
-            .get("lc-from")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let from = Some(meta.node_id);
         let guard = self.cell.guard.as_ref();
         let local = peer::PeerGuard::local(guard);
         let head = self.cell.node.get().and_then(|n| n.replica().head);

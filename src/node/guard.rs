@@ -1,23 +1,62 @@
-//! Admission of peer messages (see `rpc::peer`): same cluster, and the same incarnation as
-//! the last time a member was heard from.
+//! Admission of peer messages (see `rpc::peer`): the cluster token, a sender that is a member
+//! (or, before this node knows a membership, a configured peer), the same cluster, and the same
+//! incarnation as the last time a member was heard from.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::sync::watch;
+
+use crate::consensus::typ::RaftMetrics;
 use crate::rpc::peer::{PeerGuard, PeerMeta};
-use crate::store::identity::{Identity, KnownPeers};
+use crate::store::identity::{ClusterToken, Identity, KnownPeers};
 use crate::store::DataDir;
 
 /// The node's [`PeerGuard`].
 pub struct NodeGuard {
+    /// This node's identity (the cluster id appears with the genesis).
     identity: Arc<Mutex<Identity>>,
+    /// The incarnation last seen of each member.
     known: Mutex<KnownPeers>,
+    /// Where `known` is saved.
     data: DataDir,
+    /// The cluster's shared secret.
+    token: ClusterToken,
+    /// Node ids of the configured peers (`--peer`), admitted while no membership is known.
+    configured: BTreeSet<u64>,
+    /// Consensus metrics, once consensus runs: the membership senders are checked against.
+    metrics: OnceLock<watch::Receiver<RaftMetrics>>,
 }
 
 impl NodeGuard {
-    /// A guard for the node whose identity and data directory these are.
-    pub fn new(identity: Arc<Mutex<Identity>>, data: &DataDir) -> crate::store::Result<NodeGuard> {
-        Ok(NodeGuard { identity, known: Mutex::new(KnownPeers::load(data)?), data: data.clone() })
+    /// A guard for the node whose identity, data directory, token and configured peers these are.
+    pub fn new(
+        identity: Arc<Mutex<Identity>>,
+        data: &DataDir,
+        token: ClusterToken,
+        configured: BTreeSet<u64>,
+    ) -> crate::store::Result<NodeGuard> {
+        Ok(NodeGuard {
+            identity,
+            known: Mutex::new(KnownPeers::load(data)?),
+            data: data.clone(),
+            token,
+            configured,
+            metrics: OnceLock::new(),
+        })
+    }
+
+    /// From now on, senders are checked against consensus's membership (once it has one).
+    pub fn watch_membership(&self, metrics: watch::Receiver<RaftMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The members consensus knows (voters and learners), if it knows any.
+    fn members(&self) -> Option<BTreeSet<u64>> {
+        let metrics = self.metrics.get()?;
+        let m = metrics.borrow();
+        let ids: BTreeSet<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        (!ids.is_empty()).then_some(ids)
     }
 
     /// The incarnation recorded for `node`, if it was ever heard from.
@@ -33,6 +72,25 @@ impl PeerGuard for NodeGuard {
             cluster_id: identity.cluster_id.clone().unwrap_or_default(),
             node_id: identity.node_id,
             incarnation: identity.incarnation,
+        }
+    }
+
+    fn token(&self) -> &ClusterToken {
+        &self.token
+    }
+
+    fn authorize(&self, node: u64) -> Result<(), String> {
+        if node == self.identity.lock().unwrap().node_id {
+            return Err(format!("a peer message claims to come from this node ({node})"));
+        }
+        match self.members() {
+            Some(members) if members.contains(&node) => Ok(()),
+            Some(members) => Err(format!("node {node} is not a member (members: {members:?})")),
+            None if self.configured.contains(&node) => Ok(()),
+            None => Err(format!(
+                "node {node} is not one of the configured peers {:?}, and this node knows no membership yet",
+                self.configured
+            )),
         }
     }
 
@@ -66,5 +124,25 @@ impl PeerGuard for NodeGuard {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_a_membership_only_configured_peers_are_authorized() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::create(tmp.path()).unwrap();
+        let identity = Arc::new(Mutex::new(Identity::generate(1)));
+        let guard = NodeGuard::new(identity, &data, ClusterToken::generate(), [1, 2, 3].into()).unwrap();
+        guard.authorize(2).unwrap();
+        guard.authorize(3).unwrap();
+        assert!(guard.authorize(4).is_err(), "not a configured peer");
+        assert!(guard.authorize(1).is_err(), "a message claiming to be from this node");
+        // A stranger with an empty cluster id and an unused node id is not admitted any more: it
+        // fails `authorize` before `admit` is asked.
+        assert!(guard.authorize(999).is_err());
     }
 }

@@ -26,7 +26,6 @@ mod services;
 mod status;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +35,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use batcher::Applied;
 pub use status::{MemberStatus, Status};
 
-use crate::chain::{Change, Height, NodeId, Outcome, Reject, RequestId, Transaction, TxOp};
+use crate::chain::dedup::{new_incarnation, Issuer};
+use crate::chain::{Change, Height, NodeId, Outcome, Reject, Transaction, TxOp};
 use crate::consensus::log_store::LogStore;
 use crate::consensus::network::Network;
 use crate::consensus::state_machine::{Replica, Shared, StateMachineStore};
@@ -71,6 +71,9 @@ pub struct Config {
     pub peers: Vec<String>,
     /// Take a snapshot (and let the log be purged) every this many log entries.
     pub snapshot_every: u64,
+    /// `--cluster-token-file`: the cluster's token, shared by every member. Without it the data
+    /// directory's token is used; a new single node on loopback makes its own.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Why a proposal or a read failed.
@@ -92,6 +95,10 @@ pub enum Error {
     /// This node is not the leader (a peer asked it to do a leader's job).
     #[error("not the leader")]
     NotLeader,
+    /// The request's id was refused as expired (`chain::dedup`): whether an earlier copy
+    /// applied can no longer be told. Never reported as a success.
+    #[error("the outcome is unknown: the request id expired before this copy was applied")]
+    OutcomeUnknown,
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
@@ -126,13 +133,16 @@ pub struct Node {
     identity: Identity,
     guard: Arc<guard::NodeGuard>,
     channels: Channels,
-    next_seq: AtomicU64,
+    /// Request ids of this process (a new incarnation per start) and their `acked_below`.
+    requests: Arc<Mutex<Issuer>>,
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
     /// Since when this node has known no leader.
     leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
     shutdown: watch::Sender<bool>,
+    /// The data directory's lock, released when consensus has stopped.
+    lock: Mutex<Option<crate::store::DirLock>>,
 }
 
 /// A leader whose last majority acknowledgement is older than this knows it has no quorum.
@@ -158,17 +168,23 @@ impl Node {
         config: Config,
         listener: tokio::net::TcpListener,
     ) -> Result<Arc<Node>, StartError> {
+        // One process per data directory: a second one would corrupt the log and the chain.
+        let lock = data.lock()?;
+        let members = bootstrap::members(&config.advertise, &config.peers);
+        let token = bootstrap::resolve_token(data, config.token_file.as_deref(), &members, &config)?;
         let existing = Identity::load(data)?;
         let fresh = existing.is_none();
         let identity = existing
             .unwrap_or_else(|| Identity::generate(node_id_for(&bootstrap::normalize(&config.advertise))));
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
-        let guard = Arc::new(guard::NodeGuard::new(shared_identity.clone(), data)?);
+        let configured = members.keys().copied().collect();
+        let guard =
+            Arc::new(guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), configured)?);
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone());
         let mut stop = shutdown.subscribe();
         let server =
-            crate::rpc::serve(listener, Arc::new(cell.clone()), cell.routes(data.tmp()), async move {
+            crate::rpc::serve(listener, Arc::new(cell.clone()), token, cell.routes(data.tmp()), async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
         tokio::spawn(async move {
@@ -183,6 +199,7 @@ impl Node {
             shutdown.send_replace(true);
         }
         let node = started?;
+        *node.lock.lock().unwrap() = Some(lock);
         let _ = cell.node.set(node.clone());
         Ok(node)
     }
@@ -202,11 +219,16 @@ impl Node {
         let peers: Vec<String> =
             members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
         let channels = Channels::default();
-        let decision = if fresh {
+        // A directory with no cluster id and no consensus state yet may have crashed between
+        // writing its identity and initializing: it decides again (bootstrap).
+        let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data);
+        let decision = if fresh || undecided {
             let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members).await;
             let d = d.map_err(StartError::Refused)?;
-            identity.save(data)?;
-            tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory");
+            if fresh {
+                identity.save(data)?;
+                tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory");
+            }
             Some(d)
         } else {
             bootstrap::check_existing(&channels, guard.as_ref(), &peers)
@@ -224,6 +246,7 @@ impl Node {
         let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log_store, state_machine)
             .await
             .map_err(consensus_err)?;
+        guard.watch_membership(raft.metrics());
         let _ = cell.raft.set(raft.clone());
         if decision == Some(bootstrap::Decision::Initialize)
             && !raft.is_initialized().await.map_err(consensus_err)?
@@ -244,9 +267,9 @@ impl Node {
         }
 
         let (proposals, queue) = mpsc::unbounded_channel();
-        // Sequence numbers start from the clock so they keep growing across restarts of the
-        // same data directory (its incarnation stays the same).
-        let next_seq = AtomicU64::new(now_ms() * 1000);
+        // Request ids of this process: a new incarnation for every start, seqs from 1, so
+        // they never repeat or go backwards, whatever the clock does (`chain::dedup`).
+        let requests = Arc::new(Mutex::new(Issuer::new(identity.node_id, new_incarnation())));
         let node = Arc::new(Node {
             raft: raft.clone(),
             shared: shared.clone(),
@@ -254,12 +277,13 @@ impl Node {
             identity,
             guard: guard.clone(),
             channels: channels.clone(),
-            next_seq,
+            requests,
             proposals,
             reads: Arc::default(),
             views: Arc::default(),
             leaderless_since: Arc::default(),
             shutdown: shutdown.clone(),
+            lock: Mutex::new(None),
         });
         let ctx = batcher::Context {
             raft: raft.clone(),
@@ -304,15 +328,18 @@ impl Node {
 
     /// Proposes one transaction and waits until it is committed and applied here.
     pub async fn propose(&self, op: TxOp) -> Result<Committed, Error> {
-        let request = RequestId {
-            node: self.identity.node_id,
-            incarnation: self.identity.incarnation,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        };
-        let applied = self.submit(Transaction { request, op }).await?;
+        let issued = self.requests.lock().unwrap().issue();
+        // However this call ends (an answer, a timeout, or the caller dropping it), the id is
+        // answered from then on: later transactions may tell the state machine to forget it.
+        let _settle = Settle { requests: &self.requests, seq: issued.request.seq };
+        let tx = Transaction { request: issued.request, acked_below: issued.acked_below, op };
+        let applied = self.submit(tx).await?;
         match applied.outcome {
-            Outcome::Ok | Outcome::Duplicate => Ok(Committed { height: applied.height }),
+            Outcome::Ok => Ok(Committed { height: applied.height }),
             Outcome::Rejected(reject) => Err(Error::Rejected(reject)),
+            // The state machine answers a duplicate with its first outcome; one that still
+            // reads `duplicate` (or an expired id) has no outcome that can be told.
+            Outcome::Duplicate | Outcome::Expired => Err(Error::OutcomeUnknown),
         }
     }
 
@@ -404,6 +431,7 @@ impl Node {
             match attempt {
                 Ok(index) => return Ok(index),
                 Err(Error::Fatal(e)) => return Err(Error::Fatal(e)),
+                Err(_) if *self.shutdown.borrow() => return Err(Error::ShuttingDown),
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(Error::Timeout(self.config.commit_timeout))
                 }
@@ -432,6 +460,13 @@ impl Node {
             return Ok(());
         }
         let timeout = self.config.commit_timeout;
+        // One deadline for the whole barrier (read index, then catching up), and shutdown ends
+        // it at once: a parked read never waits longer than the commit timeout, nor past a stop.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut shutdown = self.shutdown.subscribe();
+        if *shutdown.borrow() {
+            return Err(Error::ShuttingDown);
+        }
         let (tx, rx) = oneshot::channel();
         if self.reads.enqueue(tx) {
             let node = self.clone();
@@ -444,17 +479,23 @@ impl Node {
                 }
             });
         }
-        let index = match tokio::time::timeout(timeout, rx).await {
-            Err(_) => return Err(Error::Timeout(timeout)),
-            Ok(Err(_)) => return Err(Error::ShuttingDown),
-            Ok(Ok(index)) => index?,
+        let applied = self.shared.applied_index.subscribe();
+        let barrier = async move {
+            let index = match rx.await {
+                Err(_) => return Err(Error::ShuttingDown),
+                Ok(index) => index?,
+            };
+            let mut applied = applied;
+            let caught_up = applied.wait_for(|i| *i >= index).await.is_ok();
+            if caught_up {
+                Ok(())
+            } else {
+                Err(Error::ShuttingDown)
+            }
         };
-        let mut applied = self.shared.applied_index.subscribe();
-        let caught_up = async move { applied.wait_for(|i| *i >= index).await.is_ok() };
-        match tokio::time::timeout(timeout, caught_up).await {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(false) => Err(Error::ShuttingDown),
-            Ok(true) => Ok(()),
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, barrier) => r.unwrap_or(Err(Error::Timeout(timeout))),
+            _ = shutdown.wait_for(|stop| *stop) => Err(Error::ShuttingDown),
         }
     }
 
@@ -521,6 +562,22 @@ impl Node {
                 );
             }
         }
+        // Nothing writes the directory any more: another process (a restart) may take it.
+        self.lock.lock().unwrap().take();
+    }
+}
+
+/// Marks a request id answered when its proposal ends, however it ends.
+struct Settle<'a> {
+    /// The issuer the id came from.
+    requests: &'a Mutex<Issuer>,
+    /// The id's seq.
+    seq: u64,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.requests.lock().unwrap().settle(self.seq);
     }
 }
 
@@ -550,5 +607,83 @@ async fn track_leaderless(
 impl crate::rpc::admin::AdminHandler for Node {
     fn status_json(&self) -> String {
         Node::status_json(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Content, StateId};
+
+    fn config(listen: SocketAddr) -> Config {
+        Config {
+            name: "test".into(),
+            listen,
+            advertise: listen.to_string(),
+            commit_timeout: Duration::from_secs(10),
+            read_consistency: ReadConsistency::Linearizable,
+            peers: Vec::new(),
+            snapshot_every: 5000,
+            token_file: None,
+        }
+    }
+
+    async fn start(data: &DataDir) -> Result<Arc<Node>, StartError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        Node::start(data, config(listen), listener).await
+    }
+
+    fn put(id: &str) -> TxOp {
+        TxOp::Put {
+            id: StateId::parse(id).unwrap(),
+            content: Content::from(&b"x"[..]),
+            uid: 0,
+            gid: 0,
+            ino: None,
+        }
+    }
+
+    #[test]
+    fn an_identity_written_before_a_crash_before_initialize_still_initializes() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let data = DataDir::create(tmp.path()).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listen = listener.local_addr().unwrap();
+            // What a crash between writing identity.json and `initialize` leaves behind.
+            let identity = Identity::generate(node_id_for(&bootstrap::normalize(&listen.to_string())));
+            identity.save(&data).unwrap();
+            let node = Node::start(&data, config(listen), listener).await.unwrap();
+            assert!(node.wait_ready(Duration::from_secs(10)).await, "the node never initialized");
+            node.propose(put("f")).await.unwrap();
+            assert_eq!(node.id(), identity.node_id);
+            node.shutdown().await;
+        });
+    }
+
+    #[test]
+    fn a_held_data_directory_is_refused_until_its_node_stops() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let data = DataDir::create(tmp.path()).unwrap();
+            let first = start(&data).await.unwrap();
+            assert!(first.wait_ready(Duration::from_secs(10)).await);
+            match start(&data).await {
+                Err(StartError::Store(crate::store::Error::Locked { .. })) => {}
+                Err(e) => panic!("wrong refusal: {e}"),
+                Ok(_) => panic!("a second node started on a held data directory"),
+            }
+            first.propose(put("a")).await.unwrap();
+            first.shutdown().await;
+            let second = start(&data).await.unwrap();
+            assert!(second.wait_ready(Duration::from_secs(10)).await);
+            // A restart is a new origin: its seqs start again at 1 and are not taken for the old ones.
+            second.propose(put("b")).await.unwrap();
+            assert!(second.replica().tree.get(&StateId::parse("b").unwrap()).is_some());
+            second.shutdown().await;
+        });
     }
 }

@@ -1,10 +1,12 @@
-//! The admin service: a node's status for operators.
+//! The admin service: a node's status for operators. It answers holders of the cluster token
+//! only (the CLI reads it from the data directory); it changes nothing.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::pb;
+use crate::store::identity::ClusterToken;
 
 /// What the admin service asks of the node it serves.
 pub trait AdminHandler: Send + Sync + 'static {
@@ -14,34 +16,43 @@ pub trait AdminHandler: Send + Sync + 'static {
 
 /// Serves `Admin`.
 pub struct AdminService {
+    /// The node.
     handler: Arc<dyn AdminHandler>,
+    /// The token a caller must present.
+    token: ClusterToken,
 }
 
 impl AdminService {
-    /// A service answering from `handler`.
-    pub fn new(handler: Arc<dyn AdminHandler>) -> Self {
-        AdminService { handler }
+    /// A service answering from `handler` to holders of `token`.
+    pub fn new(handler: Arc<dyn AdminHandler>, token: ClusterToken) -> Self {
+        AdminService { handler, token }
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn status(
-        &self,
-        _request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        super::peer::check_token(request.metadata(), &self.token)?;
         Ok(Response::new(pb::StatusReply { json: self.handler.status_json() }))
     }
 }
 
-/// Asks the node at `addr` (HOST:PORT) for its status document (JSON).
-pub async fn fetch_status(addr: &str, timeout: std::time::Duration) -> Result<String, String> {
+/// Asks the node at `addr` (HOST:PORT) for its status document (JSON), presenting `token`.
+pub async fn fetch_status(
+    addr: &str,
+    timeout: std::time::Duration,
+    token: Option<&ClusterToken>,
+) -> Result<String, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
     let mut client = pb::admin_client::AdminClient::new(channel);
-    let reply = client.status(pb::StatusRequest {}).await.map_err(|e| format!("{addr}: {}", e.message()))?;
+    let mut request = Request::new(pb::StatusRequest {});
+    if let Some(token) = token {
+        super::peer::attach_token(request.metadata_mut(), token);
+    }
+    let reply = client.status(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }

@@ -28,15 +28,17 @@ pub mod pb {
     tonic::include_proto!("lightchain.v1");
 }
 
-/// Serves the admin service and the peer services in `peers` on `listener` until
-/// `shutdown` completes.
+/// Serves the admin service (to holders of `token`) and the peer services in `peers` on
+/// `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<dyn AdminHandler>,
+    token: crate::store::identity::ClusterToken,
     peers: tonic::service::Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let routes = peers.add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(admin)));
+    let routes =
+        peers.add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(admin, token)));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)

@@ -1,10 +1,22 @@
-//! What every peer RPC carries, and the connections peers share.
+//! What every peer RPC carries, who is let in, and the connections peers share.
 //!
-//! Each request and each answer between members carries the sender's cluster id, node id and
-//! incarnation as metadata ([`PeerMeta`]). A [`PeerGuard`] (the node) admits or refuses them
-//! *before* anything reaches consensus: a message from another cluster, or from a member that
-//! comes back with a new incarnation (its data directory was wiped, so its vote record is
-//! gone), is refused — such a node must never vote under its old identity.
+//! Each request and each answer between members carries the **cluster token** (`lc-token`,
+//! the shared secret of DESIGN §1.7) and the sender's cluster id, node id and incarnation as
+//! metadata ([`PeerMeta`]). An incoming request passes, in this order and *before* anything
+//! reaches openraft or the forwarding path ([`admit_request`]):
+//!
+//! 1. **the token**, compared in constant time: missing or wrong → `UNAUTHENTICATED`;
+//! 2. **the sender**: it must name itself (valid `lc-from`/`lc-incarnation`) and be a member of
+//!    the cluster — or, while this node knows no membership yet (bootstrap), one of its
+//!    configured peers ([`PeerGuard::authorize`]): otherwise → `PERMISSION_DENIED`;
+//! 3. **its life**: a message from another cluster, or from a member that comes back with a new
+//!    incarnation (its data directory was wiped, so its vote record is gone), is refused with
+//!    `FAILED_PRECONDITION` — such a node must never vote under its old identity.
+//!
+//! The services then check that the ids inside the payload are the sender's own (a vote's
+//! candidate, the leader of append-entries and of a snapshot). An answer is accepted only if it
+//! carries the token too, so a node never acts on a stranger's reply. The admin service asks
+//! for the token alone ([`check_token`]): the operator's CLI is not a member.
 //!
 //! [`Channels`] holds one lazily connecting HTTP/2 channel per peer address; every RPC to that
 //! peer reuses it (tonic multiplexes), so nothing dials inside openraft's core.
@@ -17,9 +29,15 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::store::identity::ClusterToken;
+
 /// Largest gRPC message either side accepts (a batch of entries of up to 1 MiB states).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest total of block bytes one snapshot stream may bring (the chain a lagging member
+/// lacks); a longer stream is cut off and nothing of it is installed.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
 
+const TOKEN: &str = "lc-token";
 const CLUSTER: &str = "lc-cluster";
 const FROM: &str = "lc-from";
 const INCARNATION: &str = "lc-incarnation";
@@ -63,21 +81,59 @@ impl PeerMeta {
 pub trait PeerGuard: Send + Sync + 'static {
     /// This node's metadata.
     fn local(&self) -> PeerMeta;
-    /// Checks a peer's metadata (and remembers its incarnation); `Err` says why it is refused.
+    /// The cluster token.
+    fn token(&self) -> &ClusterToken;
+    /// Whether `node` may talk to this node at all: a member, or during bootstrap a
+    /// configured peer. `Err` says why not.
+    fn authorize(&self, node: u64) -> Result<(), String>;
+    /// Checks a peer's cluster and incarnation (and remembers the incarnation); `Err` says why
+    /// it is refused.
     fn admit(&self, remote: &PeerMeta) -> Result<(), String>;
 }
 
-/// Wraps `message` as a request carrying this node's metadata and a deadline.
+/// Puts `token` into outgoing metadata.
+pub fn attach_token(md: &mut MetadataMap, token: &ClusterToken) {
+    // A parsed token is visible ASCII, which is always valid metadata.
+    md.insert(TOKEN, token.expose().parse().expect("a token is valid metadata"));
+}
+
+/// Checks the token of an incoming message: `UNAUTHENTICATED` when missing or wrong.
+pub fn check_token(md: &MetadataMap, token: &ClusterToken) -> Result<(), Status> {
+    match md.get(TOKEN).and_then(|v| v.to_str().ok()) {
+        Some(offered) if token.matches(offered) => Ok(()),
+        Some(_) => Err(Status::unauthenticated("wrong cluster token")),
+        None => Err(Status::unauthenticated(
+            "no cluster token: peers and the CLI must present the cluster's token (see --cluster-token-file)",
+        )),
+    }
+}
+
+/// Wraps `message` as a request carrying the token, this node's metadata and a deadline.
 pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
+    attach_token(request.metadata_mut(), guard.token());
     guard.local().attach(request.metadata_mut());
     request.set_timeout(timeout);
     request
 }
 
-/// Admits the sender of an incoming request, or refuses it with `FAILED_PRECONDITION`.
+/// Steps 1 and 2 of admission: the token, then the sender's id against the membership.
+pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
+    let md = request.metadata();
+    check_token(md, guard.token()).inspect_err(|e| {
+        tracing::warn!(reason = %e.message(), "refusing an unauthenticated peer message");
+    })?;
+    let meta = PeerMeta::read(md).map_err(Status::permission_denied)?;
+    guard.authorize(meta.node_id).map_err(|why| {
+        tracing::warn!(peer = meta.node_id, reason = %why, "refusing a peer message");
+        Status::permission_denied(why)
+    })?;
+    Ok(meta)
+}
+
+/// Admits the sender of an incoming request (all three steps, see the module docs).
 pub fn admit_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
-    let meta = PeerMeta::read(request.metadata()).map_err(Status::invalid_argument)?;
+    let meta = authenticate_request(request, guard)?;
     guard.admit(&meta).map_err(|why| {
         tracing::warn!(peer = meta.node_id, reason = %why, "refusing a peer message");
         Status::failed_precondition(why)
@@ -85,15 +141,33 @@ pub fn admit_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<P
     Ok(meta)
 }
 
-/// Wraps `message` as an answer carrying this node's metadata.
+/// Refuses a payload that names another node than its sender (`PERMISSION_DENIED`): a member
+/// may only speak for itself (as a candidate, or as the leader).
+pub fn check_sender(sender: &PeerMeta, named: Option<u64>, what: &str) -> Result<(), Status> {
+    if named == Some(sender.node_id) {
+        return Ok(());
+    }
+    tracing::warn!(
+        peer = sender.node_id,
+        ?named,
+        what,
+        "refusing a peer message that speaks for another node"
+    );
+    Err(Status::permission_denied(format!("node {} sent a {what} naming node {named:?}", sender.node_id)))
+}
+
+/// Wraps `message` as an answer carrying the token and this node's metadata.
 pub fn response<T>(message: T, guard: &dyn PeerGuard) -> Response<T> {
     let mut response = Response::new(message);
+    attach_token(response.metadata_mut(), guard.token());
     guard.local().attach(response.metadata_mut());
     response
 }
 
-/// Admits the sender of an answer; `Err` says why it is refused.
+/// Admits the sender of an answer (token, then cluster and incarnation); `Err` says why not.
 pub fn admit_response<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Result<(), String> {
+    check_token(response.metadata(), guard.token())
+        .map_err(|e| format!("answer refused: {}", e.message()))?;
     let meta = PeerMeta::read(response.metadata())?;
     guard.admit(&meta)
 }
@@ -138,5 +212,20 @@ mod tests {
         let mut md = MetadataMap::new();
         fresh.attach(&mut md);
         assert_eq!(PeerMeta::read(&md).unwrap(), fresh);
+    }
+
+    #[test]
+    fn tokens_and_senders_are_checked_with_the_right_codes() {
+        let token = ClusterToken::generate();
+        let mut md = MetadataMap::new();
+        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        attach_token(&mut md, &ClusterToken::generate());
+        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        attach_token(&mut md, &token);
+        check_token(&md, &token).unwrap();
+        let sender = PeerMeta { cluster_id: "c".into(), node_id: 3, incarnation: 1 };
+        check_sender(&sender, Some(3), "vote").unwrap();
+        assert_eq!(check_sender(&sender, Some(4), "vote").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(check_sender(&sender, None, "vote").unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! Written once when the directory is created (node id, a random incarnation) and again when
 //! the genesis block is applied (cluster id). The incarnation distinguishes lives of a node:
-//! a node whose directory was wiped comes back with a new one, so its old request ids and
-//! votes can never be confused with the new ones.
+//! a node whose directory was wiped comes back with a new one, so its votes can never be
+//! confused with the new ones.
+//!
+//! Also the cluster token (`cluster-token`, mode 0600): the shared secret every peer RPC
+//! carries (DESIGN §1.7). A single node makes its own; members of a static cluster are all
+//! given the same one with `--cluster-token-file`. [`ClusterToken`] never prints its secret and
+//! compares in constant time.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +59,105 @@ pub fn node_id_for(addr: &str) -> NodeId {
     id.max(1)
 }
 
+/// The cluster's shared secret. Its `Debug` hides the secret; compare with [`matches`](Self::matches).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterToken(String);
+
+/// Shortest token accepted from a file (a generated one has 64 hex digits).
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest token accepted (it travels as gRPC metadata on every peer RPC).
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+impl std::fmt::Debug for ClusterToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterToken(<secret>)")
+    }
+}
+
+impl ClusterToken {
+    /// A new random token: 32 random bytes as 64 hex digits.
+    pub fn generate() -> ClusterToken {
+        ClusterToken(hex::encode(rand::random::<[u8; 32]>()))
+    }
+
+    /// A token from the text of a token file: surrounding whitespace is ignored; the rest must be
+    /// 16 to 1024 visible ASCII characters (it travels as gRPC metadata).
+    pub fn parse(text: &str) -> std::result::Result<ClusterToken, String> {
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LEN || token.len() > MAX_TOKEN_LEN {
+            return Err(format!(
+                "a cluster token has {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters, this one {}",
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a cluster token is visible ASCII only (no spaces inside)".into());
+        }
+        Ok(ClusterToken(token.to_owned()))
+    }
+
+    /// Reads a token file (`--cluster-token-file`).
+    pub fn read_file(path: &std::path::Path) -> Result<ClusterToken> {
+        let text = std::fs::read_to_string(path).ctx("read cluster token file", path)?;
+        ClusterToken::parse(&text).map_err(|detail| Error::Corrupt { path: path.to_owned(), detail })
+    }
+
+    /// The data directory's token, or `None` when it has none yet.
+    pub fn load(dir: &DataDir) -> Result<Option<ClusterToken>> {
+        let path = dir.token();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => ClusterToken::parse(&text)
+                .map(Some)
+                .map_err(|detail| Error::Corrupt { path: path.clone(), detail }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read", &path),
+        }
+    }
+
+    /// Stores the token in the data directory, readable by its owner only (0600), durably.
+    pub fn save(&self, dir: &DataDir) -> Result<()> {
+        super::write_durable_private(&dir.token(), format!("{}\n", self.0).as_bytes())
+    }
+
+    /// The secret, to send.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `offered` is this token, in time that does not depend on where they differ
+    /// (both are hashed first, so not even on their lengths).
+    pub fn matches(&self, offered: &str) -> bool {
+        let a = crate::chain::Digest::of(self.0.as_bytes());
+        let b = crate::chain::Digest::of(offered.as_bytes());
+        a.0.iter().zip(b.0.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_private_parsed_and_compared_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        assert_eq!(ClusterToken::load(&dir).unwrap(), None);
+        let token = ClusterToken::generate();
+        assert_eq!(token.expose().len(), 64);
+        assert_ne!(token, ClusterToken::generate());
+        token.save(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.token()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ClusterToken::load(&dir).unwrap(), Some(token.clone()));
+        assert!(token.matches(token.expose()));
+        assert!(!token.matches(&token.expose()[1..]));
+        assert!(!token.matches(""));
+        assert!(!format!("{token:?}").contains(token.expose()));
+        assert_eq!(ClusterToken::parse("  0123456789abcdef\n").unwrap().expose(), "0123456789abcdef");
+        assert!(ClusterToken::parse("short").is_err());
+        assert!(ClusterToken::parse("0123456789 abcdef").is_err());
+    }
 
     #[test]
     fn node_ids_are_stable_and_distinct() {

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! DATA/identity.json   node id, incarnation, cluster id
+//! DATA/cluster-token   the cluster's shared secret for peer RPCs (mode 0600)
+//! DATA/lock            held with an exclusive flock by the one process using the directory
 //! DATA/chain/          blocks as JSON lines, one segment file per 10,000 blocks
 //! DATA/states/         the current tree of states as plain files (derived, written behind;
 //!                      repaired at start; `states/.lightchain/` is the mirror's scratch space)
@@ -40,6 +42,15 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "data directory {path} is in use by another lightchain process (its lock file is held); \
+         stop that process or choose another --data"
+    )]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
     },
     /// A file's content is not what lightchain writes.
     #[error("{path}: {detail}")]
@@ -109,6 +120,41 @@ impl DataDir {
     pub fn identity(&self) -> PathBuf {
         self.root.join("identity.json")
     }
+    /// `cluster-token`
+    pub fn token(&self) -> PathBuf {
+        self.root.join("cluster-token")
+    }
+
+    /// Takes the directory for this process: an exclusive `flock` on `DATA/lock`, held until the
+    /// returned guard is dropped (or the process dies; the kernel then releases it). A second
+    /// process on the same directory gets [`Error::Locked`].
+    pub fn lock(&self) -> Result<DirLock> {
+        use std::os::unix::io::AsRawFd;
+        let path = self.root.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ctx("open", &path)?;
+        // SAFETY: flock on a valid, open descriptor has no memory-safety preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::Locked { path: self.root.clone() });
+            }
+            return Err(Error::Io { op: "lock", path, source });
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// The exclusive lock on a data directory; released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    /// The open lock file holding the `flock`.
+    _file: File,
 }
 
 /// Replaces `path` with `bytes` crash-safely: write a temporary file beside it, fsync it,
@@ -127,7 +173,40 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().expect("a file has a directory"))
 }
 
+/// [`write_durable`] for a secret: the file is created readable by its owner only (0600).
+pub fn write_durable_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx("create", &tmp)?;
+    file.write_all(bytes).ctx("write", &tmp)?;
+    file.sync_all().ctx("fsync", &tmp)?;
+    std::fs::rename(&tmp, path).ctx("rename", path)?;
+    sync_dir(path.parent().expect("a file has a directory"))
+}
+
 /// Fsyncs a directory, making names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_process_at_a_time_holds_a_data_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let held = dir.lock().unwrap();
+        // flock locks belong to open file descriptions, so a second open conflicts even here.
+        assert!(matches!(dir.lock(), Err(Error::Locked { .. })));
+        drop(held);
+        dir.lock().unwrap();
+    }
 }

@@ -586,7 +586,7 @@ mod tests {
     }
 
     fn apply(tree: &mut Tree, seq: u64, op: TxOp) {
-        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, op };
+        let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, acked_below: 0, op };
         tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
     }
 

@@ -86,6 +86,10 @@ pub struct Cluster {
     pub ids: Vec<u64>,
     /// The flags the cluster was started with.
     pub opts: ClusterOpts,
+    /// The cluster token file every member is given (`--cluster-token-file`).
+    pub token_file: std::path::PathBuf,
+    /// Holds `token_file`; removed with the cluster.
+    _token_dir: tempfile::TempDir,
 }
 
 /// Why one attempt to start the cluster failed.
@@ -113,6 +117,11 @@ impl Cluster {
     /// cluster and are ready, so it joins an existing cluster instead of taking part in its first election.
     pub fn start_with_late(size: usize, opts: ClusterOpts, late: Option<usize>) -> Cluster {
         let mut last = String::new();
+        // One shared secret for every member (DESIGN §1.7), as an operator would hand it out.
+        let token_dir = tempfile::tempdir().expect("token temp dir");
+        let token_file = token_dir.path().join("cluster-token");
+        let token: String = (0..4).map(|_| format!("{:016x}", rand_u64())).collect();
+        fs::write(&token_file, format!("{token}\n")).expect("write the cluster token file");
         for attempt in 1..=START_ATTEMPTS {
             let addrs = free_addrs(size);
             let peers = addrs.join(",");
@@ -120,7 +129,12 @@ impl Cluster {
                 .iter()
                 .enumerate()
                 .map(|(i, addr)| {
-                    let mut extra = vec!["--peer".to_string(), peers.clone()];
+                    let mut extra = vec![
+                        "--peer".to_string(),
+                        peers.clone(),
+                        "--cluster-token-file".to_string(),
+                        token_file.display().to_string(),
+                    ];
                     if let Some(n) = opts.snapshot_every {
                         extra.push("--snapshot-every".into());
                         extra.push(n.to_string());
@@ -152,7 +166,7 @@ impl Cluster {
                 });
             }
             match started {
-                Ok(ids) => return Cluster { nodes, addrs, ids, opts },
+                Ok(ids) => return Cluster { nodes, addrs, ids, opts, token_file, _token_dir: token_dir },
                 Err(StartError::AddrInUse(msg)) => {
                     eprintln!(
                         "cluster start attempt {attempt}: a port was taken ({msg}); retrying with new ports"
@@ -372,6 +386,14 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A random number for the test token, from the OS (no RNG crate needed in the tests).
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    use std::io::Read;
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
+    u64::from_ne_bytes(bytes)
 }
 
 /// SIGKILLs and reaps every running member of a failed start (their `Drop` unmounts).

@@ -454,12 +454,13 @@ impl Node {
         self.run_cli(&all)
     }
 
-    /// `lightchain status ARGS... --addr LISTEN`.
+    /// `lightchain status ARGS... --addr LISTEN --data DATA` (the CLI reads the cluster token there).
     pub fn status_cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
         let addr = self.listen_addr();
+        let data = self.data();
         let mut all: Vec<&str> = vec!["status"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--addr", &addr]);
+        all.extend_from_slice(&["--addr", &addr, "--data", data.to_str().unwrap()]);
         self.run_cli(&all)
     }
 

@@ -1,0 +1,305 @@
+//! Who may talk to a node (DESIGN §1.7, issue 8 item 4), over real processes and real gRPC: a stranger on
+//! the peer port — no token, a wrong token, the right token with a node id that is not a member, or a member
+//! speaking for another node — is refused on **every** RPC of `proto/lightchain.proto` and changes nothing.
+//!
+//! The stranger sends well-formed messages that would do harm if admitted: a vote and append-entries with a
+//! far higher term (they would depose the leader), a snapshot, a forwarded `put`. Afterwards every member has
+//! the same head as before, none has taken the forged term, and the forged state exists nowhere.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use lightchain::chain::{Content, RequestId, StateId, Transaction, TxOp};
+use lightchain::rpc::pb::admin_client::AdminClient;
+use lightchain::rpc::pb::cluster_client::ClusterClient;
+use lightchain::rpc::pb::raft_client::RaftClient;
+use lightchain::rpc::pb::{
+    ForwardRequest, HelloRequest, RaftMessage, ReadIndexRequest, SnapshotChunk, StatusRequest,
+};
+use openraft::{CommittedLeaderId, LogId, Vote};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request};
+
+/// What the stranger presents.
+#[derive(Clone, Debug)]
+struct Credentials {
+    /// `lc-token`, if any.
+    token: Option<String>,
+    /// `lc-from`.
+    from: u64,
+    /// `lc-incarnation`.
+    incarnation: u64,
+    /// `lc-cluster`.
+    cluster: String,
+}
+
+impl Credentials {
+    fn attach(&self, md: &mut MetadataMap) {
+        if let Some(t) = &self.token {
+            md.insert("lc-token", t.parse().unwrap());
+        }
+        md.insert("lc-from", self.from.to_string().parse().unwrap());
+        md.insert("lc-incarnation", self.incarnation.to_string().parse().unwrap());
+        if !self.cluster.is_empty() {
+            md.insert("lc-cluster", self.cluster.parse().unwrap());
+        }
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        self.attach(r.metadata_mut());
+        r.set_timeout(Duration::from_secs(5));
+        r
+    }
+}
+
+/// Each RPC of the protocol, with the code it answered (`Ok` as `Code::Ok`).
+/// With `raft_only`, only the `Raft` service (for a member's own credentials, which may forward).
+async fn call_every_rpc(
+    addr: &str,
+    who: &Credentials,
+    claimed_leader: u64,
+    raft_only: bool,
+) -> Vec<(&'static str, Code)> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    let vote = Vote::new(FORGED_TERM, claimed_leader);
+    let mut out = Vec::new();
+
+    let mut raft = RaftClient::new(channel.clone());
+    let append = openraft::raft::AppendEntriesRequest::<lightchain::consensus::TypeConfig> {
+        vote,
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: Some(LogId::new(CommittedLeaderId::new(FORGED_TERM, claimed_leader), 1_000_000)),
+    };
+    let payload = serde_json::to_vec(&append).unwrap();
+    out.push((
+        "Raft.AppendEntries",
+        code(raft.append_entries(who.request(RaftMessage { payload })).await.map(drop)),
+    ));
+    let vote_req = openraft::raft::VoteRequest::<u64>::new(vote, None);
+    let payload = serde_json::to_vec(&vote_req).unwrap();
+    out.push(("Raft.Vote", code(raft.vote(who.request(RaftMessage { payload })).await.map(drop))));
+    let header = serde_json::json!({ "vote": vote, "manifest": { "meta": {
+        "last_log_id": null,
+        "last_membership": { "log_id": null, "membership": { "configs": [], "nodes": {} } },
+        "snapshot_id": "forged"
+    }, "head": null } });
+    let chunk = SnapshotChunk { header: serde_json::to_vec(&header).unwrap(), blocks: vec![], last: true };
+    let stream = tokio_stream::iter(vec![chunk]);
+    out.push(("Raft.InstallSnapshot", code(raft.install_snapshot(who.request(stream)).await.map(drop))));
+    if raft_only {
+        return out;
+    }
+
+    let mut cluster = ClusterClient::new(channel.clone());
+    let tx = Transaction {
+        request: RequestId { node: who.from, incarnation: 1, seq: 1 },
+        acked_below: 1,
+        op: TxOp::Put {
+            id: StateId::parse("forged").unwrap(),
+            content: Content::from(&b"by a stranger"[..]),
+            uid: 0,
+            gid: 0,
+            ino: None,
+        },
+    };
+    let txs = serde_json::to_vec(&vec![tx]).unwrap();
+    out.push(("Cluster.Forward", code(cluster.forward(who.request(ForwardRequest { txs })).await.map(drop))));
+    out.push((
+        "Cluster.ReadIndex",
+        code(cluster.read_index(who.request(ReadIndexRequest {})).await.map(drop)),
+    ));
+    out.push(("Cluster.Hello", code(cluster.hello(who.request(HelloRequest {})).await.map(drop))));
+
+    let mut admin = AdminClient::new(channel);
+    out.push(("Admin.Status", code(admin.status(who.request(StatusRequest {})).await.map(drop))));
+    out
+}
+
+/// Every RPC name in `proto/lightchain.proto`, so a new RPC cannot be left out of this test unnoticed.
+fn rpcs_in_proto() -> Vec<String> {
+    let proto =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/lightchain.proto")).unwrap();
+    let mut service = String::new();
+    let mut names = Vec::new();
+    for line in proto.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.split_whitespace().next().unwrap().to_string();
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            names.push(format!("{service}.{}", rest.split('(').next().unwrap().trim()));
+        }
+    }
+    names
+}
+
+/// (head height, head hash) of every member.
+fn heads(c: &Cluster) -> Vec<(u64, String)> {
+    c.all().into_iter().map(|i| c.head(i)).collect()
+}
+
+/// The forged messages carry this term: had one been admitted, a member's term would have jumped to it.
+const FORGED_TERM: u64 = 1_000_000;
+
+#[test]
+fn strangers_are_refused_on_every_rpc_and_change_nothing() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let other = (0..3).find(|i| *i != leader && *i != follower).unwrap();
+    // Let the cluster settle (a committed write means the leader's first entries are applied).
+    put(&c.path(leader, "settled"), b"yes\n");
+    c.wait_converged(&c.all());
+    let before = heads(&c);
+    let token = std::fs::read_to_string(&c.token_file).unwrap().trim().to_string();
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.node(follower).data().join("identity.json")).unwrap())
+            .unwrap();
+    let cluster_id = identity["cluster_id"].as_str().unwrap().to_string();
+    let member = |i: usize| Credentials {
+        token: Some(token.clone()),
+        from: c.ids[i],
+        incarnation: serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(c.node(i).data().join("identity.json")).unwrap(),
+        )
+        .unwrap()["incarnation"]
+            .as_u64()
+            .unwrap(),
+        cluster: cluster_id.clone(),
+    };
+    let unknown_id = 4_242_424_242;
+    let stranger = |token: Option<String>| Credentials {
+        token,
+        from: unknown_id,
+        incarnation: 7,
+        cluster: String::new(),
+    };
+    let cases: Vec<(&str, Credentials, u64, Vec<Code>)> = vec![
+        ("no token", stranger(None), unknown_id, vec![Code::Unauthenticated]),
+        ("a wrong token", stranger(Some("0".repeat(64))), unknown_id, vec![Code::Unauthenticated]),
+        (
+            "a token with one character changed",
+            stranger(Some(format!("x{}", &token[1..]))),
+            unknown_id,
+            vec![Code::Unauthenticated],
+        ),
+        (
+            "the right token and an unknown node id",
+            stranger(Some(token.clone())),
+            unknown_id,
+            vec![Code::PermissionDenied],
+        ),
+        // The right token and an empty cluster id (what used to be admitted as "a node still starting").
+        (
+            "the right token, an empty cluster id and an unused node id",
+            Credentials { cluster: String::new(), ..stranger(Some(token.clone())) },
+            unknown_id,
+            vec![Code::PermissionDenied],
+        ),
+    ];
+    let expected_rpcs = rpcs_in_proto();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for target in [leader, follower] {
+        let addr = c.addrs[target].clone();
+        for (what, who, claimed, codes) in &cases {
+            let answers = rt.block_on(call_every_rpc(&addr, who, *claimed, false));
+            let names: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
+            assert_eq!(names, expected_rpcs, "the test must call every RPC of the protocol");
+            for (rpc, code) in answers {
+                // The operator's read-only status needs the token only (the CLI is not a member).
+                let allowed: &[Code] = if rpc == "Admin.Status" && who.token.as_deref() == Some(&token) {
+                    &[Code::Ok]
+                } else {
+                    codes
+                };
+                assert!(
+                    allowed.contains(&code),
+                    "member {target}, {what}: {rpc} answered {code:?}, expected {allowed:?}"
+                );
+            }
+        }
+        // A member's own credentials, speaking for another member: a vote for, or entries and a snapshot
+        // from, a leader that is not the sender.
+        let impostor = member(other);
+        let named = c.ids[if target == leader { follower } else { leader }];
+        let answers = rt.block_on(call_every_rpc(&addr, &impostor, named, true));
+        assert_eq!(answers.len(), 3);
+        for (rpc, code) in answers {
+            assert_eq!(
+                code,
+                Code::PermissionDenied,
+                "member {target}: {rpc} naming another node answered {code:?}"
+            );
+        }
+    }
+    // Nothing changed: same heads everywhere, no term near the forged one (an election the loaded machine
+    // holds on its own is fine), and no forged state anywhere.
+    assert_eq!(heads(&c), before, "a refused stranger changed the chain");
+    for i in c.all() {
+        let term = c.status(i)["term"].as_u64().unwrap();
+        assert!(term < FORGED_TERM, "member {i} adopted the forged term ({term})");
+        assert!(!c.path(i, "forged").exists(), "member {i} has the forged state");
+        let (run, out, err) = c.node(i).status_cli(&[]);
+        assert!(run.success(), "member {i}: `lightchain status` with the data directory's token: {out}{err}");
+    }
+    // Without the token the CLI is refused too.
+    let (run, _, err) = c.cli(&["status", "--addr", &c.addrs[leader], "--data", "/nonexistent"]);
+    assert!(!run.success(), "status without a token succeeded");
+    assert!(err.contains("token"), "status without a token should say why: {err}");
+}
+
+#[test]
+fn a_static_cluster_member_without_a_token_and_a_public_listen_without_one_are_refused() {
+    // --peer without --cluster-token-file on a new directory: refused before anything listens.
+    let mut n = Node::prepare(Opts { extra: vec!["--peer".into(), "127.0.0.1:1".into()], ..Opts::default() });
+    n.spawn();
+    let status = n.wait_exit(Duration::from_secs(30)).expect("a member without a token must exit");
+    assert!(!status.success());
+    assert!(
+        n.log().contains("--cluster-token-file"),
+        "the refusal should name the flag:\n{}",
+        n.log_tail(20)
+    );
+    // A non-loopback listen without a token: refused.
+    let extra = vec!["--advertise".to_string(), "192.0.2.1:7070".to_string()];
+    let mut n = Node::prepare(Opts { extra, ..Opts::default() });
+    n.set_listen("0.0.0.0:0");
+    n.spawn();
+    let status = n.wait_exit(Duration::from_secs(30)).expect("a public listen without a token must exit");
+    assert!(!status.success());
+    assert!(n.log().contains("without a cluster token"), "{}", n.log_tail(20));
+}
+
+#[test]
+fn a_second_process_on_one_data_directory_is_refused_and_a_lone_node_makes_its_own_token() {
+    let n = Node::start(Opts::default());
+    let token = n.data().join("cluster-token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token).expect("a lone node makes a token").permissions().mode() & 0o777,
+        0o600
+    );
+    let other_mount = tempfile::tempdir().unwrap();
+    let data = n.data();
+    let run = n.run_cli(&[
+        "mount",
+        other_mount.path().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!run.0.success(), "a second process on the same data directory started");
+    assert!(run.2.contains("in use by another lightchain process"), "{}", run.2);
+    // The first one still serves.
+    put(&n.path("still-here"), b"yes\n");
+    assert_eq!(read_string(&n.path("still-here")), "yes\n");
+}
