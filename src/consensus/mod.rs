@@ -15,6 +15,8 @@
 //!
 //! See `docs/architecture/consensus.md`.
 
+#[cfg(debug_assertions)]
+mod fault;
 pub mod log_store;
 pub mod network;
 pub mod raft_service;

@@ -162,7 +162,7 @@ impl PeerClient {
     /// How far the target's chain goes.
     async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
-        let request = peer::request(HelloRequest {}, self.guard.as_ref(), timeout);
+        let request = peer::request(HelloRequest::default(), self.guard.as_ref(), timeout);
         let reply = ClusterClient::new(channel).hello(request).await.map_err(CallError::from_status)?;
         Ok(reply.into_inner().head_height)
     }

@@ -49,6 +49,8 @@ impl FsError {
                 | node::Error::NotLeader
                 | node::Error::NoQuorum
                 | node::Error::Fatal(_) => libc::EIO,
+                // A diverged replica must not spread its wrong view: every read and write fails.
+                node::Error::Diverged { .. } => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
             FsError::Precondition(reject) => reject_errno(*reject),
@@ -98,5 +100,7 @@ mod tests {
         assert_eq!(FsError::Node(node::Error::Timeout(std::time::Duration::from_secs(1))).errno(), libc::EIO);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::AlreadyExists)).errno(), libc::EEXIST);
         assert_eq!(FsError::Node(node::Error::Rejected(Reject::NotEmpty)).errno(), libc::ENOTEMPTY);
+        let diverged = node::Error::Diverged { height: 3, hash: "aa".into(), expected: "bb".into() };
+        assert_eq!(FsError::Node(diverged).errno(), libc::EIO);
     }
 }

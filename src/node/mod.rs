@@ -19,6 +19,7 @@
 mod batcher;
 mod bootstrap;
 pub mod cluster_service;
+pub mod divergence;
 mod guard;
 mod members;
 mod read_index;
@@ -27,7 +28,7 @@ mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
@@ -95,6 +96,17 @@ pub enum Error {
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
+    /// This node's chain differs from the cluster's at a common height, so it serves nothing
+    /// (DESIGN §1.5) until an operator replaces its data directory.
+    #[error("this node's chain diverged at height {height} (its hash {hash}, the cluster's {expected}); it does not serve")]
+    Diverged {
+        /// The common height compared.
+        height: Height,
+        /// This node's hash there.
+        hash: String,
+        /// The cluster's hash there.
+        expected: String,
+    },
 }
 
 /// Result of a committed proposal.
@@ -130,6 +142,8 @@ pub struct Node {
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
+    /// Set once this node finds its chain diverged from the cluster's: it then stops serving.
+    diverged: Arc<OnceLock<divergence::Divergence>>,
     /// Since when this node has known no leader.
     leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
     shutdown: watch::Sender<bool>,
@@ -258,6 +272,7 @@ impl Node {
             proposals,
             reads: Arc::default(),
             views: Arc::default(),
+            diverged: Arc::default(),
             leaderless_since: Arc::default(),
             shutdown: shutdown.clone(),
         });
@@ -271,24 +286,16 @@ impl Node {
         };
         tokio::spawn(batcher::run(ctx, queue, shutdown.subscribe()));
         tokio::spawn(track_leaderless(raft.metrics(), node.leaderless_since.clone(), shutdown.subscribe()));
-        let self_id = node.id();
-        let metrics = raft.metrics();
-        let others = move || {
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self_id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
-        tokio::spawn(members::poll(
+        let poller = members::Poller {
             channels,
-            node.guard.clone(),
-            node.views.clone(),
-            others,
-            shutdown.subscribe(),
-        ));
+            guard: node.guard.clone(),
+            views: node.views.clone(),
+            self_id: node.id(),
+            metrics: raft.metrics(),
+            shared: shared.clone(),
+            diverged: node.diverged.clone(),
+        };
+        tokio::spawn(members::poll(poller, shutdown.subscribe()));
         Ok(node)
     }
 
@@ -302,8 +309,25 @@ impl Node {
         &self.config
     }
 
+    /// Whether this node may serve its replica: not once its chain diverged from the
+    /// cluster's ([`Error::Diverged`]).
+    pub fn serving(&self) -> Result<(), Error> {
+        match self.diverged.get() {
+            None => Ok(()),
+            Some(d) => {
+                Err(Error::Diverged { height: d.height, hash: d.hash.clone(), expected: d.expected.clone() })
+            }
+        }
+    }
+
+    /// This node's own divergence, once found.
+    pub fn divergence(&self) -> Option<&divergence::Divergence> {
+        self.diverged.get()
+    }
+
     /// Proposes one transaction and waits until it is committed and applied here.
     pub async fn propose(&self, op: TxOp) -> Result<Committed, Error> {
+        self.serving()?;
         let request = RequestId {
             node: self.identity.node_id,
             incarnation: self.identity.incarnation,
@@ -422,6 +446,7 @@ impl Node {
     /// Waits until this node has applied everything committed before the call (a no-op in
     /// local read mode). Concurrent callers share read indexes (see [`read_index`]).
     pub async fn read_barrier(self: &Arc<Self>) -> Result<(), Error> {
+        self.serving()?;
         if self.config.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
@@ -466,7 +491,10 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics.running_state.is_ok() && metrics.current_leader.is_some() && !self.knows_no_quorum()
+        metrics.running_state.is_ok()
+            && metrics.current_leader.is_some()
+            && !self.knows_no_quorum()
+            && self.diverged.get().is_none()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.

@@ -17,6 +17,7 @@
 //! See `docs/architecture/store.md`.
 
 pub mod chain_file;
+pub mod hash_index;
 pub mod identity;
 pub mod raft_log;
 pub mod states;

@@ -39,11 +39,18 @@ pub struct ClusterOpts {
     pub snapshot_every: Option<u64>,
     /// `--read-consistency`, if set.
     pub read_consistency: Option<String>,
+    /// Environment variables for single members: (member index, name, value).
+    pub member_env: Vec<(usize, String, String)>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { commit_timeout: "3s".to_string(), snapshot_every: None, read_consistency: None }
+        ClusterOpts {
+            commit_timeout: "3s".to_string(),
+            snapshot_every: None,
+            read_consistency: None,
+            member_env: Vec::new(),
+        }
     }
 }
 
@@ -108,7 +115,8 @@ impl Cluster {
             let peers = addrs.join(",");
             let mut nodes: Vec<Node> = addrs
                 .iter()
-                .map(|addr| {
+                .enumerate()
+                .map(|(member, addr)| {
                     let mut extra = vec!["--peer".to_string(), peers.clone()];
                     if let Some(n) = opts.snapshot_every {
                         extra.push("--snapshot-every".into());
@@ -118,6 +126,12 @@ impl Cluster {
                         commit_timeout: Some(opts.commit_timeout.clone()),
                         read_consistency: opts.read_consistency.clone(),
                         extra,
+                        env: opts
+                            .member_env
+                            .iter()
+                            .filter(|(m, _, _)| *m == member)
+                            .map(|(_, k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         ..Opts::default()
                     };
                     let mut node = Node::prepare(node_opts);

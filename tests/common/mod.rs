@@ -61,6 +61,8 @@ pub struct Opts {
     pub read_consistency: Option<String>,
     /// Anything else, appended verbatim.
     pub extra: Vec<String>,
+    /// Environment variables for the child (set after the test's own `LIGHTCHAIN_*` are removed).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -206,6 +208,7 @@ impl Node {
         }
         cmd.args(&self.opts.extra);
         clean_env(&mut cmd);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         // If the test process dies without running `Drop` (e.g. killed by a timeout), take the node with it.
         // (The signal fires when the spawning thread exits; nodes live and die within one test thread.)
         unsafe {
