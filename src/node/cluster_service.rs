@@ -47,7 +47,8 @@ impl Cluster for ClusterService {
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let node = self.node()?;
         peer::admit_request(&request, node.guard.as_ref())?;
-        let txs: Vec<Transaction> = serde_json::from_slice(&request.into_inner().txs)
+        let body = request.into_inner();
+        let txs: Vec<Transaction> = crate::consensus::codec::decode_message(body.encoding, &body.txs)
             .map_err(|e| Status::invalid_argument(format!("bad transactions: {e}")))?;
         let applied = node.propose_forwarded(txs).await.map_err(unavailable)?;
         let outcomes: Vec<_> = applied.iter().map(|a| a.outcome).collect();

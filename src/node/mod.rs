@@ -149,11 +149,12 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
 }
 
-/// A leader whose last majority acknowledgement is older than this knows it has no quorum.
-const QUORUM_STALE: Duration = Duration::from_millis(1000);
-/// A node that has known no leader for this long (longer than an election takes) knows
-/// there is no quorum.
-const LEADERLESS: Duration = Duration::from_millis(2500);
+/// A leader whose last majority acknowledgement is older than this knows it has no quorum
+/// (five heartbeats of `consensus::raft_config`: a slow 8 MiB append is no lost quorum).
+const QUORUM_STALE: Duration = Duration::from_millis(2000);
+/// A node that has known no leader for this long (longer than an election takes: the
+/// longest election timeout, 2.4 s, plus a tick) knows there is no quorum.
+const LEADERLESS: Duration = Duration::from_millis(3500);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
