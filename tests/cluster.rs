@@ -896,14 +896,24 @@ fn one_mib_states_replicate_on_three_nodes_while_32_writers_run() {
     let all = c.all();
     c.wait_converged(&all);
     for w in 0..WRITERS {
-        let last = &contents(w)[1];
+        let [first, last] = contents(w);
         for i in &all {
-            let got = fs::read(c.path(*i, &format!("big/w{w}"))).expect("read through the mount");
-            assert!(
-                got == *last,
-                "member {i} serves {} bytes for big/w{w}, not writer {w}'s last content",
-                got.len()
-            );
+            let rel = format!("big/w{w}");
+            let got = fs::read(c.path(*i, &rel))
+                .unwrap_or_else(|e| panic!("member {i}: read of {rel} through the mount failed: {e}"));
+            if got != last {
+                let differs_at = got.iter().zip(&last).position(|(a, b)| a != b);
+                let mirror = c.nodes[*i].state_file(&rel).map(|m| (m.len(), m == last));
+                panic!(
+                    "member {i} (head {:?}) serves {} bytes for {rel}, not writer {w}'s last content (first \
+                     difference at {differs_at:?}; it is the first round's content: {}; states/ has (len, \
+                     is last) {mirror:?}); writer {w} wrote on member {}",
+                    c.head(*i),
+                    got.len(),
+                    got == first,
+                    w % 3
+                );
+            }
         }
     }
     c.wait_states_identical(&all);
