@@ -8,7 +8,11 @@
 //! state) with 1 writer, throughput and latency with 32 concurrent writers, linearizable and
 //! local hot reads (`open`+`read`+`close`) through the mount beside the same read of the plain
 //! file in `states/`, a 1 MiB read both ways, and, as the floor, a plain
-//! `open`+`write`+`fsync`+`close` on the same disk. Compare figures within one run.
+//! `open`+`write`+`fsync`+`close` on the same disk; on a 3-node cluster, the same writes and
+//! reads, and 1 MiB states (random and all-zero bytes) written by 1 and by 8 writers, with the
+//! bytes the consensus log and the chain hold per byte written. Compare figures within one run.
+//!
+//! `cargo run --release --example bench -- large` runs only the 1 MiB section.
 
 use std::ffi::CString;
 use std::io::Read;
@@ -167,14 +171,17 @@ fn us(d: Duration) -> f64 {
 }
 
 fn concurrent_writes(mnt: &Path, writers: usize, run_for: Duration) -> (f64, Figures) {
+    concurrent_writes_of(mnt, writers, run_for, Arc::new(vec![b'x'; 100]))
+}
+
+fn concurrent_writes_of(mnt: &Path, writers: usize, run_for: Duration, data: Arc<Vec<u8>>) -> (f64, Figures) {
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..writers)
         .map(|w| {
-            let (stop, mnt) = (stop.clone(), mnt.to_owned());
+            let (stop, mnt, data) = (stop.clone(), mnt.to_owned(), data.clone());
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
                 let path = mnt.join(format!("c{w}"));
-                let data = [b'x'; 100];
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
                     write_state(&path, &data);
@@ -190,11 +197,56 @@ fn concurrent_writes(mnt: &Path, writers: usize, run_for: Duration) -> (f64, Fig
     (samples.len() as f64 / run_for.as_secs_f64(), Figures(samples))
 }
 
+/// Bytes in the files under `dir`, recursively.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// 1 MiB states on a 3-node cluster: latency of one writer on the leader, throughput of 8
+/// writers, and how many bytes the leader's consensus log and chain hold per byte written.
+fn large_states(binary: &Path) {
+    use rand::RngCore;
+    println!("\n3-node cluster on loopback, 1 MiB states written on the leader");
+    let mut random = vec![0u8; 1 << 20];
+    rand::thread_rng().fill_bytes(&mut random);
+    for (what, data) in [("random bytes", random), ("zero bytes", vec![0u8; 1 << 20])] {
+        let cluster = Mounted::cluster(binary, &[]);
+        let leader = cluster.iter().position(Mounted::is_leader).unwrap_or(0);
+        let lead = &cluster[leader];
+        let (raft0, chain0) = (bytes_under(&lead.data.join("raft")), bytes_under(&lead.data.join("chain")));
+        let n = 50;
+        Figures::time(n, |i| write_state(&lead.mnt.join(format!("big{}", i % 5)), &data))
+            .line(&format!("1 MiB write, {what}, 1 writer"));
+        let written = (n << 20) as f64;
+        let raft = (bytes_under(&lead.data.join("raft")) - raft0) as f64 / written;
+        let chain = (bytes_under(&lead.data.join("chain")) - chain0) as f64 / written;
+        println!(
+            "{:<58} raft log {raft:.2}×, chain {chain:.2}×",
+            format!("  bytes kept per byte written ({what}):")
+        );
+        let (rate, figures) =
+            concurrent_writes_of(&lead.mnt, 8, Duration::from_secs(5), Arc::new(data.clone()));
+        figures.line(&format!("1 MiB write, {what}, 8 writers: {rate:>6.1} writes/s"));
+    }
+}
+
 fn main() {
     let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("lightchain");
     if !binary.exists() {
         eprintln!("{} is missing: run `cargo build --release` first", binary.display());
         std::process::exit(2);
+    }
+    if std::env::args().nth(1).as_deref() == Some("large") {
+        large_states(&binary);
+        return;
     }
     let data_100 = [b'a'; 100];
     println!("lightchain benchmark — single-node cluster, 100-byte states unless noted\n");
@@ -245,6 +297,7 @@ fn main() {
     Figures::time(3000, |_| read_all(&foll.mnt.join("w1"), &mut buf))
         .line("linearizable read on a follower (read index)");
     drop(cluster);
+    large_states(&binary);
 
     println!("\nlocal reads (--read-consistency local, single node)");
     let node = Mounted::start(&binary, &["--read-consistency", "local"]);

@@ -4,7 +4,7 @@
 //! a block the chain lacks, and a restart must re-apply what was lost from the consensus log:
 //! afterwards every member has the same head, the full chain, and `verify` passes.
 //!
-//! Its own test binary: the hook is an environment variable the children inherit.
+//! The hook is an environment variable given to every member (`ClusterOpts::member_env`).
 
 mod common;
 
@@ -13,9 +13,9 @@ use common::*;
 
 #[test]
 fn a_member_killed_while_its_chain_lags_comes_back_with_the_same_head() {
-    // Set before any node starts; this binary runs only this test.
-    std::env::set_var("LIGHTCHAIN_TEST_CHAIN_DELAY_MS", "400");
-    let mut c = Cluster::start(3, ClusterOpts::default().snapshot_every(10));
+    let delay = |i| (i, "LIGHTCHAIN_TEST_CHAIN_DELAY_MS".to_string(), "400".to_string());
+    let opts = ClusterOpts { member_env: (0..3).map(delay).collect(), ..ClusterOpts::default() };
+    let mut c = Cluster::start(3, opts.snapshot_every(10));
     std::fs::create_dir(c.path(0, "d")).expect("mkdir");
     let live = c.all();
     let leader = c.wait_leader(&live);

@@ -920,3 +920,86 @@ fn owners_symlinks_and_times_made_on_one_member_show_on_the_others() {
     c.wait_converged(&live);
     c.wait_states_identical(&live);
 }
+
+// ----- 8. divergence is loud (DESIGN §1.5) -----
+
+/// Member 2 builds a different block on purpose (the debug-only fault hook `LIGHTCHAIN_TEST_DIVERGE_AT`):
+/// every member's `lightchain status` marks it `DIVERGED` and exits non-zero, its mount refuses reads and
+/// writes with `EIO` (its `.lightchain/status` says why), and the other two keep serving.
+#[test]
+fn a_member_that_builds_a_different_block_is_marked_diverged_and_stops_serving() {
+    const AT: u64 = 4;
+    let opts = ClusterOpts {
+        member_env: vec![(2, "LIGHTCHAIN_TEST_DIVERGE_AT".into(), AT.to_string())],
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start(3, opts);
+    let bad = c.ids[2];
+    // Write past the height on a good member, each put confirmed by close(2).
+    for n in 0..(AT + 4) {
+        put(&c.path(0, &format!("d{n}")), format!("content {n}\n").as_bytes());
+    }
+    assert!(c.head(0).0 > AT, "member 0 did not get past height {AT}: {:?}", c.head(0));
+
+    // Every member's view marks member 2, and only member 2, DIVERGED and exits non-zero.
+    for i in c.all() {
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        loop {
+            let (code, out, err) = c.cli(&["status", "--addr", &c.addrs[i]]);
+            let marked: Vec<&str> = out.lines().filter(|l| l.contains("DIVERGED")).collect();
+            let member_line = |id: u64| marked.iter().any(|l| l.trim_start().starts_with(&id.to_string()));
+            if !code.success() && member_line(bad) {
+                assert_eq!(code.code(), Some(3), "status of member {i}: wrong exit code\n{out}{err}");
+                for good in [c.ids[0], c.ids[1]] {
+                    assert!(!member_line(good), "member {i} marks good member {good} DIVERGED:\n{out}");
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i}'s status never marked member {bad} DIVERGED within {POLL_TIMEOUT:?} (exit {code:?}):\n{out}{err}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        let (code, out, _) = c.cli(&["status", "--addr", &c.addrs[i], "--json"]);
+        assert_eq!(code.code(), Some(3), "status --json of member {i}: {out}");
+        let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+        let diverged: Vec<u64> = status["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["diverged"] == serde_json::Value::Bool(true))
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(diverged, vec![bad], "member {i}'s JSON status: {out}");
+    }
+
+    // The diverged member knows it, says so in .lightchain/status, and refuses reads and writes.
+    let own = c.status(2);
+    assert!(
+        own["diverged"]["height"].is_u64(),
+        "member 2's .lightchain/status does not say it diverged: {own}"
+    );
+    assert_eq!(own["ready"], serde_json::Value::Bool(false), "a diverged member is not ready: {own}");
+    let refused = |what: &str, r: Result<(), Step>| match r {
+        Err(step) => assert_eq!(step.errno(), libc::EIO, "{what} on the diverged member: {step:?}"),
+        Ok(()) => panic!("{what} on the diverged member succeeded"),
+    };
+    refused("read", fs::File::open(c.path(2, "d0")).map(drop).map_err(Step::Open));
+    refused("overwrite", try_put(&c.path(2, "d1"), "from the diverged member\n"));
+    refused("create", try_put(&c.path(2, "new-on-diverged"), "x\n"));
+    let log = c.nodes[2].log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("chain diverged from the cluster's")).collect();
+    assert_eq!(lines.len(), 1, "the divergence is logged exactly once:\n{}", c.nodes[2].log_tail(40));
+    for field in ["height=", "hash=", "expected="] {
+        assert!(lines[0].contains(field), "the divergence log line lacks {field}: {}", lines[0]);
+    }
+
+    // The other two keep serving each other's writes.
+    for (w, r) in [(0, 1), (1, 0)] {
+        let content = format!("after the divergence, written on member {w}\n");
+        put(&c.path(w, &format!("after{w}")), content.as_bytes());
+        assert_eq!(read_string(&c.path(r, &format!("after{w}"))), content);
+    }
+    assert_eq!(read_string(&c.path(1, "d0")), "content 0\n");
+}

@@ -83,11 +83,14 @@ async fn call_every_rpc(
     let payload = serde_json::to_vec(&append).unwrap();
     out.push((
         "Raft.AppendEntries",
-        code(raft.append_entries(who.request(RaftMessage { payload })).await.map(drop)),
+        code(raft.append_entries(who.request(RaftMessage { payload, ..Default::default() })).await.map(drop)),
     ));
     let vote_req = openraft::raft::VoteRequest::<u64>::new(vote, None);
     let payload = serde_json::to_vec(&vote_req).unwrap();
-    out.push(("Raft.Vote", code(raft.vote(who.request(RaftMessage { payload })).await.map(drop))));
+    out.push((
+        "Raft.Vote",
+        code(raft.vote(who.request(RaftMessage { payload, ..Default::default() })).await.map(drop)),
+    ));
     let header = serde_json::json!({ "vote": vote, "manifest": { "meta": {
         "last_log_id": null,
         "last_membership": { "log_id": null, "membership": { "configs": [], "nodes": {} } },
@@ -113,12 +116,15 @@ async fn call_every_rpc(
         },
     };
     let txs = serde_json::to_vec(&vec![tx]).unwrap();
-    out.push(("Cluster.Forward", code(cluster.forward(who.request(ForwardRequest { txs })).await.map(drop))));
+    out.push((
+        "Cluster.Forward",
+        code(cluster.forward(who.request(ForwardRequest { txs, ..Default::default() })).await.map(drop)),
+    ));
     out.push((
         "Cluster.ReadIndex",
         code(cluster.read_index(who.request(ReadIndexRequest {})).await.map(drop)),
     ));
-    out.push(("Cluster.Hello", code(cluster.hello(who.request(HelloRequest {})).await.map(drop))));
+    out.push(("Cluster.Hello", code(cluster.hello(who.request(HelloRequest::default())).await.map(drop))));
 
     let mut admin = AdminClient::new(channel);
     out.push(("Admin.Status", code(admin.status(who.request(StatusRequest {})).await.map(drop))));
@@ -251,7 +257,8 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
         assert!(run.success(), "member {i}: `lightchain status` with the data directory's token: {out}{err}");
     }
     // Without the token the CLI is refused too.
-    let (run, _, err) = c.cli(&["status", "--addr", &c.addrs[leader], "--data", "/nonexistent"]);
+    let (run, _, err) =
+        c.cli(&["status", "--addr", &c.addrs[leader], "--cluster-token-file", "/nonexistent/cluster-token"]);
     assert!(!run.success(), "status without a token succeeded");
     assert!(err.contains("token"), "status without a token should say why: {err}");
 }

@@ -31,8 +31,13 @@ pub struct RequestId {
     pub seq: u64,
 }
 
-/// Immutable, cheaply cloned file content. Serialized as a JSON string when it is UTF-8, so
-/// the chain stays readable with `cat`/`jq`, and as `{"base64": "..."}` otherwise.
+/// Immutable, cheaply cloned file content.
+///
+/// In human-readable formats (the chain's JSON) it is a string when it is UTF-8 text whose
+/// escaped form is no larger than base64 would be, so the chain stays readable with
+/// `cat`/`jq`, and `{"base64": "..."}` otherwise (binary content, or text such as zero bytes
+/// that JSON would escape to six times its size). In binary formats (the consensus log and
+/// the wire, see `consensus::codec`) it is the raw bytes, length-prefixed.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Content(Arc<[u8]>);
 
@@ -81,20 +86,57 @@ enum ContentRepr {
     Binary { base64: String },
 }
 
+/// Bytes `text` takes as a JSON string body (serde_json's escapes).
+fn json_escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 impl Serialize for Content {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => ContentRepr::Text(text.to_owned()).serialize(s),
-            Err(_) => {
-                ContentRepr::Binary { base64: base64::engine::general_purpose::STANDARD.encode(&self.0) }
-                    .serialize(s)
-            }
+        if !s.is_human_readable() {
+            return s.serialize_bytes(&self.0);
         }
+        let base64_len = self.0.len().div_ceil(3) * 4;
+        match std::str::from_utf8(&self.0) {
+            Ok(text) if json_escaped_len(text) <= base64_len.max(text.len()) => {
+                ContentRepr::Text(text.to_owned()).serialize(s)
+            }
+            _ => ContentRepr::Binary { base64: base64::engine::general_purpose::STANDARD.encode(&self.0) }
+                .serialize(s),
+        }
+    }
+}
+
+/// Reads the raw bytes of a binary format.
+struct BytesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+    type Value = Content;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("content bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Content, E> {
+        Ok(Content::from(v))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Content, E> {
+        Ok(Content::from(v))
     }
 }
 
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return d.deserialize_byte_buf(BytesVisitor);
+        }
         match ContentRepr::deserialize(d)? {
             ContentRepr::Text(text) => Ok(Content::from(text.into_bytes())),
             ContentRepr::Binary { base64 } => base64::engine::general_purpose::STANDARD
@@ -395,6 +437,23 @@ mod tests {
         assert_eq!(json, r#"{"base64":"/wA="}"#);
         assert_eq!(serde_json::from_str::<Content>(&json).unwrap(), binary);
         assert_eq!(serde_json::from_str::<Content>(r#""hello\n""#).unwrap(), text);
+        // Text that JSON would escape to several times its size goes as base64.
+        let zeros = Content::from(vec![0u8; 300]);
+        let json = serde_json::to_string(&zeros).unwrap();
+        assert!(json.starts_with(r#"{"base64":"#) && json.len() < 420, "{json}");
+        assert_eq!(serde_json::from_str::<Content>(&json).unwrap(), zeros);
+        let tabs = Content::from(b"a\tb\n".to_vec());
+        assert_eq!(serde_json::to_string(&tabs).unwrap(), r#""a\tb\n""#);
+    }
+
+    #[test]
+    fn content_is_raw_bytes_in_binary_formats() {
+        let mut bytes = vec![0u8; 1000];
+        bytes.extend((0..=255u8).cycle().take(5000));
+        let content = Content::from(bytes.clone());
+        let encoded = rmp_serde::to_vec_named(&content).unwrap();
+        assert!(encoded.len() <= bytes.len() + 3, "length prefix plus the bytes: {}", encoded.len());
+        assert_eq!(rmp_serde::from_slice::<Content>(&encoded).unwrap(), content);
     }
 
     #[test]

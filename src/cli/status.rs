@@ -1,6 +1,9 @@
 //! `lightchain status`: a running node's view of the cluster, over gRPC. The node answers
 //! holders of the cluster token only: it is read from `--cluster-token-file`, else from the
 //! data directory (`--data`, else the default one).
+//!
+//! Exit codes: 0 healthy (ready, a leader known, no member `DIVERGED`); 1 not healthy;
+//! 2 the node could not be asked; 3 a member's chain (possibly the asked node's own) diverged.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,11 +75,19 @@ pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>
         );
         println!("states     {}", status.states);
         println!("ready      {}", status.ready);
+        if let Some(d) = &status.diverged {
+            println!(
+                "DIVERGED   at height {}: this node's hash {}, the cluster's {} (member {}); it serves nothing",
+                d.height, d.hash, d.expected, d.member
+            );
+        }
         println!("members");
         println!("  {:<20} {:<22} {:<8} {:>8} {:>6}  STATE", "ID", "ADDRESS", "ROLE", "HEIGHT", "LAG");
         for m in &status.members {
             let leader = if Some(m.id) == status.leader { ", leader" } else { "" };
-            let state = if !m.reachable {
+            let state = if m.diverged {
+                "DIVERGED"
+            } else if !m.reachable {
                 "unreachable"
             } else if m.ready {
                 "ready"
@@ -88,7 +99,10 @@ pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>
             println!("  {:<20} {:<22} {:<8} {:>8} {:>6}  {state}{leader}", m.id, m.addr, m.role, height, lag);
         }
     }
-    if status.ready && status.leader.is_some() {
+    if status.diverged.is_some() || status.members.iter().any(|m| m.diverged) {
+        eprintln!("lightchain status: a member's chain diverged from the cluster's");
+        ExitCode::from(3)
+    } else if status.ready && status.leader.is_some() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,6 +4,11 @@
 //! once for every append that queued up meanwhile and only then reports them flushed: an entry
 //! counts (is acknowledged to the leader, or committed on a single node) only after fsync.
 //! The vote is saved durably before `save_vote` returns.
+//!
+//! Entries are stored in the binary encoding of [`codec`](super::codec) (records of earlier
+//! versions, JSON, are still read). What replication reads at once is bounded in bytes
+//! ([`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)), so one AppendEntries carries a few 1 MiB
+//! states, not `max_payload_entries` of them.
 
 // openraft's trait methods fix the (large) error type; boxing it here would only convert back.
 #![allow(clippy::result_large_err)]
@@ -59,7 +64,28 @@ impl LogStore {
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
-        serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+        super::codec::decode_record(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    /// Reads entries `[start, end)` until they hold [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)
+    /// (always at least one).
+    fn read_limited(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.lock().unwrap();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for index in start..end {
+            let Some(len) = inner.log.payload_len(index) else { break };
+            if !out.is_empty() && bytes + len as usize > super::MAX_APPEND_BYTES {
+                break;
+            }
+            let read = inner.log.read(index).map_err(|e| {
+                io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e)
+            })?;
+            let Some(record) = read else { break };
+            bytes += record.len();
+            out.push(Self::decode(&record)?);
+        }
+        Ok(out)
     }
 }
 
@@ -83,6 +109,10 @@ fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read_limited(start, end)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -172,7 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut inner = self.inner.lock().unwrap();
             for entry in entries {
                 let log_id = *entry.get_log_id();
-                let bytes = serde_json::to_vec(&entry).expect("entries serialize");
+                let bytes = super::codec::encode_record(&entry);
                 inner
                     .log
                     .append(log_id.index, &bytes)

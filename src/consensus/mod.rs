@@ -15,6 +15,9 @@
 //!
 //! See `docs/architecture/consensus.md`.
 
+pub mod codec;
+#[cfg(debug_assertions)]
+mod fault;
 pub mod log_store;
 pub mod network;
 pub mod raft_service;
@@ -23,6 +26,11 @@ pub mod state_machine;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{Batch, Height, Outcome};
+
+/// Bytes of entries one AppendEntries carries, at most (a single larger entry still goes
+/// alone). Bounds the time an append takes, the follower's fsync included, well below the
+/// AppendEntries deadline openraft gives (the heartbeat interval, see [`raft_config`]).
+pub const MAX_APPEND_BYTES: usize = 8 << 20;
 
 /// What applying one log entry produced, returned to the proposer by `client_write`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,16 +77,25 @@ pub mod typ {
     pub type RaftMetrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
 }
 
-/// The Raft configuration, chosen for lightchain's workload rather than left at defaults:
-/// AppendEntries may carry 1 MiB states and a follower's fsync, so its deadline (the
-/// heartbeat interval) is generous; elections settle in about two seconds; a snapshot is taken
-/// every `snapshot_every` entries so the log stays short.
+/// The Raft configuration, chosen for lightchain's workload rather than left at defaults.
+///
+/// - **AppendEntries deadline.** openraft 0.9 wraps every `RaftNetwork::append_entries` call in
+///   a timeout of `heartbeat_interval` (`replication/mod.rs`), so the network layer cannot give
+///   a large append a longer deadline than a heartbeat's. Instead each append is bounded in
+///   bytes ([`MAX_APPEND_BYTES`], enforced by the log reader and by `PayloadTooLarge` in the
+///   network) and the heartbeat interval is long enough for the largest one — 8 MiB sent,
+///   decoded, written and fsynced by the follower — on a loaded small machine: 400 ms.
+/// - **Elections** in about two seconds: a follower that hears nothing for 1.2–2.4 s (checked
+///   every 1.5 heartbeats, openraft's tick) stands; three missed heartbeats at least.
+/// - **Entries per append**: up to 64 small ones (group commit makes them big already).
+/// - **Snapshots** every `snapshot_every` entries so the log stays short; each snapshot
+///   transfer gets its own, longer deadline (`network::SNAPSHOT_TIMEOUT`).
 pub fn raft_config(snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "lightchain".into(),
-        heartbeat_interval: 200,
-        election_timeout_min: 750,
-        election_timeout_max: 1500,
+        heartbeat_interval: 400,
+        election_timeout_min: 1200,
+        election_timeout_max: 2400,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),

@@ -3,7 +3,11 @@
 //! [`Network`] hands openraft one [`PeerClient`] per target; each takes a clone of the
 //! shared lazily connecting channel to that peer (never dialling inside openraft's core),
 //! stamps every request with this node's metadata and the deadline openraft gives, and admits
-//! the answer's metadata before believing it. openraft's messages travel JSON-encoded.
+//! the answer's metadata before believing it. AppendEntries requests travel in the binary
+//! encoding of [`codec`](super::codec) (1 MiB states as raw bytes); votes and answers, small,
+//! in JSON. An AppendEntries over [`MAX_APPEND_BYTES`] with more than one entry is refused
+//! here with `PayloadTooLarge`, so openraft retries with fewer entries; a single larger entry
+//! goes alone (message limits allow it).
 //!
 //! Snapshots are streamed, and carry the chain: the client asks the follower how far its
 //! chain goes (`Cluster.Hello`), then sends the snapshot manifest followed by every block the
@@ -28,9 +32,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::TypeConfig;
+use super::MAX_APPEND_BYTES;
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::raft_client::RaftClient;
-use crate::rpc::pb::{HelloRequest, RaftMessage, SnapshotChunk};
+use crate::rpc::pb::{Encoding, HelloRequest, RaftMessage, SnapshotChunk};
 use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
 
 /// How long a snapshot transfer (and the follower's install) may take.
@@ -127,32 +132,34 @@ impl PeerClient {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// Sends one JSON-encoded openraft request; decodes openraft's `Result` from the answer.
+    /// Sends one encoded openraft request; decodes openraft's `Result` from the answer.
     async fn call<Resp: DeserializeOwned, E: DeserializeOwned>(
         &self,
         kind: &'static str,
-        payload: Vec<u8>,
+        message: RaftMessage,
         timeout: Duration,
     ) -> Result<Result<Resp, E>, CallError> {
         let mut client = self.raft_client()?;
-        let request = peer::request(RaftMessage { payload }, self.guard.as_ref(), timeout);
+        let request = peer::request(message, self.guard.as_ref(), timeout);
         let response = match kind {
             "append" => client.append_entries(request).await,
             _ => client.vote(request).await,
         }
         .map_err(CallError::from_status)?;
         peer::admit_response(&response, self.guard.as_ref()).map_err(CallError::Unreachable)?;
-        serde_json::from_slice(&response.into_inner().payload).map_err(|e| CallError::Network(e.to_string()))
+        let answer = response.into_inner();
+        super::codec::decode_message(answer.encoding, &answer.payload)
+            .map_err(|e| CallError::Network(e.to_string()))
     }
 
     /// [`call`](Self::call) with openraft's error types: a remote refusal is a remote error.
     async fn raft_rpc<Resp: DeserializeOwned>(
         &self,
         kind: &'static str,
-        payload: Vec<u8>,
+        message: RaftMessage,
         timeout: Duration,
     ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call::<Resp, RaftError<u64>>(kind, payload, timeout).await {
+        match self.call::<Resp, RaftError<u64>>(kind, message, timeout).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e) => Err(e.into_rpc()),
@@ -162,10 +169,21 @@ impl PeerClient {
     /// How far the target's chain goes.
     async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
-        let request = peer::request(HelloRequest {}, self.guard.as_ref(), timeout);
+        let request = peer::request(HelloRequest::default(), self.guard.as_ref(), timeout);
         let reply = ClusterClient::new(channel).hello(request).await.map_err(CallError::from_status)?;
         Ok(reply.into_inner().head_height)
     }
+}
+
+/// How many entries to send instead, when `entries` entries encode to `bytes`, more than
+/// [`MAX_APPEND_BYTES`]: as many as fit at their average size, at least one. `None` when the
+/// request may go as it is (within the limit, or a single entry).
+fn entries_hint(entries: usize, bytes: usize) -> Option<u64> {
+    if entries <= 1 || bytes <= MAX_APPEND_BYTES {
+        return None;
+    }
+    let fit = (entries as u128 * MAX_APPEND_BYTES as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -174,13 +192,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let entries = rpc.entries.len() as u64;
-        let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
-        if entries > 1 && payload.len() > MAX_MESSAGE_BYTES / 2 {
-            // Ask openraft to send fewer entries at a time.
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1))));
+        let payload = super::codec::to_binary(&rpc);
+        if let Some(hint) = entries_hint(rpc.entries.len(), payload.len()) {
+            tracing::debug!(
+                entries = rpc.entries.len(),
+                bytes = payload.len(),
+                hint,
+                "append too large; fewer entries"
+            );
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
-        self.raft_rpc("append", payload, option.hard_ttl()).await
+        let message = RaftMessage { payload, encoding: Encoding::Binary as i32 };
+        self.raft_rpc("append", message, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -189,7 +212,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
-        self.raft_rpc("vote", payload, option.hard_ttl()).await
+        let message = RaftMessage { payload, encoding: Encoding::Json as i32 };
+        self.raft_rpc("vote", message, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
@@ -259,5 +283,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = work => result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_over_large_append_asks_for_as_many_entries_as_fit() {
+        assert_eq!(entries_hint(64, 1000), None);
+        assert_eq!(entries_hint(1, 40 << 20), None, "a single entry goes alone, whatever its size");
+        assert_eq!(entries_hint(16, 16 << 20), Some(8));
+        assert_eq!(entries_hint(2, 30 << 20), Some(1));
+        assert_eq!(entries_hint(3, (8 << 20) + 1), Some(2), "always fewer than sent");
     }
 }

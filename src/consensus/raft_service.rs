@@ -19,7 +19,7 @@ use super::network::SnapshotHeader;
 use super::state_machine::SnapshotData;
 use super::typ::Raft;
 use crate::rpc::pb::raft_server::Raft as RaftRpc;
-use crate::rpc::pb::{RaftMessage, SnapshotChunk};
+use crate::rpc::pb::{Encoding, RaftMessage, SnapshotChunk};
 use crate::rpc::peer::{self, PeerGuard, PeerMeta, MAX_SNAPSHOT_BYTES};
 
 /// Serves `Raft`.
@@ -41,7 +41,7 @@ impl RaftService {
     }
 
     fn reply(&self, payload: Vec<u8>) -> Response<RaftMessage> {
-        peer::response(RaftMessage { payload }, self.guard.as_ref())
+        peer::response(RaftMessage { payload, encoding: Encoding::Json as i32 }, self.guard.as_ref())
     }
 
     async fn stage(
@@ -81,16 +81,16 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("openraft messages serialize")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+fn decode<T: serde::de::DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
+    super::codec::decode_message(message.encoding, &message.payload)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
-            decode(&request.into_inner().payload)?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(request.get_ref())?;
         peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "append-entries")?;
         tracing::debug!("append_entries received");
         let r = self.raft()?.append_entries(rpc).await;
@@ -100,7 +100,7 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc: openraft::raft::VoteRequest<u64> = decode(&request.into_inner().payload)?;
+        let rpc: openraft::raft::VoteRequest<u64> = decode(request.get_ref())?;
         peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "vote request")?;
         Ok(self.reply(json(&self.raft()?.vote(rpc).await)))
     }

@@ -73,6 +73,8 @@ pub struct Shared {
     pub chain: ChainWriter,
     /// Writes `states/` behind the acknowledgement.
     pub mirror: Mirror,
+    /// The heights and hashes of the chain's blocks, for comparing chains with other members.
+    pub hashes: Arc<crate::store::hash_index::HashIndex>,
 }
 
 /// openraft's state machine. Clones share everything (one is the snapshot builder).
@@ -200,6 +202,7 @@ impl StateMachineStore {
             applied_index,
             identity,
             changes: broadcast::channel(1024).0,
+            hashes: chain.hashes(),
             chain: ChainWriter::start(chain).map_err(thread_failed)?,
             mirror: Mirror::start(StatesDir::new(data), reader).map_err(thread_failed)?,
         });
@@ -234,6 +237,8 @@ impl StateMachineStore {
         let (block, outcomes) = match entry.payload {
             EntryPayload::Blank => return Ok(BatchResult::default()),
             EntryPayload::Normal(batch) => {
+                #[cfg(debug_assertions)] // a test-only fault hook, absent from release builds
+                let batch = super::fault::diverge(replica.head.map_or(0, |h| h.height + 1), batch);
                 let (block, tx_changes) =
                     apply_batch(&mut replica.tree, replica.head, pos, batch.timestamp_ms, batch.txs);
                 changes.extend(tx_changes);

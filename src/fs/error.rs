@@ -79,6 +79,8 @@ impl FsError {
                 | node::Error::NoQuorum
                 | node::Error::OutcomeUnknown
                 | node::Error::Fatal(_) => libc::EIO,
+                // A diverged replica must not spread its wrong view: every read and write fails.
+                node::Error::Diverged { .. } => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
             FsError::Precondition(reject) => reject_errno(*reject),
@@ -143,5 +145,7 @@ mod tests {
         assert_eq!(FsError::SymlinkTarget(TargetError::TooLong).errno(), libc::ENAMETOOLONG);
         assert_eq!(FsError::SymlinkTarget(TargetError::Empty).errno(), libc::ENOENT);
         assert_eq!(FsError::NotPermitted.errno(), libc::EPERM);
+        let diverged = node::Error::Diverged { height: 3, hash: "aa".into(), expected: "bb".into() };
+        assert_eq!(FsError::Node(diverged).errno(), libc::EIO);
     }
 }

@@ -469,6 +469,8 @@ impl Fs {
             return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
         }
         let id = self.id_of(ino)?;
+        // A diverged node serves nothing (its status above stays readable).
+        self.logged("open", &id, self.node.serving().map_err(FsError::from))?;
         if writable && self.node.knows_no_quorum() {
             return self.logged("open", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
@@ -558,6 +560,9 @@ impl Fs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handle = self.handle(fh)?;
         let open = handle.lock().unwrap();
+        if open.attr.ino != STATUS_INO {
+            self.node.serving()?; // not even a snapshot taken before the divergence was found
+        }
         let slice = |bytes: &[u8]| {
             let start = (offset as usize).min(bytes.len());
             let end = start.saturating_add(size as usize).min(bytes.len());
@@ -574,6 +579,7 @@ impl Fs {
     /// `drop_privileges`: the writer lacks `CAP_FSETID` (the kernel's `FUSE_WRITE_KILL_SUIDGID`),
     /// so the commit clears setuid/setgid as a write does on ext4.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_privileges: bool) -> Result<u32, FsError> {
+        self.node.serving()?;
         let handle = self.handle(fh)?;
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else {

@@ -28,7 +28,7 @@ use super::{now_ms, Error};
 use crate::chain::{Batch, Height, Outcome, Transaction};
 use crate::consensus::typ::Raft;
 use crate::rpc::pb::cluster_client::ClusterClient;
-use crate::rpc::pb::ForwardRequest;
+use crate::rpc::pb::{Encoding, ForwardRequest};
 use crate::rpc::peer::{self, Channels, PeerGuard, MAX_MESSAGE_BYTES};
 
 /// Entries submitted and not yet applied, at most.
@@ -203,7 +203,9 @@ async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<A
     let mut client = ClusterClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let body = ForwardRequest { txs: serde_json::to_vec(txs).expect("transactions serialize") };
+    // Binary, so 1 MiB states travel as their bytes (see `consensus::codec`).
+    let body =
+        ForwardRequest { txs: crate::consensus::codec::to_binary(&txs), encoding: Encoding::Binary as i32 };
     let request = peer::request(body, ctx.guard.as_ref(), ctx.commit_timeout);
     let response = client.forward(request).await.map_err(|s| s.message().to_owned())?;
     peer::admit_response(&response, ctx.guard.as_ref())?;

@@ -122,7 +122,7 @@ pub fn has_consensus_state(data: &DataDir) -> bool {
 
 async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {
     let channel = channels.get(addr)?;
-    let request = peer::request(HelloRequest {}, guard, Duration::from_secs(2));
+    let request = peer::request(HelloRequest::default(), guard, Duration::from_secs(2));
     let reply = ClusterClient::new(channel).hello(request).await.map_err(|s| s.message().to_owned())?;
     Ok(reply.into_inner())
 }

@@ -4,10 +4,11 @@
 //!   next group commit) and answered once applied here, with the entry's log index so the
 //!   follower can wait until it has applied that far too.
 //! - `ReadIndex`: the leader's read index, for linearizable reads on followers.
-//! - `Hello`: what this node knows, for the start-up checks of `bootstrap`. The caller must hold
-//!   the token and be a member or configured peer, but a caller without a genesis is not checked
-//!   for its incarnation (and leaves no trace): a node with a wiped directory must get an answer
-//!   that explains why it is refused.
+//! - `Hello`: what this node knows, for the start-up checks of `bootstrap` and for the
+//!   members' once-a-second poll: its head, and its hash at the asker's height (divergence
+//!   checks, see `members`). The caller must hold the token and be a member or configured peer,
+//!   but a caller without a genesis is not checked for its incarnation (and leaves no trace): a
+//!   node with a wiped directory must get an answer that explains why it is refused.
 
 use std::sync::Arc;
 
@@ -47,7 +48,8 @@ impl Cluster for ClusterService {
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let node = self.node()?;
         peer::admit_request(&request, node.guard.as_ref())?;
-        let txs: Vec<Transaction> = serde_json::from_slice(&request.into_inner().txs)
+        let body = request.into_inner();
+        let txs: Vec<Transaction> = crate::consensus::codec::decode_message(body.encoding, &body.txs)
             .map_err(|e| Status::invalid_argument(format!("bad transactions: {e}")))?;
         let applied = node.propose_forwarded(txs).await.map_err(unavailable)?;
         let outcomes: Vec<_> = applied.iter().map(|a| a.outcome).collect();
@@ -80,9 +82,22 @@ impl Cluster for ClusterService {
             peer::admit_request(&request, self.cell.guard.as_ref())?;
         }
         let from = Some(meta.node_id);
+        let asked = request.get_ref().head_height;
         let guard = self.cell.guard.as_ref();
         let local = peer::PeerGuard::local(guard);
         let head = self.cell.node.get().and_then(|n| n.replica().head);
+        // This node's hash at the asker's height, so the asker can compare (old heights are
+        // read from chain/, off the async threads).
+        let hash_at_asked = match (self.cell.node.get(), asked) {
+            (Some(node), Some(height)) if head.is_some_and(|h| h.height >= height) => {
+                let hashes = node.shared.hashes.clone();
+                match tokio::task::spawn_blocking(move || hashes.get(height)).await {
+                    Ok(Ok(Some(hash))) => hash.0.to_vec(),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
         let reply = HelloReply {
             cluster_id: local.cluster_id.clone(),
             has_genesis: head.is_some() || !local.cluster_id.is_empty(),
@@ -90,6 +105,8 @@ impl Cluster for ClusterService {
             known_incarnation: from.filter(|f| *f != local.node_id).and_then(|f| guard.known_incarnation(f)),
             node_id: local.node_id,
             ready: self.cell.node.get().is_some_and(|n| n.is_ready()),
+            head_hash: head.map_or_else(Vec::new, |h| h.hash.0.to_vec()),
+            hash_at_asked,
         };
         Ok(peer::response(reply, guard))
     }

@@ -1,13 +1,26 @@
-//! What this node knows of the other members' progress, refreshed in the background.
+//! What this node knows of the other members' progress and chains, refreshed in the background.
 //!
-//! Once a second, each member is asked how far its chain goes (short deadline); the
-//! latest answers feed the `members` of this node's status document, so `.lightchain/status`
-//! and `lightchain status` show every member's applied height and lag.
+//! Once a second, each member is asked (`Cluster.Hello`, short deadline) with this node's head
+//! (height, hash); it answers with its own head and its hash at this node's height when it
+//! holds that block. Each answer thus yields a [`Probe`]: both hashes at a common height (this
+//! node's height, or the member's when it is behind — then this node's own hash there comes
+//! from its hash index, reading `chain/` for old heights). The latest answers feed the
+//! `members` of the status document; after every round [`divergence::judge`] decides whether
+//! this node's chain is the wrong one, and if so the node stops serving — logged once, with
+//! both hashes and the height.
+//!
+//! This module only asks and records; it never changes the chain or consensus.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+use super::divergence::{self, Divergence, Probe};
+use crate::chain::{BlockHash, Digest};
+use crate::consensus::state_machine::Shared;
+use crate::consensus::typ::RaftMetrics;
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::HelloRequest;
 use crate::rpc::peer::{self, Channels, PeerGuard};
@@ -17,44 +30,143 @@ use crate::rpc::peer::{self, Channels, PeerGuard};
 pub struct MemberView {
     /// Its chain height.
     pub head_height: Option<u64>,
+    /// Its head hash.
+    pub head_hash: Option<BlockHash>,
     /// Whether it said it was ready.
     pub ready: bool,
     /// When it answered.
     pub at: Instant,
+    /// The latest comparison of its chain with this node's at a common height (kept when an
+    /// answer allows none: a comparison stays true).
+    pub probe: Option<Probe>,
 }
 
 /// Member views by node id.
 pub type Views = Arc<Mutex<HashMap<u64, MemberView>>>;
 
-/// Asks one member how far it is (`Cluster.Hello`, which also tells it this node's
-/// incarnation, so every member remembers every other one).
-async fn ask(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Option<MemberView> {
-    let channel = channels.get(addr).ok()?;
-    let request = peer::request(HelloRequest {}, guard, Duration::from_millis(800));
-    let response = ClusterClient::new(channel).hello(request).await.ok()?;
-    peer::admit_response(&response, guard).ok()?;
-    let reply = response.into_inner();
-    Some(MemberView { head_height: reply.head_height, ready: reply.ready, at: Instant::now() })
+/// What the poller needs.
+pub struct Poller {
+    /// Connections to peers.
+    pub channels: Channels,
+    /// Stamps and admits peer metadata.
+    pub guard: Arc<dyn PeerGuard>,
+    /// Where answers are recorded.
+    pub views: Views,
+    /// This node's id.
+    pub self_id: u64,
+    /// Consensus metrics (membership, leader).
+    pub metrics: watch::Receiver<RaftMetrics>,
+    /// The replica (this node's head) and its hash index.
+    pub shared: Arc<Shared>,
+    /// Set once when this node finds its chain is the wrong one.
+    pub diverged: Arc<OnceLock<Divergence>>,
 }
 
-/// Refreshes `views` for the members `members()` returns until `stop` fires.
-pub async fn poll(
-    channels: Channels,
-    guard: std::sync::Arc<dyn PeerGuard>,
-    views: Views,
-    members: impl Fn() -> Vec<(u64, String)> + Send + 'static,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+fn digest(bytes: &[u8]) -> Option<Digest> {
+    Some(Digest(bytes.try_into().ok()?))
+}
+
+/// This node's hash at `height`, from its hash index (a blocking read of `chain/` for an old
+/// height, so it runs off the async threads).
+async fn own_hash_at(shared: &Arc<Shared>, height: u64) -> Option<BlockHash> {
+    let hashes = shared.hashes.clone();
+    match tokio::task::spawn_blocking(move || hashes.get(height)).await {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(e)) => {
+            tracing::warn!(height, error = %e, "cannot read this node's hash at a height to compare chains");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Asks one member how far it is and what it holds at `mine` (this node's head).
+async fn ask(p: &Poller, addr: &str, mine: Option<(u64, BlockHash)>) -> Option<MemberView> {
+    let channel = p.channels.get(addr).ok()?;
+    let hello = HelloRequest {
+        head_height: mine.map(|(h, _)| h),
+        head_hash: mine.map_or_else(Vec::new, |(_, hash)| hash.0.to_vec()),
+    };
+    let request = peer::request(hello, p.guard.as_ref(), Duration::from_millis(800));
+    let response = ClusterClient::new(channel).hello(request).await.ok()?;
+    peer::admit_response(&response, p.guard.as_ref()).ok()?;
+    let reply = response.into_inner();
+    let head_hash = digest(&reply.head_hash);
+    let probe = match (mine, digest(&reply.hash_at_asked), reply.head_height.zip(head_hash)) {
+        (Some((height, mine)), Some(theirs), _) => Some(Probe { height, theirs, mine }),
+        // The member is behind: compare at its head.
+        (Some((height, _)), None, Some((theirs_height, theirs))) if theirs_height < height => {
+            own_hash_at(&p.shared, theirs_height).await.map(|mine| Probe {
+                height: theirs_height,
+                theirs,
+                mine,
+            })
+        }
+        _ => None,
+    };
+    Some(MemberView {
+        head_height: reply.head_height,
+        head_hash,
+        ready: reply.ready,
+        at: Instant::now(),
+        probe,
+    })
+}
+
+/// Judges this node's probes as they stand (see [`divergence::judge`]).
+pub fn verdict(self_id: u64, metrics: &RaftMetrics, views: &HashMap<u64, MemberView>) -> divergence::Verdict {
+    let membership = metrics.membership_config.membership();
+    let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let probes: BTreeMap<u64, Probe> = views.iter().filter_map(|(id, v)| Some((*id, v.probe?))).collect();
+    divergence::judge(self_id, &members, &voters, metrics.current_leader, &probes)
+}
+
+/// Refreshes the views of the other members until `stop` fires, and stops this node from
+/// serving once it finds its chain is the wrong one.
+pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        for (id, addr) in members() {
-            if let Some(view) = ask(&channels, guard.as_ref(), &addr).await {
-                views.lock().unwrap().insert(id, view);
+        let others: Vec<(u64, String)> = {
+            let m = p.metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership
+                .nodes()
+                .filter(|(id, _)| **id != p.self_id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let mine = p.shared.replica.read().unwrap().head.map(|h| (h.height, h.hash));
+        for (id, addr) in others {
+            if let Some(mut view) = ask(&p, &addr, mine).await {
+                let mut views = p.views.lock().unwrap();
+                if view.probe.is_none() {
+                    view.probe = views.get(&id).and_then(|old| old.probe);
+                }
+                views.insert(id, view);
             }
+        }
+        if p.diverged.get().is_some() {
+            continue;
+        }
+        let verdict = {
+            let metrics = p.metrics.borrow().clone();
+            verdict(p.self_id, &metrics, &p.views.lock().unwrap())
+        };
+        if let Some(own) = verdict.own {
+            tracing::error!(
+                height = own.height,
+                hash = %own.hash,
+                expected = %own.expected,
+                member = own.member,
+                "this node's chain diverged from the cluster's: it stops serving (reads and writes fail \
+                 with EIO) until an operator replaces its data directory"
+            );
+            let _ = p.diverged.set(own);
         }
     }
 }

@@ -19,6 +19,7 @@
 mod batcher;
 mod bootstrap;
 pub mod cluster_service;
+pub mod divergence;
 mod guard;
 mod members;
 mod read_index;
@@ -26,7 +27,7 @@ mod services;
 mod status;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
@@ -102,6 +103,17 @@ pub enum Error {
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
+    /// This node's chain differs from the cluster's at a common height, so it serves nothing
+    /// (DESIGN §1.5) until an operator replaces its data directory.
+    #[error("this node's chain diverged at height {height} (its hash {hash}, the cluster's {expected}); it does not serve")]
+    Diverged {
+        /// The common height compared.
+        height: Height,
+        /// This node's hash there.
+        hash: String,
+        /// The cluster's hash there.
+        expected: String,
+    },
 }
 
 /// Result of a committed proposal.
@@ -138,6 +150,8 @@ pub struct Node {
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
+    /// Set once this node finds its chain diverged from the cluster's: it then stops serving.
+    diverged: Arc<OnceLock<divergence::Divergence>>,
     /// Since when this node has known no leader.
     leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
     shutdown: watch::Sender<bool>,
@@ -145,11 +159,12 @@ pub struct Node {
     lock: Mutex<Option<crate::store::DirLock>>,
 }
 
-/// A leader whose last majority acknowledgement is older than this knows it has no quorum.
-const QUORUM_STALE: Duration = Duration::from_millis(1000);
-/// A node that has known no leader for this long (longer than an election takes) knows
-/// there is no quorum.
-const LEADERLESS: Duration = Duration::from_millis(2500);
+/// A leader whose last majority acknowledgement is older than this knows it has no quorum
+/// (five heartbeats of `consensus::raft_config`: a slow 8 MiB append is no lost quorum).
+const QUORUM_STALE: Duration = Duration::from_millis(2000);
+/// A node that has known no leader for this long (longer than an election takes: the
+/// longest election timeout, 2.4 s, plus a tick) knows there is no quorum.
+const LEADERLESS: Duration = Duration::from_millis(3500);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -281,6 +296,7 @@ impl Node {
             proposals,
             reads: Arc::default(),
             views: Arc::default(),
+            diverged: Arc::default(),
             leaderless_since: Arc::default(),
             shutdown: shutdown.clone(),
             lock: Mutex::new(None),
@@ -295,24 +311,16 @@ impl Node {
         };
         tokio::spawn(batcher::run(ctx, queue, shutdown.subscribe()));
         tokio::spawn(track_leaderless(raft.metrics(), node.leaderless_since.clone(), shutdown.subscribe()));
-        let self_id = node.id();
-        let metrics = raft.metrics();
-        let others = move || {
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self_id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
-        tokio::spawn(members::poll(
+        let poller = members::Poller {
             channels,
-            node.guard.clone(),
-            node.views.clone(),
-            others,
-            shutdown.subscribe(),
-        ));
+            guard: node.guard.clone(),
+            views: node.views.clone(),
+            self_id: node.id(),
+            metrics: raft.metrics(),
+            shared: shared.clone(),
+            diverged: node.diverged.clone(),
+        };
+        tokio::spawn(members::poll(poller, shutdown.subscribe()));
         Ok(node)
     }
 
@@ -326,8 +334,25 @@ impl Node {
         &self.config
     }
 
+    /// Whether this node may serve its replica: not once its chain diverged from the
+    /// cluster's ([`Error::Diverged`]).
+    pub fn serving(&self) -> Result<(), Error> {
+        match self.diverged.get() {
+            None => Ok(()),
+            Some(d) => {
+                Err(Error::Diverged { height: d.height, hash: d.hash.clone(), expected: d.expected.clone() })
+            }
+        }
+    }
+
+    /// This node's own divergence, once found.
+    pub fn divergence(&self) -> Option<&divergence::Divergence> {
+        self.diverged.get()
+    }
+
     /// Proposes one transaction and waits until it is committed and applied here.
     pub async fn propose(&self, op: TxOp) -> Result<Committed, Error> {
+        self.serving()?;
         let issued = self.requests.lock().unwrap().issue();
         // However this call ends (an answer, a timeout, or the caller dropping it), the id is
         // answered from then on: later transactions may tell the state machine to forget it.
@@ -456,6 +481,7 @@ impl Node {
     /// Waits until this node has applied everything committed before the call (a no-op in
     /// local read mode). Concurrent callers share read indexes (see [`read_index`]).
     pub async fn read_barrier(self: &Arc<Self>) -> Result<(), Error> {
+        self.serving()?;
         if self.config.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
@@ -517,7 +543,7 @@ impl Node {
             let m = metrics.borrow();
             m.running_state.is_ok() && m.current_leader.is_some()
         };
-        serving && !self.knows_no_quorum()
+        serving && !self.knows_no_quorum() && self.diverged.get().is_none()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.

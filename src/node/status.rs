@@ -1,5 +1,6 @@
 //! The node's view of itself and the cluster, as `.lightchain/status` and `lightchain status`
-//! show it.
+//! show it: every member's head (height, hash), and whether its chain diverged (DESIGN §1.5,
+//! decided by `divergence::judge` from this node's comparisons at common heights).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +17,17 @@ pub struct MemberStatus {
     pub role: String,
     /// Its chain height, as it last said (this node's own for itself).
     pub head_height: Option<u64>,
+    /// Its head hash, as it last said.
+    pub head_hash: Option<String>,
     /// How many blocks it is behind the highest height known here.
     pub lag: Option<u64>,
     /// Whether it answered within the last few seconds (always true for this node).
     pub reachable: bool,
     /// Whether it said it was ready.
     pub ready: bool,
+    /// Whether its chain differs from the cluster's at a common height (shown as `DIVERGED`).
+    #[serde(default)]
+    pub diverged: bool,
 }
 
 /// A node's status document.
@@ -61,6 +67,9 @@ pub struct Status {
     pub listen: String,
     /// How reads are served.
     pub read_consistency: String,
+    /// Set when this node's own chain diverged from the cluster's: it then serves nothing.
+    #[serde(default)]
+    pub diverged: Option<super::divergence::Divergence>,
 }
 
 /// What `status` shows of the `states/` mirror.
@@ -83,19 +92,27 @@ pub(super) fn build(node: &Node) -> Status {
     let replica = node.replica();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let ready = metrics.running_state.is_ok() && metrics.current_leader.is_some() && !node.knows_no_quorum();
+    let own = node.divergence().cloned();
+    let ready = node.is_ready();
     let views = node.views.lock().unwrap().clone();
+    let mut verdict = super::members::verdict(node.id(), &metrics, &views);
+    if own.is_some() {
+        verdict.diverged.insert(node.id());
+    }
     let own_height = replica.head.map(|h| h.height);
+    let own_hash = replica.head.map(|h| h.hash.to_hex());
     let fresh = |at: std::time::Instant| at.elapsed() < std::time::Duration::from_secs(3);
     let mut members: Vec<MemberStatus> = membership
         .nodes()
         .map(|(id, n)| {
-            let (head_height, reachable, member_ready) = if *id == node.id() {
-                (own_height, true, ready)
+            let (head_height, head_hash, reachable, member_ready) = if *id == node.id() {
+                (own_height, own_hash.clone(), true, ready)
             } else {
                 match views.get(id) {
-                    Some(v) => (v.head_height, fresh(v.at), v.ready && fresh(v.at)),
-                    None => (None, false, false),
+                    Some(v) => {
+                        (v.head_height, v.head_hash.map(|h| h.to_hex()), fresh(v.at), v.ready && fresh(v.at))
+                    }
+                    None => (None, None, false, false),
                 }
             };
             MemberStatus {
@@ -103,9 +120,11 @@ pub(super) fn build(node: &Node) -> Status {
                 addr: n.addr.clone(),
                 role: if voters.contains(id) { "voter" } else { "learner" }.to_owned(),
                 head_height,
+                head_hash,
                 lag: None,
                 reachable,
                 ready: member_ready,
+                diverged: verdict.diverged.contains(id),
             }
         })
         .collect();
@@ -149,5 +168,6 @@ pub(super) fn build(node: &Node) -> Status {
         ready,
         listen: node.config.listen.to_string(),
         read_consistency: format!("{:?}", node.config.read_consistency).to_lowercase(),
+        diverged: own,
     }
 }

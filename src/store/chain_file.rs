@@ -10,11 +10,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 
 use tokio::sync::watch;
 
+use super::hash_index::HashIndex;
 use super::{sync_dir, Error, IoContext, Result};
 use crate::chain::{Block, Height};
 
@@ -31,6 +33,8 @@ pub struct ChainFile {
     pending: Vec<u8>,
     head: Option<Head>,
     synced_dir: bool,
+    /// Heights and hashes of the blocks appended (shared with whoever compares chains).
+    hashes: Arc<HashIndex>,
 }
 
 fn segment_name(first: Height) -> String {
@@ -119,9 +123,11 @@ impl ChainFile {
     /// Opens `chain/`, replaying every block through `f`, cutting a torn tail.
     pub fn open(dir: &Path, mut f: impl FnMut(&Block) -> Result<()>) -> Result<ChainFile> {
         let mut head = None;
+        let hashes = Arc::new(HashIndex::new(dir));
         let torn = read_all(dir, |read| {
             f(&read.block)?;
             head = Some(Head::of(&read.block));
+            hashes.record(read.block.height, read.block.hash);
             Ok(())
         })?;
         if let Some((path, offset)) = torn {
@@ -136,7 +142,12 @@ impl ChainFile {
             }
             None => None,
         };
-        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true })
+        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true, hashes })
+    }
+
+    /// The index of the heights and hashes of this chain's blocks (appended ones included).
+    pub fn hashes(&self) -> Arc<HashIndex> {
+        self.hashes.clone()
     }
 
     /// The last appended block, synced or not.
@@ -152,6 +163,7 @@ impl ChainFile {
         serde_json::to_writer(&mut self.pending, block).expect("blocks serialize");
         self.pending.push(b'\n');
         self.head = Some(Head::of(block));
+        self.hashes.record(block.height, block.hash);
         Ok(())
     }
 

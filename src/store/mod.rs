@@ -20,6 +20,7 @@
 //! See `docs/architecture/store.md`.
 
 pub mod chain_file;
+pub mod hash_index;
 pub mod identity;
 pub mod mirror;
 pub mod raft_log;

@@ -143,6 +143,11 @@ impl RaftLog {
         seg.file.try_clone().ctx("dup", &seg.path)
     }
 
+    /// The length of the payload at `index`, without reading it.
+    pub fn payload_len(&self, index: u64) -> Option<u32> {
+        self.index.get(&index).map(|loc| loc.len)
+    }
+
     /// The payload at `index`.
     pub fn read(&self, index: u64) -> Result<Option<Vec<u8>>> {
         let Some(loc) = self.index.get(&index) else {

@@ -43,6 +43,8 @@ pub struct ClusterOpts {
     pub supplementary_group_base: Option<u32>,
     /// Overrides the per-start watchdog of every member (soak runs last longer than the default).
     pub watchdog: Option<Duration>,
+    /// Environment variables for single members: (member index, name, value).
+    pub member_env: Vec<(usize, String, String)>,
 }
 
 impl Default for ClusterOpts {
@@ -53,6 +55,7 @@ impl Default for ClusterOpts {
             read_consistency: None,
             supplementary_group_base: None,
             watchdog: None,
+            member_env: Vec::new(),
         }
     }
 }
@@ -145,6 +148,12 @@ impl Cluster {
                         extra,
                         supplementary_group: opts.supplementary_group_base.map(|base| base + i as u32),
                         watchdog: opts.watchdog,
+                        env: opts
+                            .member_env
+                            .iter()
+                            .filter(|(m, _, _)| *m == i)
+                            .map(|(_, k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         ..Opts::default()
                     };
                     let mut node = Node::prepare(node_opts);
@@ -338,6 +347,8 @@ impl Cluster {
 
     /// Member `i`'s chain as printed by `lightchain log --json --data DIR`.
     pub fn log_blocks(&self, i: usize) -> Vec<Value> {
+        // chain/ is written behind what the member applied.
+        self.nodes[i].wait_written_behind();
         let run = self.nodes[i].log_cli(&["--json"]);
         assert!(
             run.0.success(),
@@ -373,6 +384,8 @@ impl Cluster {
                 cmd.env_remove(k);
             }
         }
+        // The nodes answer holders of the cluster's token only.
+        cmd.env("LIGHTCHAIN_CLUSTER_TOKEN_FILE", &self.token_file);
         run_command(cmd, CMD_TIMEOUT)
     }
 }

@@ -67,6 +67,8 @@ pub struct Opts {
     pub supplementary_group: Option<u32>,
     /// How long the watchdog lets one start of the child run (default [`WATCHDOG`]); longer for soak runs.
     pub watchdog: Option<Duration>,
+    /// Environment variables for the child (set after the test's own `LIGHTCHAIN_*` are removed).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -239,6 +241,7 @@ impl Node {
         }
         cmd.args(&self.opts.extra);
         clean_env(&mut cmd);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         // If the test process dies without running `Drop` (e.g. killed by a timeout), take the node with it.
         // (The signal fires when the spawning thread exits; nodes live and die within one test thread.)
         let group = self.opts.supplementary_group;
