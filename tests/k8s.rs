@@ -584,6 +584,7 @@ fn sidecar_serves_a_non_root_app_recovers_from_kill9_and_stops_cleanly() {
         }
     });
     assert!(err.contains("Transport endpoint is not connected"), "ENOTCONN in the app: {err}");
+    assert_eq!(pod.fuse_mounts().len(), 1, "the dead FUSE mount stays until a sidecar replaces it");
     // The kubelet restarts the sidecar: the dead mount is replaced, the same app works again.
     podman.run(&["start", &pod.sidecar]);
     pod.start_like_a_kubelet(&podman);
