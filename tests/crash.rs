@@ -161,6 +161,61 @@ fn refuses_to_replace_a_non_fuse_mount() {
     assert!(n.log().lines().count() > 1, "lightchain must explain why it refused (empty log)");
 }
 
+/// A bind mount made by a test, detached on drop (even when the test panics).
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(source: &std::path::Path, target: &std::path::Path) -> BindMount {
+        let rc = unsafe {
+            libc::mount(
+                cpath(source).as_ptr(),
+                cpath(target).as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "bind-mount {source:?} on {target:?}: {}", errno_name(errno()));
+        BindMount(target.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        unsafe { libc::umount2(cpath(&self.0).as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn refuses_the_root_of_a_shared_volume_and_says_to_use_a_subdirectory() {
+    // The shape of a Kubernetes emptyDir inside a container: a directory bind-mounted at MOUNTPOINT.
+    let volume = tempfile::Builder::new().prefix("lightchain-volume-").tempdir().unwrap();
+    fs::write(volume.path().join("marker"), b"volume content").unwrap();
+    let mut n = Node::prepare(Opts::default());
+    let _bind = BindMount::new(volume.path(), &n.mount());
+    n.spawn();
+    let status = n.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+        panic!("lightchain neither refused nor exited on a volume root within 30 s\n{}", n.log_tail(50))
+    });
+    assert!(!status.success(), "exit status must be non-zero on the root of a volume\n{}", n.log_tail(20));
+    let log = n.log();
+    assert!(
+        log.contains("subdirectory") && log.contains(&n.mount().join("lightchain").display().to_string()),
+        "the refusal must say to use a subdirectory of the volume:\n{}",
+        n.log_tail(20)
+    );
+    assert!(!log.contains("lightchain ready"), "it must refuse before serving:\n{}", n.log_tail(20));
+    assert_eq!(
+        fs::read_dir(n.data()).unwrap().count(),
+        0,
+        "it must refuse before creating anything in the data directory"
+    );
+    let lines = mount_lines(&n.mount());
+    assert_eq!(lines.len(), 1, "the volume must stay mounted, alone: {lines:#?}");
+    assert!(!lines[0].contains("fuse"), "no FUSE mount on the volume: {}", lines[0]);
+    assert_eq!(fs::read(n.path("marker")).unwrap(), b"volume content", "the volume is untouched");
+}
+
 // ----- clean shutdown -----
 
 #[test]

@@ -1,7 +1,8 @@
 //! `lightchain mount`: start a node, serve gRPC and the filesystem, stop cleanly on a signal.
 //!
-//! Start-up order: open the data directory and start consensus, bind and serve gRPC, wait for
-//! a leader, replace a dead FUSE mount left by a crash, mount, log `ready`. Shutdown order
+//! Start-up order: refuse a mountpoint that is the root of another (non-FUSE) mount, open the
+//! data directory and start consensus, bind and serve gRPC, wait for a leader, replace a dead
+//! FUSE mount left by a crash, mount, log `ready`. Shutdown order
 //! (SIGINT/SIGTERM, or the mount going away): fail every pending commit (`EIO` to the apps
 //! waiting in `close`), stop gRPC and consensus, unmount, exit 0.
 
@@ -43,6 +44,8 @@ pub(super) fn run(args: MountArgs) -> ExitCode {
 }
 
 async fn serve(args: MountArgs) -> Result<(), String> {
+    // Before anything is created or started: a volume root is refused at once.
+    refuse_volume_root(&args.mountpoint)?;
     let data_path = data_dir(args.data.clone());
     let data =
         DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
@@ -157,6 +160,7 @@ fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
         Ok(meta) if meta.is_dir() => {
             let absolute =
                 std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
+            refuse_volume_root(&absolute)?;
             if let Some(fstype) = mount_type(&absolute) {
                 // A live mount: another lightchain (fuse) or something that is not ours.
                 // Mounting on top would hide it; leave it alone.
@@ -190,6 +194,30 @@ fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
         Err(e) => return Err(format!("mountpoint {}: {e}", path.display())),
     }
     std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))
+}
+
+/// Refuses a mountpoint that is the root of a mount other than FUSE: in a container that is
+/// a shared volume (an `emptyDir` bind-mounted in), and mounting on it would hide the volume
+/// from the other containers and break mount propagation, so the user is told to use a
+/// subdirectory. A FUSE mount there (dead or live) is [`prepare_mountpoint`]'s business; a
+/// missing or unreadable path is left for it to report too.
+fn refuse_volume_root(path: &Path) -> Result<(), String> {
+    let absolute = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(_) => match std::path::absolute(path) {
+            Ok(p) => p,
+            Err(_) => return Ok(()),
+        },
+    };
+    match mount_type(&absolute) {
+        Some(fstype) if !fstype.starts_with("fuse") => Err(format!(
+            "mountpoint {} is the root of a {fstype} mount (a shared volume?); lightchain does not \
+             mount on top of it: mount on a subdirectory of the volume instead, e.g. {}",
+            absolute.display(),
+            absolute.join("lightchain").display()
+        )),
+        Some(_) | None => Ok(()),
+    }
 }
 
 /// The filesystem type mounted exactly at `path`, from `/proc/self/mountinfo`.
