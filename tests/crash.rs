@@ -460,8 +460,18 @@ fn log_json_of_whole_chain_while_running_and_after_stop() {
 #[test]
 fn status_cli_reports_a_healthy_node_and_fails_when_it_is_gone() {
     let mut n = node();
+    put(&n.path("f"), b"x\n");
+    n.wait_written_behind();
     let run = n.status_cli(&[]);
     assert_ok(&run, "lightchain status on a healthy single-node cluster");
+    // The text view shows how far chain/ and states/ are (written behind) and the mirror's errors.
+    let head = n.head_height();
+    assert!(run.1.contains(&format!("chain/     height {head}")), "status text: {}", run.1);
+    assert!(
+        run.1.contains(&format!("states/    height {head}, lag 0, 0 errors, 0 failing")),
+        "status text: {}",
+        run.1
+    );
     let run = n.status_cli(&["--json"]);
     assert_ok(&run, "lightchain status --json");
     let v: Value = serde_json::from_str(run.1.trim())

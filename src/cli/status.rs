@@ -73,6 +73,19 @@ pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>
             status.head_height.map_or("-".into(), |h| h.to_string()),
             status.head_hash.as_deref().unwrap_or("-")
         );
+        println!(
+            "chain/     height {} (written behind)",
+            status.chain_height.map_or("-".into(), |h| h.to_string())
+        );
+        let m = &status.mirror;
+        println!(
+            "states/    height {}, lag {}, {} errors, {} failing{}",
+            m.height.map_or("-".into(), |h| h.to_string()),
+            m.lag,
+            m.errors,
+            m.failing,
+            m.last_error.as_ref().map_or(String::new(), |e| format!(" (last: {e})"))
+        );
         println!("states     {}", status.states);
         println!("ready      {}", status.ready);
         if let Some(d) = &status.diverged {
