@@ -64,6 +64,12 @@ async fn serve(args: MountArgs) -> Result<(), String> {
             "--listen {listen} is a wildcard address that peers cannot reach: give --advertise HOST:PORT"
         ));
     }
+    if !listen.ip().is_loopback() && peer_tls.is_none() {
+        tracing::warn!(
+            listen = %listen,
+            "listening off loopback without --peer-tls-*: the cluster token and all peer traffic travel in clear text"
+        );
+    }
     let config = Config {
         name: args.name.clone().unwrap_or_else(host_name),
         listen,

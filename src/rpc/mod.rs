@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use admin::AdminHandler;
 
@@ -44,9 +44,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let routes =
         peers.add_service(pb::admin_server::AdminServer::new(admin::AdminService::new(admin, token)));
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    // The builder's `tcp_nodelay` applies only to listeners tonic binds itself: the incoming
+    // stream sets TCP_NODELAY on every accepted socket (small Raft messages must not wait).
+    let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls.server_config())?;
     }
-    server.add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+    server
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
 }
