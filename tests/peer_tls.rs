@@ -6,7 +6,7 @@
 //! and answers `lightchain status` given the same flags. A client whose certificate another CA signed, a
 //! client with no certificate and a plaintext client are all refused, even holding the right cluster token;
 //! the right certificate without the token is refused too (the token stays required). Nothing of it changes
-//! the cluster: every member keeps the same head.
+//! the cluster: every member keeps the same head. A member killed and restarted catches up over TLS.
 
 mod common;
 
@@ -255,6 +255,14 @@ fn a_cluster_with_mutual_tls_forms_replicates_and_refuses_the_wrong_clients() {
     assert!(heads(&c).iter().all(|h| *h == head), "heads moved: {:?} (expected {head:?})", heads(&c));
     let log = c.node(leader).log();
     assert!(!log.contains("panicked"), "{log}");
+
+    // A member killed and restarted reconnects over TLS and catches up with what it missed.
+    let mut c = c;
+    c.kill9(follower);
+    put(&c.path(leader, "while-away.txt"), b"written while a member was down\n");
+    c.restart(follower);
+    c.wait_converged(&c.all());
+    assert_eq!(read(&c.path(follower, "while-away.txt")), b"written while a member was down\n");
 }
 
 #[test]
