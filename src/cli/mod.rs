@@ -48,6 +48,9 @@ enum Command {
         /// The cluster token file (instead of the data directory's token).
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
         cluster_token_file: Option<PathBuf>,
+        /// Mutual TLS towards a node that requires it (the same files as the node's).
+        #[command(flatten)]
+        tls: PeerTlsArgs,
     },
     /// Print the history of the chain, or of one state.
     Log {
@@ -109,6 +112,36 @@ pub struct MountArgs {
     /// Required with --peer and for a non-loopback --listen; a lone node makes its own.
     #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// Mutual TLS for peer traffic.
+    #[command(flatten)]
+    pub tls: PeerTlsArgs,
+}
+
+/// `--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`: all three or none (DESIGN §1.7).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PeerTlsArgs {
+    /// This node's certificate (PEM, chain allowed); it must name the host of --advertise (or
+    /// of --listen) as a subject alternative name. With --peer-tls-key and --peer-tls-ca, the
+    /// gRPC port accepts mutual TLS only and every peer connection uses it.
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The CA that signs every member's certificate (PEM); the only root trusted, both ways.
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+}
+
+impl PeerTlsArgs {
+    /// Reads the files: `None` without the flags, an error when only some are given.
+    pub fn load(&self) -> Result<Option<crate::rpc::tls::PeerTls>, crate::rpc::tls::TlsError> {
+        crate::rpc::tls::PeerTls::from_flags(
+            self.peer_tls_cert.as_deref(),
+            self.peer_tls_key.as_deref(),
+            self.peer_tls_ca.as_deref(),
+        )
+    }
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -172,8 +205,8 @@ pub fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Mount(args) => mount::run(args),
-        Command::Status { addr, json, data, cluster_token_file } => {
-            status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref())
+        Command::Status { addr, json, data, cluster_token_file, tls } => {
+            status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),

@@ -46,6 +46,12 @@ pub(super) fn run(args: MountArgs) -> ExitCode {
 async fn serve(args: MountArgs) -> Result<(), String> {
     // Before anything is created or started: a volume root is refused at once.
     refuse_volume_root(&args.mountpoint)?;
+    let peer_tls = args.tls.load().map_err(|e| e.to_string())?;
+    if peer_tls.is_some() {
+        tracing::info!(
+            "peer traffic uses mutual TLS: only certificates the --peer-tls-ca signed may connect"
+        );
+    }
     let data_path = data_dir(args.data.clone());
     let data =
         DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
@@ -58,6 +64,12 @@ async fn serve(args: MountArgs) -> Result<(), String> {
             "--listen {listen} is a wildcard address that peers cannot reach: give --advertise HOST:PORT"
         ));
     }
+    if !listen.ip().is_loopback() && peer_tls.is_none() {
+        tracing::warn!(
+            listen = %listen,
+            "listening off loopback without --peer-tls-*: the cluster token and all peer traffic travel in clear text"
+        );
+    }
     let config = Config {
         name: args.name.clone().unwrap_or_else(host_name),
         listen,
@@ -67,6 +79,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         peers: args.peers.clone(),
         snapshot_every: args.snapshot_every,
         token_file: args.cluster_token_file.clone(),
+        peer_tls,
     };
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;

@@ -1,6 +1,7 @@
 //! `lightchain status`: a running node's view of the cluster, over gRPC. The node answers
 //! holders of the cluster token only: it is read from `--cluster-token-file`, else from the
-//! data directory (`--data`, else the default one).
+//! data directory (`--data`, else the default one). A node that requires mutual TLS is asked
+//! with `--peer-tls-cert/--peer-tls-key/--peer-tls-ca` (any certificate the cluster's CA signed).
 //!
 //! Exit codes: 0 healthy (ready, a leader known, no member `DIVERGED`); 1 not healthy;
 //! 2 the node could not be asked; 3 a member's chain (possibly the asked node's own) diverged.
@@ -34,7 +35,13 @@ fn find_token(data: &Path, token_file: Option<&Path>) -> Result<Option<ClusterTo
     }
 }
 
-pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>) -> ExitCode {
+pub(super) fn run(
+    addr: &str,
+    json: bool,
+    data: &Path,
+    token_file: Option<&Path>,
+    tls: &super::PeerTlsArgs,
+) -> ExitCode {
     let token = match find_token(data, token_file) {
         Ok(token) => token,
         Err(message) => {
@@ -42,13 +49,29 @@ pub(super) fn run(addr: &str, json: bool, data: &Path, token_file: Option<&Path>
             return ExitCode::from(2);
         }
     };
+    let tls = match tls.load() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("lightchain status: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let fetched =
-        runtime.block_on(crate::rpc::admin::fetch_status(addr, Duration::from_secs(5), token.as_ref()));
+    let fetched = runtime.block_on(crate::rpc::admin::fetch_status(
+        addr,
+        Duration::from_secs(5),
+        token.as_ref(),
+        tls.as_ref(),
+    ));
     let json_text = match fetched {
         Ok(text) => text,
         Err(message) => {
             eprintln!("lightchain status: {message}");
+            if tls.is_none() {
+                eprintln!(
+                    "lightchain status: if the node requires mutual TLS, give --peer-tls-cert, --peer-tls-key and --peer-tls-ca"
+                );
+            }
             return ExitCode::from(2);
         }
     };

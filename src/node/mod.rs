@@ -75,6 +75,8 @@ pub struct Config {
     /// `--cluster-token-file`: the cluster's token, shared by every member. Without it the data
     /// directory's token is used; a new single node on loopback makes its own.
     pub token_file: Option<std::path::PathBuf>,
+    /// `--peer-tls-*`: mutual TLS for the server and every channel to peers; plaintext without.
+    pub peer_tls: Option<crate::rpc::tls::PeerTls>,
 }
 
 /// Why a proposal or a read failed.
@@ -198,10 +200,16 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone());
         let mut stop = shutdown.subscribe();
-        let server =
-            crate::rpc::serve(listener, Arc::new(cell.clone()), token, cell.routes(data.tmp()), async move {
+        let server = crate::rpc::serve(
+            listener,
+            Arc::new(cell.clone()),
+            token,
+            cell.routes(data.tmp()),
+            config.peer_tls.clone(),
+            async move {
                 let _ = stop.wait_for(|s| *s).await;
-            });
+            },
+        );
         tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the gRPC server failed");
@@ -233,7 +241,7 @@ impl Node {
         let members = bootstrap::members(&config.advertise, &config.peers);
         let peers: Vec<String> =
             members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
-        let channels = Channels::default();
+        let channels = Channels::new(config.peer_tls.clone());
         // A directory with no cluster id and no consensus state yet may have crashed between
         // writing its identity and initializing: it decides again (bootstrap).
         let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data);
@@ -651,6 +659,7 @@ mod tests {
             peers: Vec::new(),
             snapshot_every: 5000,
             token_file: None,
+            peer_tls: None,
         }
     }
 

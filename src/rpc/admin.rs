@@ -37,17 +37,19 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
-/// Asks the node at `addr` (HOST:PORT) for its status document (JSON), presenting `token`.
+/// Asks the node at `addr` (HOST:PORT) for its status document (JSON), presenting `token`
+/// (and, with `tls`, this certificate, trusting only its CA).
 pub async fn fetch_status(
     addr: &str,
     timeout: std::time::Duration,
     token: Option<&ClusterToken>,
+    tls: Option<&super::tls::PeerTls>,
 ) -> Result<String, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let endpoint = super::tls::endpoint(addr, tls)?.connect_timeout(timeout).timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {}", super::tls::error_chain(&e)))?;
     let mut client = pb::admin_client::AdminClient::new(channel);
     let mut request = Request::new(pb::StatusRequest {});
     if let Some(token) = token {

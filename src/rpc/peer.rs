@@ -19,16 +19,18 @@
 //! for the token alone ([`check_token`]): the operator's CLI is not a member.
 //!
 //! [`Channels`] holds one lazily connecting HTTP/2 channel per peer address; every RPC to that
-//! peer reuses it (tonic multiplexes), so nothing dials inside openraft's core.
+//! peer reuses it (tonic multiplexes), so nothing dials inside openraft's core. With
+//! `--peer-tls-*` every channel is `https` with this node's certificate ([`super::tls`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::tls::{self, PeerTls};
 use crate::store::identity::ClusterToken;
 
 /// Largest gRPC message either side accepts (a batch of entries of up to 1 MiB states).
@@ -175,18 +177,26 @@ pub fn admit_response<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Resul
 /// One lazily connecting channel per peer address, shared by every RPC to that peer.
 #[derive(Clone, Default)]
 pub struct Channels {
+    /// The channels made so far, by address.
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS for every channel (`--peer-tls-*`); plaintext without it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Channels {
+    /// Channels that use `tls` when given, plaintext otherwise (as [`Channels::default`]).
+    pub fn new(tls: Option<PeerTls>) -> Channels {
+        Channels { inner: Arc::default(), tls: tls.map(Arc::new) }
+    }
+
     /// The channel to `addr` (HOST:PORT); connects on first use, reconnects after failures.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
         let mut map = self.inner.lock().unwrap();
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        let channel = tls::endpoint(addr, self.tls.as_deref())
+            .map_err(|e| format!("peer {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
