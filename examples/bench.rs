@@ -12,7 +12,8 @@
 //! reads, and 1 MiB states (random and all-zero bytes) written by 1 and by 8 writers, with the
 //! bytes the consensus log and the chain hold per byte written. Compare figures within one run.
 //!
-//! `cargo run --release --example bench -- large` runs only the 1 MiB section.
+//! `cargo run --release --example bench -- large` runs only the 1 MiB section, `-- reads` only
+//! the local reads.
 
 use std::ffi::CString;
 use std::io::Read;
@@ -248,6 +249,10 @@ fn main() {
         large_states(&binary);
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("reads") {
+        local_reads(&binary);
+        return;
+    }
     let data_100 = [b'a'; 100];
     println!("lightchain benchmark — single-node cluster, 100-byte states unless noted\n");
 
@@ -298,9 +303,15 @@ fn main() {
         .line("linearizable read on a follower (read index)");
     drop(cluster);
     large_states(&binary);
+    local_reads(&binary);
+}
 
+/// Hot reads in local mode through the mount, beside the same reads of the plain file.
+fn local_reads(binary: &Path) {
+    let data_100 = [b'a'; 100];
+    let mut buf = Vec::new();
     println!("\nlocal reads (--read-consistency local, single node)");
-    let node = Mounted::start(&binary, &["--read-consistency", "local"]);
+    let node = Mounted::start(binary, &["--read-consistency", "local"]);
     write_state(&node.mnt.join("hot"), &data_100);
     let big = vec![b'b'; 1 << 20];
     write_state(&node.mnt.join("big"), &big);

@@ -180,10 +180,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(&committed).expect("log id serializes");
-        inner
-            .log
-            .save_meta_lazy(COMMITTED, &bytes)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        tracing::debug!("save_committed start");
+        let saved = inner.log.save_meta_lazy(COMMITTED, &bytes);
+        tracing::debug!("save_committed done");
+        saved.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

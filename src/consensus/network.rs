@@ -203,7 +203,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
         let message = RaftMessage { payload, encoding: Encoding::Binary as i32 };
-        self.raft_rpc("append", message, option.hard_ttl()).await
+        tracing::debug!(peer = self.target, entries = rpc.entries.len(), "append_entries sent");
+        let reply = self.raft_rpc("append", message, option.hard_ttl()).await;
+        tracing::debug!(peer = self.target, "append_entries reply");
+        reply
     }
 
     async fn vote(

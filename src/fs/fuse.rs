@@ -311,8 +311,12 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        tracing::debug!("flush received");
         let fs = self.fs.clone();
-        self.run(async move { fs.flush(fh.0).await }, move |r| empty(reply, r));
+        self.run(async move { fs.flush(fh.0).await }, move |r| {
+            tracing::debug!("flush answered");
+            empty(reply, r)
+        });
     }
 
     fn release(

@@ -138,6 +138,7 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
             return;
         }
         let txs: Vec<Transaction> = batch.iter().map(|p| p.tx.clone()).collect();
+        tracing::debug!(txs = txs.len(), "client_write start");
         let write = ctx.raft.client_write(Batch { timestamp_ms, txs: txs.clone() });
         let written = tokio::select! {
             written = write => written,
@@ -148,6 +149,7 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
         };
         match written {
             Ok(response) => {
+                tracing::debug!("client_write done");
                 let height = response.data.height.expect("a normal entry always makes a block");
                 let index = response.log_id.index;
                 for (p, outcome) in batch.into_iter().zip(response.data.outcomes) {
