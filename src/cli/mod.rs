@@ -1,7 +1,8 @@
-//! The command line: flags (each with an environment twin), logging, and the four commands.
+//! The command line: flags (each with an environment twin), logging, and the five commands.
 //!
 //! - `mount`: runs a node and serves its filesystem until SIGINT/SIGTERM ([`mount`]).
 //! - `status`: asks a running node for its view over gRPC ([`status`]).
+//! - `member`: lists, removes or promotes members over gRPC ([`member`]).
 //! - `log`: prints the chain, or one state's history, from the data directory ([`history`]).
 //! - `verify`: rebuilds every block from its transactions and checks `states/` ([`verify`]).
 //!
@@ -10,6 +11,7 @@
 //! See `docs/architecture/cli.md`.
 
 mod history;
+mod member;
 mod mount;
 mod status;
 mod verify;
@@ -49,6 +51,24 @@ enum Command {
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
         cluster_token_file: Option<PathBuf>,
     },
+    /// List, remove or promote cluster members (through any member; changes go to the leader).
+    Member {
+        /// What to do.
+        #[command(subcommand)]
+        action: MemberAction,
+        /// A member's gRPC address.
+        #[arg(long, env = "LIGHTCHAIN_ADDR", default_value = "127.0.0.1:7070", global = true)]
+        addr: String,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The node's data directory, where the cluster token is read from.
+        #[arg(long, env = "LIGHTCHAIN_DATA", global = true)]
+        data: Option<PathBuf>,
+        /// The cluster token file (instead of the data directory's token).
+        #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
+        cluster_token_file: Option<PathBuf>,
+    },
     /// Print the history of the chain, or of one state.
     Log {
         /// Only transactions that touch this state (a path relative to the mount).
@@ -65,6 +85,23 @@ enum Command {
         /// The data directory.
         #[arg(long, env = "LIGHTCHAIN_DATA")]
         data: Option<PathBuf>,
+    },
+}
+
+/// `lightchain member` actions.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum MemberAction {
+    /// Every member: id, address, role (voter or learner), and the leader.
+    List,
+    /// Remove a member (voter or learner). The removed node stops serving writes.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's node id.
+        id: u64,
     },
 }
 
@@ -109,6 +146,23 @@ pub struct MountArgs {
     /// Required with --peer and for a non-loopback --listen; a lone node makes its own.
     #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// Join a running cluster through any member (HOST:PORT; a follower forwards to the
+    /// leader): on a new data directory only (ignored once it holds data). Repeat the flag or
+    /// separate addresses by commas. Needs --cluster-token-file.
+    #[arg(long = "join", env = "LIGHTCHAIN_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// How many voters the cluster should have: while it has fewer, the leader promotes
+    /// caught-up learners; past that, joiners stay learners (read replicas). Odd, 1 to 7.
+    #[arg(long, env = "LIGHTCHAIN_VOTERS", default_value_t = 3, value_parser = parse_voters)]
+    pub voters: usize,
+}
+
+/// Parses `--voters`: an odd number from 1 to 7.
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n % 2 == 1 && n <= 7 => Ok(n),
+        _ => Err(format!("'{s}': --voters is an odd number from 1 to 7")),
+    }
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -174,6 +228,9 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Status { addr, json, data, cluster_token_file } => {
             status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref())
+        }
+        Command::Member { action, addr, json, data, cluster_token_file } => {
+            member::run(action, &addr, json, &data_dir(data), cluster_token_file.as_deref())
         }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),

@@ -67,6 +67,8 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         peers: args.peers.clone(),
         snapshot_every: args.snapshot_every,
         token_file: args.cluster_token_file.clone(),
+        join: args.join.clone(),
+        voters: args.voters,
     };
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;

@@ -450,6 +450,8 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
         peers: Vec::new(),
         snapshot_every: 5000,
         token_file: None,
+        join: Vec::new(),
+        voters: 3,
     };
     let node = Node::start(&data, config, listener).await.unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");

@@ -89,6 +89,13 @@ pub fn resolve_token(
     if let Some(token) = stored {
         return Ok(token);
     }
+    if !config.join.is_empty() {
+        return Err(super::StartError::Refused(
+            "joining a cluster (--join) needs its shared secret: give --cluster-token-file FILE with the \
+             cluster's token"
+                .into(),
+        ));
+    }
     if members.len() > 1 {
         return Err(super::StartError::Refused(
             "a cluster of several members needs a shared secret: give every member the same \

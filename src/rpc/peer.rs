@@ -117,6 +117,16 @@ pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Reque
     request
 }
 
+/// Step 1 of admission only, and the sender's metadata: for `Cluster.Join`, whose sender is
+/// not a member yet (the token is what lets a node join; the join handler checks its id).
+pub fn authenticate_joiner<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
+    let md = request.metadata();
+    check_token(md, guard.token()).inspect_err(|e| {
+        tracing::warn!(reason = %e.message(), "refusing an unauthenticated join request");
+    })?;
+    PeerMeta::read(md).map_err(Status::permission_denied)
+}
+
 /// Steps 1 and 2 of admission: the token, then the sender's id against the membership.
 pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
