@@ -123,7 +123,7 @@ impl PeerGuard for NodeGuard {
             Some(&seen) if seen == remote.incarnation => Ok(()),
             Some(&seen) => Err(format!(
                 "node {} came back with a new data directory (incarnation {}, before {seen}): it lost its \
-                 vote record and must not vote as the old member; wipe it and add it back as a new member",
+                 vote record and must not vote as the old member; start it with an empty data directory and --join to replace it",
                 remote.node_id, remote.incarnation
             )),
             // Only a member with a genesis is remembered: a node still deciding how to start

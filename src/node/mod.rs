@@ -265,6 +265,18 @@ impl Node {
             }
             guard.open_for_join();
             None
+        } else if undecided
+            && identity.node_id
+                == crate::store::identity::node_id_for_joiner(
+                    &bootstrap::normalize(&config.advertise),
+                    identity.incarnation,
+                )
+        {
+            // Made to join, and not replicated to yet: deciding alone would found a second cluster.
+            return Err(StartError::Refused(
+                "this data directory was made to join a cluster and has not received its chain yet:                  start it again with --join HOST:PORT (or wipe it)"
+                    .into(),
+            ));
         } else if fresh || undecided {
             let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members).await;
             let d = d.map_err(StartError::Refused)?;
