@@ -414,7 +414,19 @@ impl Cluster {
         // Dropping the old node removes its data directory and mountpoint.
         self.nodes[i] = node;
         self.nodes[i].spawn();
-        self.nodes[i].wait_ready();
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.nodes[i].wait_ready()));
+        if let Err(panic) = ready {
+            for (j, n) in self.nodes.iter().enumerate() {
+                let log = n.log();
+                if let Some(at) = log.find("panicked at") {
+                    eprintln!(
+                        "member {j} panicked: {}",
+                        &log[at.saturating_sub(300)..(at + 1500).min(log.len())]
+                    );
+                }
+            }
+            std::panic::resume_unwind(panic);
+        }
         self.ids[i] = self.nodes[i].status_json()["node_id"].as_u64().expect("status has a node_id");
     }
 
