@@ -192,3 +192,50 @@ fn a_joiner_without_the_token_is_refused_and_changes_nothing() {
     assert_eq!(list["members"].as_array().unwrap().len(), 3);
     assert_eq!(c.wait_converged(&c.all()), before);
 }
+
+#[test]
+fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
+    let mut opts = ClusterOpts::default();
+    for i in 0..3 {
+        opts.member_env.push((i, "LIGHTCHAIN_REPLACE_AFTER".into(), "2s".into()));
+    }
+    let mut c = Cluster::start(3, opts);
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    // Three voters already: the joiner stays a learner (a standby).
+    let standby = c.add_joiner(&[leader], &["--replace-after", "2s"]);
+    c.wait_membership(leader, 3, 1);
+
+    // A voter is lost: once the grace period has passed, the standby takes its place.
+    let lost = (0..3).find(|i| *i != leader).unwrap();
+    c.kill9(lost);
+    let live: Vec<usize> = c.all().into_iter().filter(|i| *i != lost).collect();
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    let leader = loop {
+        let leader = c.wait_leader(&live);
+        let members = c.status(leader)["members"].as_array().cloned().unwrap_or_default();
+        let role = |id: u64| members.iter().find(|m| m["id"].as_u64() == Some(id)).map(|m| m["role"].clone());
+        if role(c.ids[standby]) == Some(Value::from("voter")) {
+            assert_eq!(
+                role(c.ids[lost]),
+                Some(Value::from("learner")),
+                "the lost voter stays a learner: {members:?}"
+            );
+            assert_eq!(members.iter().filter(|m| m["role"] == "voter").count(), 3, "{members:?}");
+            break leader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never replaced the lost voter: {members:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    put(&c.path(standby, "after"), b"2\n");
+    assert_eq!(read_string(&c.path(leader, "after")), "2\n");
+
+    // The lost node comes back with its data: a learner that catches up and serves reads.
+    c.restart(lost);
+    assert_eq!(read_string(&c.path(lost, "after")), "2\n");
+    c.wait_converged(&c.all());
+    c.assert_verify(&c.all());
+}

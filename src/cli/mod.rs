@@ -155,6 +155,10 @@ pub struct MountArgs {
     /// caught-up learners; past that, joiners stay learners (read replicas). Odd, 1 to 7.
     #[arg(long, env = "LIGHTCHAIN_VOTERS", default_value_t = 3, value_parser = parse_voters)]
     pub voters: usize,
+    /// A voter unheard of for this long (the grace period) is replaced by a caught-up learner,
+    /// which becomes a voter; the lost one stays a learner. `0` never replaces.
+    #[arg(long, env = "LIGHTCHAIN_REPLACE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub replace_after: Duration,
 }
 
 /// Parses `--voters`: an odd number from 1 to 7.

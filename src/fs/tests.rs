@@ -452,6 +452,7 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
         token_file: None,
         join: Vec::new(),
         voters: 3,
+        replace_after: None,
     };
     let node = Node::start(&data, config, listener).await.unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");

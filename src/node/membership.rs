@@ -13,6 +13,10 @@
 //!   learner while the cluster has fewer voters than `--voters`. It runs on every node and acts
 //!   only while leading, so a leader change loses nothing. Past `--voters` a learner stays a
 //!   read replica: it serves its mount (reads by read index from the leader, writes forwarded).
+//! - **Replacing a lost voter** (same task): a voter that has not answered the leader's member
+//!   poll for `--replace-after` (the grace period) is swapped for a caught-up learner in one
+//!   change (`ReplaceAllVoters`, `retain = true`): the lost node stays a learner, so if it comes
+//!   back it catches up as a read replica and nothing of it is lost; `member remove` takes it out.
 //! - **Explicit changes** ([`Node::member_op`], `lightchain member`): list, remove, promote,
 //!   through the admin service; a follower forwards a change to the leader. Nothing here runs
 //!   on a graceful stop: a stopped member stays a member.
@@ -235,17 +239,102 @@ fn promotion_candidate(raft: &Raft, self_id: u64, target: usize) -> Option<u64> 
     })
 }
 
+/// A member poll answer younger than this counts as "heard from".
+const HEARD: Duration = Duration::from_secs(3);
+
+/// What the promoter needs.
+pub struct Promoter {
+    /// Consensus.
+    pub raft: Raft,
+    /// This node's id.
+    pub self_id: u64,
+    /// `--voters`.
+    pub target: usize,
+    /// `--replace-after`: how long a voter may be unheard of before a caught-up learner takes its
+    /// place (`None`: never).
+    pub grace: Option<Duration>,
+    /// The member poller's latest answers.
+    pub views: super::members::Views,
+}
+
+/// A lost voter and the caught-up learner to take its place, if one is due.
+fn replacement(
+    p: &Promoter,
+    missing_since: &mut BTreeMap<u64, Instant>,
+) -> Option<(u64, u64, BTreeSet<u64>)> {
+    let grace = p.grace?;
+    let (voters, learners, leading, caught_up) = {
+        let metrics = p.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let caught_up: BTreeSet<u64> = learners
+            .iter()
+            .copied()
+            .filter(|l| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(l).cloned().flatten())
+                    .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
+            })
+            .collect();
+        let leading = m.current_leader == Some(p.self_id) && membership.get_joint_config().len() == 1;
+        (voters, learners, leading, caught_up)
+    };
+    if !leading {
+        missing_since.clear();
+        return None;
+    }
+    let now = Instant::now();
+    {
+        let views = p.views.lock().unwrap();
+        for v in voters.iter().filter(|v| **v != p.self_id) {
+            let heard = views.get(v).is_some_and(|view| view.at.elapsed() < HEARD);
+            if heard {
+                missing_since.remove(v);
+            } else {
+                missing_since.entry(*v).or_insert(now);
+            }
+        }
+    }
+    missing_since.retain(|id, _| voters.contains(id));
+    let lost =
+        missing_since.iter().find(|(_, since)| now.duration_since(**since) >= grace).map(|(id, _)| *id)?;
+    let learner = learners.into_iter().find(|l| caught_up.contains(l))?;
+    let mut new_voters = voters;
+    new_voters.remove(&lost);
+    new_voters.insert(learner);
+    Some((lost, learner, new_voters))
+}
+
 /// Once a second, while this node leads: promotes one caught-up learner while there are fewer
-/// voters than `target`. Runs until `stop`.
-pub async fn promote_learners(raft: Raft, self_id: u64, target: usize, mut stop: watch::Receiver<bool>) {
+/// voters than `target`, and replaces a voter lost for longer than the grace period by a
+/// caught-up learner. Runs until `stop`.
+pub async fn promote_learners(p: Promoter, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut missing_since = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let Some(learner) = promotion_candidate(&raft, self_id, target) else { continue };
-        tracing::info!(node = learner, target, "promoting a caught-up learner to voter");
+        let raft = &p.raft;
+        if let Some((lost, learner, voters)) = replacement(&p, &mut missing_since) {
+            tracing::warn!(lost, learner, grace = ?p.grace, "a voter was lost for longer than the grace period: a caught-up learner takes its place (it stays a learner)");
+            let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true);
+            tokio::select! {
+                done = change => match done {
+                    Ok(_) => { missing_since.remove(&lost); }
+                    Err(e) => tracing::warn!(lost, learner, error = %e, "could not replace a lost voter; retrying"),
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let Some(learner) = promotion_candidate(raft, p.self_id, p.target) else { continue };
+        tracing::info!(node = learner, target = p.target, "promoting a caught-up learner to voter");
         let change = raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false);
         tokio::select! {
             done = change => if let Err(e) = done {

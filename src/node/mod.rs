@@ -81,6 +81,9 @@ pub struct Config {
     pub join: Vec<String>,
     /// `--voters`: the leader promotes caught-up learners while there are fewer voters.
     pub voters: usize,
+    /// `--replace-after`: a voter unheard of for this long is replaced by a caught-up learner
+    /// (`None`: never).
+    pub replace_after: Option<Duration>,
 }
 
 /// Why a proposal or a read failed.
@@ -375,12 +378,14 @@ impl Node {
             removed: node.removed.clone(),
         };
         tokio::spawn(members::poll(poller, shutdown.subscribe()));
-        tokio::spawn(membership::promote_learners(
-            raft.clone(),
-            node.id(),
-            node.config.voters,
-            shutdown.subscribe(),
-        ));
+        let promoter = membership::Promoter {
+            raft: raft.clone(),
+            self_id: node.id(),
+            target: node.config.voters,
+            grace: node.config.replace_after,
+            views: node.views.clone(),
+        };
+        tokio::spawn(membership::promote_learners(promoter, shutdown.subscribe()));
         Ok(node)
     }
 
@@ -736,6 +741,7 @@ mod tests {
             token_file: None,
             join: Vec::new(),
             voters: 3,
+            replace_after: None,
         }
     }
 
