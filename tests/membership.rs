@@ -215,13 +215,14 @@ fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
         let leader = c.wait_leader(&live);
         let members = c.status(leader)["members"].as_array().cloned().unwrap_or_default();
         let role = |id: u64| members.iter().find(|m| m["id"].as_u64() == Some(id)).map(|m| m["role"].clone());
-        if role(c.ids[standby]) == Some(Value::from("voter")) {
+        // (During the change, the joint configuration counts both the old and the new voters.)
+        let voters = members.iter().filter(|m| m["role"] == "voter").count();
+        if role(c.ids[standby]) == Some(Value::from("voter")) && voters == 3 {
             assert_eq!(
                 role(c.ids[lost]),
                 Some(Value::from("learner")),
                 "the lost voter stays a learner: {members:?}"
             );
-            assert_eq!(members.iter().filter(|m| m["role"] == "voter").count(), 3, "{members:?}");
             break leader;
         }
         assert!(

@@ -104,6 +104,14 @@ fn membership(raft: &Raft) -> (BTreeSet<u64>, BTreeMap<u64, String>, bool) {
     (voters, nodes, membership.get_joint_config().len() > 1)
 }
 
+/// Waits (up to `timeout`) until no joint membership change is in progress: openraft refuses a
+/// new change while one is.
+async fn wait_uniform(raft: &Raft, timeout: Duration) {
+    let mut metrics = raft.metrics();
+    let uniform = metrics.wait_for(|m| m.membership_config.membership().get_joint_config().len() == 1);
+    let _ = tokio::time::timeout(timeout, uniform).await;
+}
+
 fn consensus<E: std::fmt::Display>(e: E) -> MemberError {
     MemberError::Consensus(e.to_string())
 }
@@ -143,6 +151,7 @@ impl Node {
     /// member at that address (a node that lost its data). Idempotent: a member already is one.
     pub async fn admit_joiner(&self, addr: &str, id: u64) -> Result<JoinReply, MemberError> {
         self.leader_only()?;
+        wait_uniform(&self.raft, self.config.commit_timeout).await;
         let addr = super::bootstrap::normalize(addr);
         let (voters, nodes, _) = membership(&self.raft);
         if nodes.contains_key(&id) {
@@ -184,6 +193,7 @@ impl Node {
             }
             Err(e) => return Err(e),
         }
+        wait_uniform(&self.raft, self.config.commit_timeout).await;
         let (voters, nodes, _) = membership(&self.raft);
         if !nodes.contains_key(&id) {
             return Err(MemberError::NoSuchMember(id));
