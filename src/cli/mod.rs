@@ -255,6 +255,11 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(64 << 10));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
         assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_voters("5"), Ok(5));
+        assert_eq!(parse_voters("1"), Ok(1));
+        assert!(parse_voters("4").is_err(), "an even number of voters");
+        assert!(parse_voters("9").is_err(), "more than 7 voters");
+        assert!(parse_voters("0").is_err());
     }
 
     #[test]

@@ -262,6 +262,41 @@ mod tests {
         assert_eq!(PeerMeta::read(&md).unwrap(), fresh);
     }
 
+    /// A guard for node 2 that lets every sender in.
+    struct Open(ClusterToken);
+
+    impl PeerGuard for Open {
+        fn local(&self) -> PeerMeta {
+            PeerMeta { cluster_id: "c".into(), node_id: 2, incarnation: 1 }
+        }
+        fn token(&self) -> &ClusterToken {
+            &self.0
+        }
+        fn authorize(&self, _node: u64) -> Result<(), String> {
+            Ok(())
+        }
+        fn admit(&self, _remote: &PeerMeta) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_message_for_another_node_id_is_refused_and_so_is_its_answer() {
+        let guard = Open(ClusterToken::generate());
+        let to_me = request_to((), &guard, Duration::from_secs(1), 2);
+        authenticate_request(&to_me, &guard).unwrap();
+        let to_other = request_to((), &guard, Duration::from_secs(1), 7);
+        assert_eq!(
+            authenticate_request(&to_other, &guard).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // Without `lc-to` (an older sender) the message is not refused for it.
+        authenticate_request(&request((), &guard, Duration::from_secs(1)), &guard).unwrap();
+        let answer = response((), &guard);
+        admit_response_from(&answer, &guard, 2).unwrap();
+        assert!(admit_response_from(&answer, &guard, 7).is_err(), "node 2 answered for node 7");
+    }
+
     #[test]
     fn tokens_and_senders_are_checked_with_the_right_codes() {
         let token = ClusterToken::generate();
