@@ -17,7 +17,8 @@ use lightchain::rpc::pb::admin_client::AdminClient;
 use lightchain::rpc::pb::cluster_client::ClusterClient;
 use lightchain::rpc::pb::raft_client::RaftClient;
 use lightchain::rpc::pb::{
-    ForwardRequest, HelloRequest, RaftMessage, ReadIndexRequest, SnapshotChunk, StatusRequest,
+    ForwardRequest, HelloRequest, JoinRequest, MemberOp, MemberRequest, RaftMessage, ReadIndexRequest,
+    SnapshotChunk, StatusRequest,
 };
 use openraft::{CommittedLeaderId, LogId, Vote};
 use tonic::metadata::MetadataMap;
@@ -125,9 +126,15 @@ async fn call_every_rpc(
         code(cluster.read_index(who.request(ReadIndexRequest {})).await.map(drop)),
     ));
     out.push(("Cluster.Hello", code(cluster.hello(who.request(HelloRequest::default())).await.map(drop))));
+    // A join under the sender's id, which is not the one derived from the address and incarnation: had it
+    // been admitted, the stranger would be a learner.
+    let join = JoinRequest { addr: "127.0.0.1:1".into(), node_id: who.from, incarnation: who.incarnation };
+    out.push(("Cluster.Join", code(cluster.join(who.request(join)).await.map(drop))));
 
     let mut admin = AdminClient::new(channel);
     out.push(("Admin.Status", code(admin.status(who.request(StatusRequest {})).await.map(drop))));
+    let list = MemberRequest { op: MemberOp::List as i32, id: 0 };
+    out.push(("Admin.Member", code(admin.member(who.request(list)).await.map(drop))));
     out
 }
 
@@ -220,12 +227,10 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
             let names: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
             assert_eq!(names, expected_rpcs, "the test must call every RPC of the protocol");
             for (rpc, code) in answers {
-                // The operator's read-only status needs the token only (the CLI is not a member).
-                let allowed: &[Code] = if rpc == "Admin.Status" && who.token.as_deref() == Some(&token) {
-                    &[Code::Ok]
-                } else {
-                    codes
-                };
+                // The operator's status and member list need the token only (the CLI is not a member).
+                let operator = rpc == "Admin.Status" || rpc == "Admin.Member";
+                let allowed: &[Code] =
+                    if operator && who.token.as_deref() == Some(&token) { &[Code::Ok] } else { codes };
                 assert!(
                     allowed.contains(&code),
                     "member {target}, {what}: {rpc} answered {code:?}, expected {allowed:?}"
@@ -253,6 +258,8 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
         let term = c.status(i)["term"].as_u64().unwrap();
         assert!(term < FORGED_TERM, "member {i} adopted the forged term ({term})");
         assert!(!c.path(i, "forged").exists(), "member {i} has the forged state");
+        let members = c.status(i)["members"].as_array().unwrap().len();
+        assert_eq!(members, 3, "member {i}: a refused join changed the membership");
         let (run, out, err) = c.node(i).status_cli(&[]);
         assert!(run.success(), "member {i}: `lightchain status` with the data directory's token: {out}{err}");
     }

@@ -1,7 +1,8 @@
-//! The command line: flags (each with an environment twin), logging, and the four commands.
+//! The command line: flags (each with an environment twin), logging, and the five commands.
 //!
 //! - `mount`: runs a node and serves its filesystem until SIGINT/SIGTERM ([`mount`]).
 //! - `status`: asks a running node for its view over gRPC ([`status`]).
+//! - `member`: lists, removes or promotes members over gRPC ([`member`]).
 //! - `log`: prints the chain, or one state's history, from the data directory ([`history`]).
 //! - `verify`: rebuilds every block from its transactions and checks `states/` ([`verify`]).
 //!
@@ -10,6 +11,7 @@
 //! See `docs/architecture/cli.md`.
 
 mod history;
+mod member;
 mod mount;
 mod status;
 mod verify;
@@ -52,6 +54,24 @@ enum Command {
         #[command(flatten)]
         tls: PeerTlsArgs,
     },
+    /// List, remove or promote cluster members (through any member; changes go to the leader).
+    Member {
+        /// What to do.
+        #[command(subcommand)]
+        action: MemberAction,
+        /// A member's gRPC address.
+        #[arg(long, env = "LIGHTCHAIN_ADDR", default_value = "127.0.0.1:7070", global = true)]
+        addr: String,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The node's data directory, where the cluster token is read from.
+        #[arg(long, env = "LIGHTCHAIN_DATA", global = true)]
+        data: Option<PathBuf>,
+        /// The cluster token file (instead of the data directory's token).
+        #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
+        cluster_token_file: Option<PathBuf>,
+    },
     /// Print the history of the chain, or of one state.
     Log {
         /// Only transactions that touch this state (a path relative to the mount).
@@ -68,6 +88,23 @@ enum Command {
         /// The data directory.
         #[arg(long, env = "LIGHTCHAIN_DATA")]
         data: Option<PathBuf>,
+    },
+}
+
+/// `lightchain member` actions.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum MemberAction {
+    /// Every member: id, address, role (voter or learner), and the leader.
+    List,
+    /// Remove a member (voter or learner). The removed node stops serving writes.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's node id.
+        id: u64,
     },
 }
 
@@ -112,6 +149,19 @@ pub struct MountArgs {
     /// Required with --peer and for a non-loopback --listen; a lone node makes its own.
     #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// Join a running cluster through any member (HOST:PORT; a follower forwards to the
+    /// leader): on a new data directory only (ignored once it holds data). Repeat the flag or
+    /// separate addresses by commas. Needs --cluster-token-file.
+    #[arg(long = "join", env = "LIGHTCHAIN_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// How many voters the cluster should have: while it has fewer, the leader promotes
+    /// caught-up learners; past that, joiners stay learners (read replicas). Odd, 1 to 7.
+    #[arg(long, env = "LIGHTCHAIN_VOTERS", default_value_t = 3, value_parser = parse_voters)]
+    pub voters: usize,
+    /// A voter unheard of for this long (the grace period) is replaced by a caught-up learner,
+    /// which becomes a voter; the lost one stays a learner. `0` never replaces.
+    #[arg(long, env = "LIGHTCHAIN_REPLACE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub replace_after: Duration,
     /// Mutual TLS for peer traffic.
     #[command(flatten)]
     pub tls: PeerTlsArgs,
@@ -141,6 +191,14 @@ impl PeerTlsArgs {
             self.peer_tls_key.as_deref(),
             self.peer_tls_ca.as_deref(),
         )
+    }
+}
+
+/// Parses `--voters`: an odd number from 1 to 7.
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n % 2 == 1 && n <= 7 => Ok(n),
+        _ => Err(format!("'{s}': --voters is an odd number from 1 to 7")),
     }
 }
 
@@ -208,6 +266,9 @@ pub fn main() -> ExitCode {
         Command::Status { addr, json, data, cluster_token_file, tls } => {
             status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
+        Command::Member { action, addr, json, data, cluster_token_file } => {
+            member::run(action, &addr, json, &data_dir(data), cluster_token_file.as_deref())
+        }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),
     }
@@ -227,6 +288,11 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(64 << 10));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
         assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_voters("5"), Ok(5));
+        assert_eq!(parse_voters("1"), Ok(1));
+        assert!(parse_voters("4").is_err(), "an even number of voters");
+        assert!(parse_voters("9").is_err(), "more than 7 voters");
+        assert!(parse_voters("0").is_err());
     }
 
     #[test]

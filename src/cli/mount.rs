@@ -80,6 +80,9 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         snapshot_every: args.snapshot_every,
         token_file: args.cluster_token_file.clone(),
         peer_tls,
+        join: args.join.clone(),
+        voters: args.voters,
+        replace_after: (!args.replace_after.is_zero()).then_some(args.replace_after),
     };
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;

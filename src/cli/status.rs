@@ -17,7 +17,7 @@ use crate::store::DataDir;
 
 /// The token to present: from `--cluster-token-file`, else from the data directory. Without
 /// either, none is sent (the node will refuse, and the error says why).
-fn find_token(data: &Path, token_file: Option<&Path>) -> Result<Option<ClusterToken>, String> {
+pub(super) fn find_token(data: &Path, token_file: Option<&Path>) -> Result<Option<ClusterToken>, String> {
     if let Some(file) = token_file {
         return ClusterToken::read_file(file).map(Some).map_err(|e| e.to_string());
     }
@@ -116,6 +116,9 @@ pub(super) fn run(
                 "DIVERGED   at height {}: this node's hash {}, the cluster's {} (member {}); it serves nothing",
                 d.height, d.hash, d.expected, d.member
             );
+        }
+        if let Some(why) = &status.removed {
+            println!("REMOVED    this node is no longer a member ({why}); it serves no writes");
         }
         println!("members");
         println!("  {:<20} {:<22} {:<8} {:>8} {:>6}  STATE", "ID", "ADDRESS", "ROLE", "HEIGHT", "LAG");

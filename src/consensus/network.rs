@@ -140,13 +140,14 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Result<Resp, E>, CallError> {
         let mut client = self.raft_client()?;
-        let request = peer::request(message, self.guard.as_ref(), timeout);
+        let request = peer::request_to(message, self.guard.as_ref(), timeout, self.target);
         let response = match kind {
             "append" => client.append_entries(request).await,
             _ => client.vote(request).await,
         }
         .map_err(CallError::from_status)?;
-        peer::admit_response(&response, self.guard.as_ref()).map_err(CallError::Unreachable)?;
+        peer::admit_response_from(&response, self.guard.as_ref(), self.target)
+            .map_err(CallError::Unreachable)?;
         let answer = response.into_inner();
         super::codec::decode_message(answer.encoding, &answer.payload)
             .map_err(|e| CallError::Network(e.to_string()))
@@ -169,7 +170,7 @@ impl PeerClient {
     /// How far the target's chain goes.
     async fn target_height(&self, timeout: Duration) -> Result<Option<u64>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
-        let request = peer::request(HelloRequest::default(), self.guard.as_ref(), timeout);
+        let request = peer::request_to(HelloRequest::default(), self.guard.as_ref(), timeout, self.target);
         let reply = ClusterClient::new(channel).hello(request).await.map_err(CallError::from_status)?;
         Ok(reply.into_inner().head_height)
     }
@@ -272,10 +273,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 let _ = tx.blocking_send(SnapshotChunk { header: Vec::new(), blocks: chunk, last: true });
             });
             let mut client = self.raft_client().map_err(streaming)?;
-            let request = peer::request(ReceiverStream::new(rx), self.guard.as_ref(), timeout);
+            let request =
+                peer::request_to(ReceiverStream::new(rx), self.guard.as_ref(), timeout, self.target);
             let response =
                 client.install_snapshot(request).await.map_err(|s| streaming(CallError::from_status(s)))?;
-            peer::admit_response(&response, self.guard.as_ref())
+            peer::admit_response_from(&response, self.guard.as_ref(), self.target)
                 .map_err(|m| streaming(CallError::Unreachable(m)))?;
             let result: Result<SnapshotResponse<u64>, Fatal<u64>> =
                 serde_json::from_slice(&response.into_inner().payload)

@@ -81,6 +81,8 @@ impl FsError {
                 | node::Error::Fatal(_) => libc::EIO,
                 // A diverged replica must not spread its wrong view: every read and write fails.
                 node::Error::Diverged { .. } => libc::EIO,
+                // A removed member cannot commit anything any more.
+                node::Error::Removed(_) => libc::EIO,
                 node::Error::Rejected(reject) => reject_errno(*reject),
             },
             FsError::Precondition(reject) => reject_errno(*reject),

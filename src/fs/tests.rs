@@ -451,6 +451,9 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
         snapshot_every: 5000,
         token_file: None,
         peer_tls: None,
+        join: Vec::new(),
+        voters: 3,
+        replace_after: None,
     };
     let node = Node::start(&data, config, listener).await.unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");

@@ -89,6 +89,13 @@ pub fn resolve_token(
     if let Some(token) = stored {
         return Ok(token);
     }
+    if !config.join.is_empty() {
+        return Err(super::StartError::Refused(
+            "joining a cluster (--join) needs its shared secret: give --cluster-token-file FILE with the \
+             cluster's token"
+                .into(),
+        ));
+    }
     if members.len() > 1 {
         return Err(super::StartError::Refused(
             "a cluster of several members needs a shared secret: give every member the same \
@@ -151,7 +158,8 @@ pub async fn decide_fresh(
                 return Err(format!(
                     "this node's data directory is new, but peer {addr} already knows node {self_id} from an earlier \
                      life: its data was lost, and with it its vote record. It must not rejoin under its old identity. \
-                     Restore its data directory, or remove it from the cluster and add it back as a new member"
+                     Restore its data directory, or start it with its empty data directory and --join HOST:PORT (any member): \
+                     it then joins under a new id and replaces its old identity"
                 ));
             }
             if reply.has_genesis {

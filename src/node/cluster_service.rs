@@ -9,6 +9,11 @@
 //!   checks, see `members`). The caller must hold the token and be a member or configured peer,
 //!   but a caller without a genesis is not checked for its incarnation (and leaves no trace): a
 //!   node with a wiped directory must get an answer that explains why it is refused.
+//! - `Join`: a new node asks to become a member (`membership`). The token is required; the
+//!   sender is either the joiner itself (its metadata must match the body) or a member
+//!   forwarding it (admitted as any member's message); either way the joiner's id must be the
+//!   one derived from its address and incarnation, so no one joins under another's id. A
+//!   follower forwards to the leader.
 
 use std::sync::Arc;
 
@@ -19,7 +24,8 @@ use super::Node;
 use crate::chain::Transaction;
 use crate::rpc::pb::cluster_server::Cluster;
 use crate::rpc::pb::{
-    ForwardReply, ForwardRequest, HelloReply, HelloRequest, ReadIndexReply, ReadIndexRequest,
+    ForwardReply, ForwardRequest, HelloReply, HelloRequest, JoinReply, JoinRequest, ReadIndexReply,
+    ReadIndexRequest,
 };
 use crate::rpc::peer;
 
@@ -70,6 +76,39 @@ impl Cluster for ClusterService {
         peer::admit_request(&request, node.guard.as_ref())?;
         let index = node.leader_read_index().await.map_err(unavailable)?;
         Ok(peer::response(ReadIndexReply { index }, node.guard.as_ref()))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let node = self.node()?;
+        let guard = node.guard.as_ref();
+        let sender = peer::authenticate_joiner(&request, guard)?;
+        let body = request.get_ref().clone();
+        if sender.node_id != body.node_id {
+            // A member forwarding a joiner's request.
+            peer::admit_request(&request, guard)?;
+        } else if sender.incarnation != body.incarnation {
+            return Err(Status::permission_denied("a join request's metadata and body name different lives"));
+        }
+        let addr = super::bootstrap::normalize(&body.addr);
+        if body.node_id != crate::store::identity::node_id_for_joiner(&addr, body.incarnation) {
+            tracing::warn!(node = body.node_id, %addr, "refusing a join under an id not derived from the joiner's address and incarnation");
+            return Err(Status::permission_denied(format!(
+                "node id {} is not the one derived from address {addr} and incarnation {}",
+                body.node_id, body.incarnation
+            )));
+        }
+        match node.admit_joiner(&addr, body.node_id).await {
+            Ok(reply) => Ok(peer::response(reply, guard)),
+            Err(super::membership::MemberError::NotLeader { addr: leader, .. }) => {
+                let channel = node.channels.get(&leader).map_err(Status::unavailable)?;
+                let forwarded = peer::request(body, guard, std::time::Duration::from_secs(25));
+                let response =
+                    crate::rpc::pb::cluster_client::ClusterClient::new(channel).join(forwarded).await?;
+                peer::admit_response(&response, guard).map_err(Status::unavailable)?;
+                Ok(peer::response(response.into_inner(), guard))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {

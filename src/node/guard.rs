@@ -1,6 +1,9 @@
 //! Admission of peer messages (see `rpc::peer`): the cluster token, a sender that is a member
 //! (or, before this node knows a membership, a configured peer), the same cluster, and the same
 //! incarnation as the last time a member was heard from.
+//!
+//! A node that joins (`--join`) knows no member before the leader first replicates to it: until
+//! it learns a membership it admits any holder of the token ([`NodeGuard::open_for_join`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,6 +29,9 @@ pub struct NodeGuard {
     configured: BTreeSet<u64>,
     /// Consensus metrics, once consensus runs: the membership senders are checked against.
     metrics: OnceLock<watch::Receiver<RaftMetrics>>,
+    /// Set on a joining node: while it knows no membership, any holder of the token is admitted
+    /// (it cannot know the leader's id before the leader replicates to it).
+    joining: std::sync::atomic::AtomicBool,
 }
 
 impl NodeGuard {
@@ -43,12 +49,18 @@ impl NodeGuard {
             token,
             configured,
             metrics: OnceLock::new(),
+            joining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// From now on, senders are checked against consensus's membership (once it has one).
     pub fn watch_membership(&self, metrics: watch::Receiver<RaftMetrics>) {
         let _ = self.metrics.set(metrics);
+    }
+
+    /// This node is joining: until it knows a membership, admit any holder of the token.
+    pub fn open_for_join(&self) {
+        self.joining.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The members consensus knows (voters and learners), if it knows any.
@@ -87,6 +99,7 @@ impl PeerGuard for NodeGuard {
             Some(members) if members.contains(&node) => Ok(()),
             Some(members) => Err(format!("node {node} is not a member (members: {members:?})")),
             None if self.configured.contains(&node) => Ok(()),
+            None if self.joining.load(std::sync::atomic::Ordering::SeqCst) => Ok(()),
             None => Err(format!(
                 "node {node} is not one of the configured peers {:?}, and this node knows no membership yet",
                 self.configured
@@ -110,7 +123,7 @@ impl PeerGuard for NodeGuard {
             Some(&seen) if seen == remote.incarnation => Ok(()),
             Some(&seen) => Err(format!(
                 "node {} came back with a new data directory (incarnation {}, before {seen}): it lost its \
-                 vote record and must not vote as the old member; wipe it and add it back as a new member",
+                 vote record and must not vote as the old member; start it with an empty data directory and --join to replace it",
                 remote.node_id, remote.incarnation
             )),
             // Only a member with a genesis is remembered: a node still deciding how to start

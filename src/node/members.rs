@@ -9,6 +9,11 @@
 //! this node's chain is the wrong one, and if so the node stops serving — logged once, with
 //! both hashes and the height.
 //!
+//! It also notices when this node was **removed** from the membership (`lightchain member
+//! remove`, or replaced after losing its data): its own membership no longer names it after it
+//! was a member, or every member it asks refuses it as a non-member for several rounds in a
+//! row. It then logs why once and stops serving writes (see `Node::removed`).
+//!
 //! This module only asks and records; it never changes the chain or consensus.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,6 +65,23 @@ pub struct Poller {
     pub shared: Arc<Shared>,
     /// Set once when this node finds its chain is the wrong one.
     pub diverged: Arc<OnceLock<Divergence>>,
+    /// Set once when this node finds it is no longer a member (why).
+    pub removed: Arc<OnceLock<String>>,
+}
+
+/// Rounds in a row in which every answering member refused this node as a non-member before it
+/// concludes it was removed (a joiner may be refused for a moment by a member that has not yet
+/// applied the membership that adds it).
+const REFUSED_ROUNDS: u32 = 5;
+
+/// How one poll of a member ended.
+enum Asked {
+    /// It answered.
+    View(MemberView),
+    /// It refused this node as not a member.
+    NotAMember(String),
+    /// No answer (unreachable, or any other refusal).
+    Nothing,
 }
 
 fn digest(bytes: &[u8]) -> Option<Digest> {
@@ -81,14 +103,30 @@ async fn own_hash_at(shared: &Arc<Shared>, height: u64) -> Option<BlockHash> {
 }
 
 /// Asks one member how far it is and what it holds at `mine` (this node's head).
-async fn ask(p: &Poller, addr: &str, mine: Option<(u64, BlockHash)>) -> Option<MemberView> {
-    let channel = p.channels.get(addr).ok()?;
+async fn ask(p: &Poller, addr: &str, mine: Option<(u64, BlockHash)>) -> Asked {
+    let Ok(channel) = p.channels.get(addr) else { return Asked::Nothing };
     let hello = HelloRequest {
         head_height: mine.map(|(h, _)| h),
         head_hash: mine.map_or_else(Vec::new, |(_, hash)| hash.0.to_vec()),
     };
     let request = peer::request(hello, p.guard.as_ref(), Duration::from_millis(800));
-    let response = ClusterClient::new(channel).hello(request).await.ok()?;
+    match ClusterClient::new(channel).hello(request).await {
+        Err(s) if s.code() == tonic::Code::PermissionDenied && s.message().contains("is not a member") => {
+            Asked::NotAMember(s.message().to_owned())
+        }
+        Err(_) => Asked::Nothing,
+        Ok(response) => match view(p, response, mine).await {
+            Some(v) => Asked::View(v),
+            None => Asked::Nothing,
+        },
+    }
+}
+
+async fn view(
+    p: &Poller,
+    response: tonic::Response<crate::rpc::pb::HelloReply>,
+    mine: Option<(u64, BlockHash)>,
+) -> Option<MemberView> {
     peer::admit_response(&response, p.guard.as_ref()).ok()?;
     let reply = response.into_inner();
     let head_hash = digest(&reply.head_hash);
@@ -113,6 +151,16 @@ async fn ask(p: &Poller, addr: &str, mine: Option<(u64, BlockHash)>) -> Option<M
     })
 }
 
+/// Records (once) that this node is no longer a member, and says so.
+fn removed(p: &Poller, why: String) {
+    tracing::error!(
+        reason = %why,
+        "this node was removed from the cluster: it serves no writes (they fail with EIO); wipe its \
+         data directory and start it with --join to add it back as a new member"
+    );
+    let _ = p.removed.set(why);
+}
+
 /// Judges this node's probes as they stand (see [`divergence::judge`]).
 pub fn verdict(self_id: u64, metrics: &RaftMetrics, views: &HashMap<u64, MemberView>) -> divergence::Verdict {
     let membership = metrics.membership_config.membership();
@@ -126,29 +174,57 @@ pub fn verdict(self_id: u64, metrics: &RaftMetrics, views: &HashMap<u64, MemberV
 /// serving once it finds its chain is the wrong one.
 pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_member = false;
+    let mut refused_rounds = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let others: Vec<(u64, String)> = {
+        let (others, is_member): (Vec<(u64, String)>, bool) = {
             let m = p.metrics.borrow();
             let membership = m.membership_config.membership();
-            membership
+            let is_member = membership.get_node(&p.self_id).is_some();
+            let others = membership
                 .nodes()
                 .filter(|(id, _)| **id != p.self_id)
                 .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
+                .collect();
+            (others, is_member)
         };
+        if was_member && !is_member && p.removed.get().is_none() {
+            removed(&p, "the cluster's membership no longer includes it".to_owned());
+        }
+        was_member |= is_member;
+        let mut answered = 0;
+        let mut refusal = None;
         let mine = p.shared.replica.read().unwrap().head.map(|h| (h.height, h.hash));
         for (id, addr) in others {
-            if let Some(mut view) = ask(&p, &addr, mine).await {
+            let mut view = match ask(&p, &addr, mine).await {
+                Asked::View(view) => view,
+                Asked::NotAMember(why) => {
+                    refusal = Some(format!("member {id} at {addr} says: {why}"));
+                    continue;
+                }
+                Asked::Nothing => continue,
+            };
+            answered += 1;
+            {
                 let mut views = p.views.lock().unwrap();
                 if view.probe.is_none() {
                     view.probe = views.get(&id).and_then(|old| old.probe);
                 }
                 views.insert(id, view);
             }
+        }
+        match (answered, refusal) {
+            (0, Some(why)) => {
+                refused_rounds += 1;
+                if refused_rounds >= REFUSED_ROUNDS && p.removed.get().is_none() {
+                    removed(&p, why);
+                }
+            }
+            _ => refused_rounds = 0,
         }
         if p.diverged.get().is_some() {
             continue;

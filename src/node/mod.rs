@@ -22,6 +22,7 @@ pub mod cluster_service;
 pub mod divergence;
 mod guard;
 mod members;
+pub mod membership;
 mod read_index;
 mod services;
 mod status;
@@ -77,6 +78,14 @@ pub struct Config {
     pub token_file: Option<std::path::PathBuf>,
     /// `--peer-tls-*`: mutual TLS for the server and every channel to peers; plaintext without.
     pub peer_tls: Option<crate::rpc::tls::PeerTls>,
+    /// `--join`: members to ask for admission when the data directory is new (ignored once it
+    /// holds data). Empty: static bootstrap from `peers`.
+    pub join: Vec<String>,
+    /// `--voters`: the leader promotes caught-up learners while there are fewer voters.
+    pub voters: usize,
+    /// `--replace-after`: a voter unheard of for this long is replaced by a caught-up learner
+    /// (`None`: never).
+    pub replace_after: Option<Duration>,
 }
 
 /// Why a proposal or a read failed.
@@ -105,6 +114,9 @@ pub enum Error {
     /// Consensus stopped after a storage failure; the node must be restarted.
     #[error("consensus stopped: {0}")]
     Fatal(String),
+    /// This node was removed from the cluster's membership: it serves no writes.
+    #[error("this node is no longer a member of the cluster: {0}")]
+    Removed(String),
     /// This node's chain differs from the cluster's at a common height, so it serves nothing
     /// (DESIGN §1.5) until an operator replaces its data directory.
     #[error("this node's chain diverged at height {height} (its hash {hash}, the cluster's {expected}); it does not serve")]
@@ -154,6 +166,8 @@ pub struct Node {
     views: members::Views,
     /// Set once this node finds its chain diverged from the cluster's: it then stops serving.
     diverged: Arc<OnceLock<divergence::Divergence>>,
+    /// Set once this node finds it was removed from the membership (why, for logs and status).
+    removed: Arc<OnceLock<String>>,
     /// Since when this node has known no leader.
     leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
     shutdown: watch::Sender<bool>,
@@ -191,8 +205,14 @@ impl Node {
         let token = bootstrap::resolve_token(data, config.token_file.as_deref(), &members, &config)?;
         let existing = Identity::load(data)?;
         let fresh = existing.is_none();
-        let identity = existing
-            .unwrap_or_else(|| Identity::generate(node_id_for(&bootstrap::normalize(&config.advertise))));
+        let advertised = bootstrap::normalize(&config.advertise);
+        let identity = existing.unwrap_or_else(|| {
+            if config.join.is_empty() {
+                Identity::generate(node_id_for(&advertised))
+            } else {
+                Identity::generate_joiner(&advertised)
+            }
+        });
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
         let configured = members.keys().copied().collect();
         let guard =
@@ -245,7 +265,30 @@ impl Node {
         // A directory with no cluster id and no consensus state yet may have crashed between
         // writing its identity and initializing: it decides again (bootstrap).
         let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data);
-        let decision = if fresh || undecided {
+        let joining = !config.join.is_empty() && (fresh || undecided);
+        if !config.join.is_empty() && !joining {
+            tracing::info!("this data directory holds a member's data: --join is ignored");
+        }
+        let decision = if joining {
+            if fresh {
+                identity.save(data)?;
+                tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory to join a cluster");
+            }
+            guard.open_for_join();
+            None
+        } else if undecided
+            && identity.node_id
+                == crate::store::identity::node_id_for_joiner(
+                    &bootstrap::normalize(&config.advertise),
+                    identity.incarnation,
+                )
+        {
+            // Made to join, and not replicated to yet: deciding alone would found a second cluster.
+            return Err(StartError::Refused(
+                "this data directory was made to join a cluster and has not received its chain yet:                  start it again with --join HOST:PORT (or wipe it)"
+                    .into(),
+            ));
+        } else if fresh || undecided {
             let d = bootstrap::decide_fresh(&channels, guard.as_ref(), identity.node_id, &members).await;
             let d = d.map_err(StartError::Refused)?;
             if fresh {
@@ -271,6 +314,18 @@ impl Node {
             .map_err(consensus_err)?;
         guard.watch_membership(raft.metrics());
         let _ = cell.raft.set(raft.clone());
+        if joining {
+            let me = crate::rpc::pb::JoinRequest {
+                addr: bootstrap::normalize(&config.advertise),
+                node_id: identity.node_id,
+                incarnation: identity.incarnation,
+            };
+            tracing::info!(join = ?config.join, node_id = identity.node_id, "asking to join the cluster");
+            let reply = membership::join(&channels, guard.as_ref(), &config.join, me)
+                .await
+                .map_err(|e| StartError::Refused(e.to_string()))?;
+            tracing::info!(leader = reply.leader, replaced = ?reply.replaced, "joined the cluster as a learner; catching up");
+        }
         if decision == Some(bootstrap::Decision::Initialize)
             && !raft.is_initialized().await.map_err(consensus_err)?
         {
@@ -305,6 +360,7 @@ impl Node {
             reads: Arc::default(),
             views: Arc::default(),
             diverged: Arc::default(),
+            removed: Arc::default(),
             leaderless_since: Arc::default(),
             shutdown: shutdown.clone(),
             lock: Mutex::new(None),
@@ -327,8 +383,17 @@ impl Node {
             metrics: raft.metrics(),
             shared: shared.clone(),
             diverged: node.diverged.clone(),
+            removed: node.removed.clone(),
         };
         tokio::spawn(members::poll(poller, shutdown.subscribe()));
+        let promoter = membership::Promoter {
+            raft: raft.clone(),
+            self_id: node.id(),
+            target: node.config.voters,
+            grace: node.config.replace_after,
+            views: node.views.clone(),
+        };
+        tokio::spawn(membership::promote_learners(promoter, shutdown.subscribe()));
         Ok(node)
     }
 
@@ -353,6 +418,11 @@ impl Node {
         }
     }
 
+    /// Why this node is no longer a member, once it found out.
+    pub fn removed(&self) -> Option<&str> {
+        self.removed.get().map(String::as_str)
+    }
+
     /// This node's own divergence, once found.
     pub fn divergence(&self) -> Option<&divergence::Divergence> {
         self.diverged.get()
@@ -361,6 +431,9 @@ impl Node {
     /// Proposes one transaction and waits until it is committed and applied here.
     pub async fn propose(&self, op: TxOp) -> Result<Committed, Error> {
         self.serving()?;
+        if let Some(why) = self.removed.get() {
+            return Err(Error::Removed(why.clone()));
+        }
         let issued = self.requests.lock().unwrap().issue();
         // However this call ends (an answer, a timeout, or the caller dropping it), the id is
         // answered from then on: later transactions may tell the state machine to forget it.
@@ -551,7 +624,7 @@ impl Node {
             let m = metrics.borrow();
             m.running_state.is_ok() && m.current_leader.is_some()
         };
-        serving && !self.knows_no_quorum() && self.diverged.get().is_none()
+        serving && !self.knows_no_quorum() && self.diverged.get().is_none() && self.removed.get().is_none()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.
@@ -638,9 +711,24 @@ async fn track_leaderless(
     }
 }
 
+#[tonic::async_trait]
 impl crate::rpc::admin::AdminHandler for Node {
     fn status_json(&self) -> String {
         Node::status_json(self)
+    }
+
+    async fn member(&self, op: crate::rpc::pb::MemberOp, id: u64) -> Result<String, tonic::Status> {
+        use membership::MemberError;
+        match self.member_op(op, id).await {
+            Ok(list) => Ok(serde_json::to_string(&list).expect("members serialize")),
+            Err(e @ (MemberError::NoLeader | MemberError::NotLeader { .. } | MemberError::Consensus(_))) => {
+                Err(tonic::Status::unavailable(e.to_string()))
+            }
+            Err(
+                e @ (MemberError::NoSuchMember(_) | MemberError::AlreadyVoter(_) | MemberError::LastVoter(_)),
+            ) => Err(tonic::Status::failed_precondition(e.to_string())),
+            Err(MemberError::Forwarded(e)) => Err(tonic::Status::unavailable(e)),
+        }
     }
 }
 
@@ -660,6 +748,9 @@ mod tests {
             snapshot_every: 5000,
             token_file: None,
             peer_tls: None,
+            join: Vec::new(),
+            voters: 3,
+            replace_after: None,
         }
     }
 

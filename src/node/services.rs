@@ -47,6 +47,7 @@ impl NodeCell {
     }
 }
 
+#[tonic::async_trait]
 impl AdminHandler for NodeCell {
     fn status_json(&self) -> String {
         match self.node.get() {
@@ -56,5 +57,10 @@ impl AdminHandler for NodeCell {
                 serde_json::json!({ "node_id": local.node_id, "ready": false, "starting": true }).to_string()
             }
         }
+    }
+
+    async fn member(&self, op: crate::rpc::pb::MemberOp, id: u64) -> Result<String, tonic::Status> {
+        let node = self.node.get().ok_or_else(|| tonic::Status::unavailable("the node is starting"))?;
+        AdminHandler::member(node.as_ref(), op, id).await
     }
 }

@@ -70,6 +70,10 @@ pub struct Status {
     /// Set when this node's own chain diverged from the cluster's: it then serves nothing.
     #[serde(default)]
     pub diverged: Option<super::divergence::Divergence>,
+    /// Set when this node found it was removed from the cluster's membership: why. It then
+    /// serves no writes.
+    #[serde(default)]
+    pub removed: Option<String>,
 }
 
 /// What `status` shows of the `states/` mirror.
@@ -169,5 +173,6 @@ pub(super) fn build(node: &Node) -> Status {
         listen: node.config.listen.to_string(),
         read_consistency: format!("{:?}", node.config.read_consistency).to_lowercase(),
         diverged: own,
+        removed: node.removed().map(str::to_owned),
     }
 }

@@ -1,5 +1,6 @@
-//! The admin service: a node's status for operators. It answers holders of the cluster token
-//! only (the CLI reads it from the data directory); it changes nothing.
+//! The admin service: a node's status and its membership for operators. It answers holders of
+//! the cluster token only (the CLI reads it from the data directory). `Status` changes nothing;
+//! `Member` lists, removes or promotes members (`lightchain member`).
 
 use std::sync::Arc;
 
@@ -9,9 +10,13 @@ use super::pb;
 use crate::store::identity::ClusterToken;
 
 /// What the admin service asks of the node it serves.
+#[tonic::async_trait]
 pub trait AdminHandler: Send + Sync + 'static {
     /// The node's status document, as JSON.
     fn status_json(&self) -> String;
+    /// Lists (`id` unused), removes or promotes a member; the members afterwards as JSON, or
+    /// why not (`UNAVAILABLE` when there is no leader, `FAILED_PRECONDITION` for a refused change).
+    async fn member(&self, op: pb::MemberOp, id: u64) -> Result<String, Status>;
 }
 
 /// Serves `Admin`.
@@ -35,6 +40,38 @@ impl pb::admin_server::Admin for AdminService {
         super::peer::check_token(request.metadata(), &self.token)?;
         Ok(Response::new(pb::StatusReply { json: self.handler.status_json() }))
     }
+
+    async fn member(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MemberReply>, Status> {
+        super::peer::check_token(request.metadata(), &self.token)?;
+        let body = request.into_inner();
+        let op = pb::MemberOp::try_from(body.op)
+            .map_err(|_| Status::invalid_argument("unknown member operation"))?;
+        let json = self.handler.member(op, body.id).await?;
+        Ok(Response::new(pb::MemberReply { json }))
+    }
+}
+
+/// Asks the node at `addr` to list, remove or promote a member, presenting `token`; the
+/// members afterwards (JSON).
+pub async fn member_call(
+    addr: &str,
+    timeout: std::time::Duration,
+    token: Option<&ClusterToken>,
+    op: pb::MemberOp,
+    id: u64,
+) -> Result<String, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(timeout);
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let mut request = Request::new(pb::MemberRequest { op: op as i32, id });
+    if let Some(token) = token {
+        super::peer::attach_token(request.metadata_mut(), token);
+    }
+    let reply = client.member(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
+    Ok(reply.into_inner().json)
 }
 
 /// Asks the node at `addr` (HOST:PORT) for its status document (JSON), presenting `token`

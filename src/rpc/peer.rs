@@ -43,6 +43,10 @@ const TOKEN: &str = "lc-token";
 const CLUSTER: &str = "lc-cluster";
 const FROM: &str = "lc-from";
 const INCARNATION: &str = "lc-incarnation";
+/// The node id a consensus message is meant for. A node that took over another's address (it
+/// lost its data and came back under a new id) must neither take nor answer messages meant for
+/// the old id: the leader would read its empty log as the old member's log going backwards.
+const TO: &str = "lc-to";
 
 /// Who sent a peer message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,12 +123,39 @@ pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Reque
     request
 }
 
-/// Steps 1 and 2 of admission: the token, then the sender's id against the membership.
+/// Step 1 of admission only, and the sender's metadata: for `Cluster.Join`, whose sender is
+/// not a member yet (the token is what lets a node join; the join handler checks its id).
+pub fn authenticate_joiner<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
+    let md = request.metadata();
+    check_token(md, guard.token()).inspect_err(|e| {
+        tracing::warn!(reason = %e.message(), "refusing an unauthenticated join request");
+    })?;
+    PeerMeta::read(md).map_err(Status::permission_denied)
+}
+
+/// [`request`] for the node `target` (`lc-to`): a receiver with another id refuses it.
+pub fn request_to<T>(message: T, guard: &dyn PeerGuard, timeout: Duration, target: u64) -> Request<T> {
+    let mut request = request(message, guard, timeout);
+    request.metadata_mut().insert(TO, target.to_string().parse().expect("digits are valid metadata"));
+    request
+}
+
+/// Steps 1 and 2 of admission: the token, then the sender's id against the membership (and a
+/// message meant for another node id is refused).
 pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
     check_token(md, guard.token()).inspect_err(|e| {
         tracing::warn!(reason = %e.message(), "refusing an unauthenticated peer message");
     })?;
+    if let Some(to) = md.get(TO).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        let me = guard.local().node_id;
+        if to != me {
+            tracing::debug!(to, me, "refusing a peer message meant for another node id");
+            return Err(Status::permission_denied(format!(
+                "this message is for node {to}; this is node {me} (a new node at that node's address)"
+            )));
+        }
+    }
     let meta = PeerMeta::read(md).map_err(Status::permission_denied)?;
     guard.authorize(meta.node_id).map_err(|why| {
         tracing::warn!(peer = meta.node_id, reason = %why, "refusing a peer message");
@@ -172,6 +203,23 @@ pub fn admit_response<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Resul
         .map_err(|e| format!("answer refused: {}", e.message()))?;
     let meta = PeerMeta::read(response.metadata())?;
     guard.admit(&meta)
+}
+
+/// [`admit_response`], and the responder must be `expected` (the node the request was for).
+pub fn admit_response_from<T>(
+    response: &Response<T>,
+    guard: &dyn PeerGuard,
+    expected: u64,
+) -> Result<(), String> {
+    admit_response(response, guard)?;
+    let meta = PeerMeta::read(response.metadata())?;
+    if meta.node_id != expected {
+        return Err(format!(
+            "node {} answered for node {expected} (a new node at its address)",
+            meta.node_id
+        ));
+    }
+    Ok(())
 }
 
 /// One lazily connecting channel per peer address, shared by every RPC to that peer.
@@ -222,6 +270,41 @@ mod tests {
         let mut md = MetadataMap::new();
         fresh.attach(&mut md);
         assert_eq!(PeerMeta::read(&md).unwrap(), fresh);
+    }
+
+    /// A guard for node 2 that lets every sender in.
+    struct Open(ClusterToken);
+
+    impl PeerGuard for Open {
+        fn local(&self) -> PeerMeta {
+            PeerMeta { cluster_id: "c".into(), node_id: 2, incarnation: 1 }
+        }
+        fn token(&self) -> &ClusterToken {
+            &self.0
+        }
+        fn authorize(&self, _node: u64) -> Result<(), String> {
+            Ok(())
+        }
+        fn admit(&self, _remote: &PeerMeta) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_message_for_another_node_id_is_refused_and_so_is_its_answer() {
+        let guard = Open(ClusterToken::generate());
+        let to_me = request_to((), &guard, Duration::from_secs(1), 2);
+        authenticate_request(&to_me, &guard).unwrap();
+        let to_other = request_to((), &guard, Duration::from_secs(1), 7);
+        assert_eq!(
+            authenticate_request(&to_other, &guard).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // Without `lc-to` (an older sender) the message is not refused for it.
+        authenticate_request(&request((), &guard, Duration::from_secs(1)), &guard).unwrap();
+        let answer = response((), &guard);
+        admit_response_from(&answer, &guard, 2).unwrap();
+        assert!(admit_response_from(&answer, &guard, 7).is_err(), "node 2 answered for node 7");
     }
 
     #[test]

@@ -44,6 +44,14 @@ impl Identity {
         Identity { node_id, incarnation: rand::random::<u64>() >> 1, cluster_id: None }
     }
 
+    /// Makes a new identity for a node that joins an existing cluster (`--join`): its id is
+    /// derived from its address *and* its new incarnation, so a node that comes back at a
+    /// reused address with a wiped directory never gets the id of the member it replaces.
+    pub fn generate_joiner(addr: &str) -> Identity {
+        let incarnation = rand::random::<u64>() >> 1;
+        Identity { node_id: node_id_for_joiner(addr, incarnation), incarnation, cluster_id: None }
+    }
+
     /// Writes `identity.json` durably.
     pub fn save(&self, dir: &DataDir) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("identity serializes");
@@ -57,6 +65,12 @@ pub fn node_id_for(addr: &str) -> NodeId {
     let digest = crate::chain::Digest::of(addr.as_bytes());
     let id = u64::from_be_bytes(digest.0[..8].try_into().unwrap()) >> 1;
     id.max(1)
+}
+
+/// The node id of a joiner at `addr` (normalized) in its life `incarnation`: distinct from
+/// [`node_id_for`] of the same address and from every other life's. Never 0 and below 2^63.
+pub fn node_id_for_joiner(addr: &str, incarnation: u64) -> NodeId {
+    node_id_for(&format!("{addr}#{incarnation}"))
 }
 
 /// The cluster's shared secret. Its `Debug` hides the secret; compare with [`matches`](Self::matches).
@@ -164,6 +178,12 @@ mod tests {
         assert_eq!(node_id_for("127.0.0.1:7070"), node_id_for("127.0.0.1:7070"));
         assert_ne!(node_id_for("127.0.0.1:7070"), node_id_for("127.0.0.1:7071"));
         assert!(node_id_for("x") > 0);
+        let a = node_id_for_joiner("127.0.0.1:7070", 1);
+        assert_eq!(a, node_id_for_joiner("127.0.0.1:7070", 1));
+        assert_ne!(a, node_id_for_joiner("127.0.0.1:7070", 2), "a new life at one address, a new id");
+        assert_ne!(a, node_id_for("127.0.0.1:7070"));
+        let joiner = Identity::generate_joiner("127.0.0.1:7070");
+        assert_eq!(joiner.node_id, node_id_for_joiner("127.0.0.1:7070", joiner.incarnation));
     }
 
     #[test]

@@ -375,6 +375,82 @@ impl Cluster {
         self.nodes[i].restart();
     }
 
+    /// Options for a node that joins this cluster through members `via` (`--join`, the cluster's
+    /// token, the cluster's commit timeout) with `extra` flags.
+    pub fn join_opts(&self, via: &[usize], extra: &[&str]) -> Opts {
+        let mut flags = Vec::new();
+        for &v in via {
+            flags.push("--join".to_string());
+            flags.push(self.addrs[v].clone());
+        }
+        flags.push("--cluster-token-file".into());
+        flags.push(self.token_file.display().to_string());
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        Opts { commit_timeout: Some(self.opts.commit_timeout.clone()), extra: flags, ..Opts::default() }
+    }
+
+    /// Starts a new node (new data directory, a free address) that joins through members `via`, waits
+    /// until it is ready and adds it as the next member index.
+    pub fn add_joiner(&mut self, via: &[usize], extra: &[&str]) -> usize {
+        let mut node = Node::prepare(self.join_opts(via, extra));
+        let addr = free_addrs(1).remove(0);
+        node.set_listen(&addr);
+        node.spawn();
+        node.wait_ready();
+        let id = node.status_json()["node_id"].as_u64().expect("a joiner's status has a node_id");
+        self.nodes.push(node);
+        self.addrs.push(addr);
+        self.ids.push(id);
+        self.nodes.len() - 1
+    }
+
+    /// Member `i` loses its data: it is killed, its directories are removed, and a node with a new data
+    /// directory starts at its address with `--join` through `via`. Waits until it is ready; `ids[i]` is the
+    /// new node's id.
+    pub fn replace_wiped(&mut self, i: usize, via: &[usize]) {
+        self.nodes[i].kill9();
+        let mut node = Node::prepare(self.join_opts(via, &[]));
+        node.set_listen(&self.addrs[i]);
+        // Dropping the old node removes its data directory and mountpoint.
+        self.nodes[i] = node;
+        self.nodes[i].spawn();
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.nodes[i].wait_ready()));
+        if let Err(panic) = ready {
+            for (j, n) in self.nodes.iter().enumerate() {
+                let log = n.log();
+                if let Some(at) = log.find("panicked at") {
+                    eprintln!(
+                        "member {j} panicked: {}",
+                        &log[at.saturating_sub(300)..(at + 1500).min(log.len())]
+                    );
+                }
+            }
+            std::panic::resume_unwind(panic);
+        }
+        self.ids[i] = self.nodes[i].status_json()["node_id"].as_u64().expect("status has a node_id");
+    }
+
+    /// Polls member `i`'s status until its membership has `voters` voters and `learners` learners; returns
+    /// the members (`[{id, addr, role, ...}]`).
+    pub fn wait_membership(&self, i: usize, voters: usize, learners: usize) -> Vec<Value> {
+        let deadline = Instant::now() + POLL_TIMEOUT;
+        loop {
+            let status = self.status(i);
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            let count = |role: &str| members.iter().filter(|m| m["role"] == role).count();
+            if count("voter") == voters && count("learner") == learners {
+                return members;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "member {i} did not see {voters} voters and {learners} learners within {POLL_TIMEOUT:?}: {status}\n{}",
+                    self.nodes[i].log_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs the binary with `args` (no `LIGHTCHAIN_*` from the environment).
     pub fn cli(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
         let mut cmd = Command::new(BIN);

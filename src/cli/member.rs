@@ -1,0 +1,63 @@
+//! `lightchain member list|remove ID|promote ID`: the cluster's membership over gRPC (the admin
+//! service), in the etcdctl style. The token is found as for `status` (`--cluster-token-file`,
+//! else the data directory's). A change asked of a follower is forwarded to the leader.
+//!
+//! Exit codes: 0 done; 1 the change was refused (no such member, a voter already, the last
+//! voter); 2 the node could not be asked or had no leader.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::MemberAction;
+use crate::node::membership::MemberList;
+use crate::rpc::pb::MemberOp;
+
+pub(super) fn run(
+    action: MemberAction,
+    addr: &str,
+    json: bool,
+    data: &Path,
+    token_file: Option<&Path>,
+) -> ExitCode {
+    let token = match super::status::find_token(data, token_file) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("lightchain member: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (op, id) = match action {
+        MemberAction::List => (MemberOp::List, 0),
+        MemberAction::Remove { id } => (MemberOp::Remove, id),
+        MemberAction::Promote { id } => (MemberOp::Promote, id),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let call = crate::rpc::admin::member_call(addr, Duration::from_secs(30), token.as_ref(), op, id);
+    let text = match runtime.block_on(call) {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("lightchain member: {message}");
+            let refused =
+                ["is not a member", "a voter already", "last voter"].iter().any(|s| message.contains(s));
+            return if refused { ExitCode::FAILURE } else { ExitCode::from(2) };
+        }
+    };
+    let list: MemberList = match serde_json::from_str(&text) {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("lightchain member: unreadable answer ({e}): {text}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("members serialize"));
+    } else {
+        println!("{:<20} {:<22} {:<8}", "ID", "ADDRESS", "ROLE");
+        for m in &list.members {
+            let leader = if Some(m.id) == list.leader { " (leader)" } else { "" };
+            println!("{:<20} {:<22} {:<8}{leader}", m.id, m.addr, m.role);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,434 @@
+//! Membership changes after the first start (DESIGN §1.8): joining, promotion, removal.
+//!
+//! - **Joining** ([`join`], the joiner's side): a node started with `--join` on an empty data
+//!   directory asks any member (`Cluster.Join`, with the token); a follower forwards to the
+//!   leader. The leader ([`Node::admit_joiner`]) first removes every other member at the
+//!   joiner's address — a node that lost its data and came back under a new id (ids of joiners
+//!   are derived from address *and* incarnation, so a removed id is never reused) — then adds
+//!   the joiner as a learner and answers once that membership is committed. The joiner catches
+//!   up by ordinary replication (log entries, or a snapshot with the chain segments it lacks).
+//!   `add_learner` is not blocking: catching up a long chain may outlast any RPC deadline and
+//!   the leader may change meanwhile, so promotion is not the join request's business.
+//! - **Promotion** ([`promote_learners`]): the leader, once a second, promotes one caught-up
+//!   learner while the cluster has fewer voters than `--voters`. It runs on every node and acts
+//!   only while leading, so a leader change loses nothing. Past `--voters` a learner stays a
+//!   read replica: it serves its mount (reads by read index from the leader, writes forwarded).
+//! - **Replacing a lost voter** (same task): a voter that has not answered the leader's member
+//!   poll for `--replace-after` (the grace period) is swapped for a caught-up learner in one
+//!   change (`ReplaceAllVoters`, `retain = true`): the lost node stays a learner, so if it comes
+//!   back it catches up as a read replica and nothing of it is lost; `member remove` takes it out.
+//! - **Explicit changes** ([`Node::member_op`], `lightchain member`): list, remove, promote,
+//!   through the admin service; a follower forwards a change to the leader. Nothing here runs
+//!   on a graceful stop: a stopped member stays a member.
+//!
+//! This module changes membership only through openraft's `add_learner`/`change_membership`;
+//! it never touches the chain or the stores.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers};
+use tokio::sync::watch;
+
+use super::Node;
+use crate::consensus::typ::Raft;
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::pb::{JoinReply, JoinRequest, MemberOp};
+use crate::rpc::peer::{self, Channels, PeerGuard};
+
+/// A learner is caught up when its replicated log is at most this many entries behind the
+/// leader's last log index.
+const CAUGHT_UP_LAG: u64 = 8;
+/// How long a joiner keeps asking before it gives up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a membership request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// This node is not the leader and knows none to forward to.
+    #[error("no leader is known; try again")]
+    NoLeader,
+    /// This node is not the leader; the leader is at `addr`.
+    #[error("not the leader (the leader is node {id} at {addr})")]
+    NotLeader {
+        /// The leader's id.
+        id: u64,
+        /// The leader's address.
+        addr: String,
+    },
+    /// No member has this id.
+    #[error("node {0} is not a member")]
+    NoSuchMember(u64),
+    /// The member to promote is a voter already.
+    #[error("node {0} is a voter already")]
+    AlreadyVoter(u64),
+    /// Removing the member would leave the cluster without a voter.
+    #[error("node {0} is the last voter; it cannot be removed")]
+    LastVoter(u64),
+    /// Consensus refused or could not commit the change.
+    #[error("the membership change failed: {0}")]
+    Consensus(String),
+    /// The leader a change was forwarded to refused it.
+    #[error("the leader refused: {0}")]
+    Forwarded(String),
+}
+
+/// Members as `lightchain member list` shows them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MemberList {
+    /// The leader this node knows.
+    pub leader: Option<u64>,
+    /// Every member (voters and learners), by id.
+    pub members: Vec<MemberEntry>,
+}
+
+/// One member.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MemberEntry {
+    /// Its node id.
+    pub id: u64,
+    /// The address peers reach it at.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// The membership as consensus knows it now: (voters, every node with its address, whether a
+/// joint change is in progress).
+fn membership(raft: &Raft) -> (BTreeSet<u64>, BTreeMap<u64, String>, bool) {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let voters = membership.voter_ids().collect();
+    let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    (voters, nodes, membership.get_joint_config().len() > 1)
+}
+
+/// Waits (up to `timeout`) until no joint membership change is in progress: openraft refuses a
+/// new change while one is.
+async fn wait_uniform(raft: &Raft, timeout: Duration) {
+    let mut metrics = raft.metrics();
+    let uniform = metrics.wait_for(|m| m.membership_config.membership().get_joint_config().len() == 1);
+    let _ = tokio::time::timeout(timeout, uniform).await;
+}
+
+fn consensus<E: std::fmt::Display>(e: E) -> MemberError {
+    MemberError::Consensus(e.to_string())
+}
+
+impl Node {
+    /// The leader's id and address, if known.
+    fn leader(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
+    }
+
+    fn leader_only(&self) -> Result<(), MemberError> {
+        match self.leader() {
+            Some((id, _)) if id == self.id() => Ok(()),
+            Some((id, addr)) => Err(MemberError::NotLeader { id, addr }),
+            None => Err(MemberError::NoLeader),
+        }
+    }
+
+    /// The members now.
+    pub fn member_list(&self) -> MemberList {
+        let (voters, nodes, _) = membership(&self.raft);
+        let members = nodes
+            .into_iter()
+            .map(|(id, addr)| MemberEntry {
+                id,
+                addr,
+                role: if voters.contains(&id) { "voter" } else { "learner" }.to_owned(),
+            })
+            .collect();
+        MemberList { leader: self.leader().map(|(id, _)| id), members }
+    }
+
+    /// On the leader: lets the node `id` at `addr` join as a learner, after removing every other
+    /// member at that address (a node that lost its data). Idempotent: a member already is one.
+    pub async fn admit_joiner(&self, addr: &str, id: u64) -> Result<JoinReply, MemberError> {
+        self.leader_only()?;
+        wait_uniform(&self.raft, self.config.commit_timeout).await;
+        let addr = super::bootstrap::normalize(addr);
+        let (voters, nodes, _) = membership(&self.raft);
+        if nodes.contains_key(&id) {
+            return Ok(JoinReply { leader: self.id(), replaced: Vec::new() });
+        }
+        let stale: Vec<u64> =
+            nodes.iter().filter(|(n, a)| **n != id && **a == addr).map(|(n, _)| *n).collect();
+        for old in &stale {
+            if *old == self.id() {
+                return Err(MemberError::Consensus(format!("the leader itself is at {addr}")));
+            }
+            tracing::warn!(old, new = id, %addr, "a new node joins at a member's address: that member lost its data; removing its old identity");
+            let change = if voters.contains(old) {
+                ChangeMembers::RemoveVoters([*old].into())
+            } else {
+                ChangeMembers::RemoveNodes([*old].into())
+            };
+            self.raft.change_membership(change, false).await.map_err(consensus)?;
+        }
+        self.raft.add_learner(id, BasicNode { addr: addr.clone() }, false).await.map_err(consensus)?;
+        tracing::info!(node = id, %addr, replaced = ?stale, "added a joining node as a learner");
+        Ok(JoinReply { leader: self.id(), replaced: stale })
+    }
+
+    /// `lightchain member list|remove|promote`: on the leader, or forwarded to it. Answers the
+    /// members after the change.
+    pub async fn member_op(&self, op: MemberOp, id: u64) -> Result<MemberList, MemberError> {
+        if op == MemberOp::List {
+            return Ok(self.member_list());
+        }
+        match self.leader_only() {
+            Ok(()) => {}
+            Err(MemberError::NotLeader { addr, .. }) => {
+                let timeout = self.config.commit_timeout + Duration::from_secs(5);
+                let json = crate::rpc::admin::member_call(&addr, timeout, Some(self.guard.token()), op, id)
+                    .await
+                    .map_err(MemberError::Forwarded)?;
+                return serde_json::from_str(&json).map_err(|e| MemberError::Forwarded(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        wait_uniform(&self.raft, self.config.commit_timeout).await;
+        let (voters, nodes, _) = membership(&self.raft);
+        if !nodes.contains_key(&id) {
+            return Err(MemberError::NoSuchMember(id));
+        }
+        match op {
+            MemberOp::List => {}
+            MemberOp::Remove => {
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(MemberError::LastVoter(id));
+                    }
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                self.raft.change_membership(change, false).await.map_err(consensus)?;
+                tracing::info!(node = id, "removed a member");
+            }
+            MemberOp::Promote => {
+                if voters.contains(&id) {
+                    return Err(MemberError::AlreadyVoter(id));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map_err(consensus)?;
+                tracing::info!(node = id, "promoted a learner to voter");
+            }
+        }
+        Ok(self.member_list())
+    }
+}
+
+/// A caught-up learner to promote, if the leader `self_id` should promote one now.
+fn promotion_candidate(raft: &Raft, self_id: u64, target: usize) -> Option<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.current_leader != Some(self_id) {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    if membership.get_joint_config().len() > 1 || membership.voter_ids().count() >= target {
+        return None;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let replication = m.replication.as_ref()?;
+    let learners: Vec<u64> = membership.learner_ids().collect();
+    learners.into_iter().find(|l| {
+        replication
+            .get(l)
+            .and_then(|matched| matched.as_ref())
+            .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
+    })
+}
+
+/// A member poll answer younger than this counts as "heard from".
+const HEARD: Duration = Duration::from_secs(3);
+
+/// What the promoter needs.
+pub struct Promoter {
+    /// Consensus.
+    pub raft: Raft,
+    /// This node's id.
+    pub self_id: u64,
+    /// `--voters`.
+    pub target: usize,
+    /// `--replace-after`: how long a voter may be unheard of before a caught-up learner takes its
+    /// place (`None`: never).
+    pub grace: Option<Duration>,
+    /// The member poller's latest answers.
+    pub views: super::members::Views,
+}
+
+/// A lost voter and the caught-up learner to take its place, if one is due.
+fn replacement(
+    p: &Promoter,
+    missing_since: &mut BTreeMap<u64, Instant>,
+) -> Option<(u64, u64, BTreeSet<u64>)> {
+    let grace = p.grace?;
+    let (voters, learners, leading, caught_up) = {
+        let metrics = p.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let caught_up: BTreeSet<u64> = learners
+            .iter()
+            .copied()
+            .filter(|l| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(l).cloned().flatten())
+                    .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
+            })
+            .collect();
+        let leading = m.current_leader == Some(p.self_id) && membership.get_joint_config().len() == 1;
+        (voters, learners, leading, caught_up)
+    };
+    if !leading {
+        missing_since.clear();
+        return None;
+    }
+    let now = Instant::now();
+    {
+        let views = p.views.lock().unwrap();
+        for v in voters.iter().filter(|v| **v != p.self_id) {
+            let heard = views.get(v).is_some_and(|view| view.at.elapsed() < HEARD);
+            if heard {
+                missing_since.remove(v);
+            } else {
+                missing_since.entry(*v).or_insert(now);
+            }
+        }
+    }
+    missing_since.retain(|id, _| voters.contains(id));
+    let lost =
+        missing_since.iter().find(|(_, since)| now.duration_since(**since) >= grace).map(|(id, _)| *id)?;
+    let learner = learners.into_iter().find(|l| caught_up.contains(l))?;
+    let mut new_voters = voters;
+    new_voters.remove(&lost);
+    new_voters.insert(learner);
+    Some((lost, learner, new_voters))
+}
+
+/// Once a second, while this node leads: promotes one caught-up learner while there are fewer
+/// voters than `target`, and replaces a voter lost for longer than the grace period by a
+/// caught-up learner. Runs until `stop`.
+pub async fn promote_learners(p: Promoter, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut missing_since = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let raft = &p.raft;
+        if let Some((lost, learner, voters)) = replacement(&p, &mut missing_since) {
+            tracing::warn!(lost, learner, grace = ?p.grace, "a voter was lost for longer than the grace period: a caught-up learner takes its place (it stays a learner)");
+            let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true);
+            tokio::select! {
+                done = change => match done {
+                    Ok(_) => { missing_since.remove(&lost); }
+                    Err(e) => tracing::warn!(lost, learner, error = %e, "could not replace a lost voter; retrying"),
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let Some(learner) = promotion_candidate(raft, p.self_id, p.target) else { continue };
+        tracing::info!(node = learner, target = p.target, "promoting a caught-up learner to voter");
+        let change = raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false);
+        tokio::select! {
+            done = change => if let Err(e) = done {
+                tracing::warn!(node = learner, error = %e, "could not promote a learner; retrying");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Why a node could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// A member refused this node (wrong token, or an id that is not its own).
+    #[error("{addr} refused to let this node join: {reason}")]
+    Refused {
+        /// The member that refused.
+        addr: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// No member answered in time.
+    #[error("no member of {addrs:?} let this node join within {timeout:?} (last error: {last})")]
+    Timeout {
+        /// The addresses tried.
+        addrs: Vec<String>,
+        /// How long it tried.
+        timeout: Duration,
+        /// The last error seen.
+        last: String,
+    },
+}
+
+/// How one join attempt failed.
+enum Attempt {
+    /// Refused for good (the token, or the id).
+    Refused(String),
+    /// Worth another try (no leader yet, unreachable, a change in progress).
+    Retry(String),
+}
+
+async fn ask_join(
+    channels: &Channels,
+    guard: &dyn PeerGuard,
+    addr: &str,
+    me: &JoinRequest,
+) -> Result<JoinReply, Attempt> {
+    let channel = channels.get(addr).map_err(Attempt::Refused)?;
+    let request = peer::request(me.clone(), guard, Duration::from_secs(30));
+    let response = ClusterClient::new(channel).join(request).await.map_err(|s| match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            Attempt::Refused(s.message().to_owned())
+        }
+        _ => Attempt::Retry(s.message().to_owned()),
+    })?;
+    peer::admit_response(&response, guard).map_err(Attempt::Retry)?;
+    Ok(response.into_inner())
+}
+
+/// The joiner's side: asks the members at `addrs` in turn until one (or the leader it forwards
+/// to) has added this node as a learner. A refusal for the token or the id ends it at once.
+pub async fn join(
+    channels: &Channels,
+    guard: &dyn PeerGuard,
+    addrs: &[String],
+    me: JoinRequest,
+) -> Result<JoinReply, JoinError> {
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut last = String::from("no answer yet");
+    let mut last_report = Instant::now();
+    for addr in addrs.iter().cycle() {
+        match ask_join(channels, guard, addr, &me).await {
+            Ok(reply) => return Ok(reply),
+            Err(Attempt::Refused(reason)) => return Err(JoinError::Refused { addr: addr.clone(), reason }),
+            Err(Attempt::Retry(why)) => last = format!("{addr}: {why}"),
+        }
+        if Instant::now() > deadline {
+            return Err(JoinError::Timeout { addrs: addrs.to_vec(), timeout: JOIN_TIMEOUT, last });
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            tracing::info!(last = %last, "still asking to join the cluster");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(JoinError::Timeout { addrs: addrs.to_vec(), timeout: JOIN_TIMEOUT, last })
+}

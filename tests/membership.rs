@@ -1,0 +1,242 @@
+//! Membership over real processes on loopback (DESIGN §1.8, issue 9 items 1–3): nodes join a running
+//! cluster with `--join` through any member, are promoted to voters while the cluster has fewer than
+//! `--voters`, and past that serve as learners (reads, forwarded writes); `lightchain member` lists and
+//! removes; a node that lost its data comes back at its address under a new id and replaces its old
+//! identity; a joiner without the cluster's token is refused and changes nothing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use serde_json::Value;
+
+/// `lightchain member ARGS --json` asked of member `i`; the parsed answer.
+fn member_json(c: &Cluster, i: usize, args: &[&str]) -> Value {
+    let mut all = vec!["member"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--addr", &c.addrs[i], "--json"]);
+    let run = c.cli(&all);
+    assert_ok(&run, &format!("lightchain {}", all.join(" ")));
+    serde_json::from_str(&run.1).unwrap_or_else(|e| panic!("member --json printed no JSON ({e}): {}", run.1))
+}
+
+/// The ids of the members with `role` in a `member list --json` answer.
+fn ids_with_role(list: &Value, role: &str) -> HashSet<u64> {
+    list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == role)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// A follower of the current leader among `live`.
+fn a_follower(c: &Cluster, live: &[usize]) -> usize {
+    let leader = c.wait_leader(live);
+    *live.iter().find(|i| **i != leader).unwrap()
+}
+
+#[test]
+fn joiners_become_voters_up_to_voters_then_serve_as_learners() {
+    let mut opts = ClusterOpts::default();
+    for i in 0..3 {
+        opts.member_env.push((i, "LIGHTCHAIN_VOTERS".into(), "5".into()));
+    }
+    let mut c = Cluster::start(3, opts);
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "before-join"), b"old\n");
+
+    // Two joiners, each through a follower (which forwards to the leader): promoted, 5 voters.
+    let follower = a_follower(&c, &[0, 1, 2]);
+    let fourth = c.add_joiner(&[follower], &["--voters", "5"]);
+    let follower = a_follower(&c, &[0, 1, 2]);
+    let fifth = c.add_joiner(&[follower], &["--voters", "5"]);
+    let members = c.wait_membership(leader, 5, 0);
+    assert_eq!(members.len(), 5);
+    // The joiners caught up with what was written before they came.
+    assert_eq!(read_string(&c.path(fourth, "before-join")), "old\n");
+    assert_eq!(read_string(&c.path(fifth, "before-join")), "old\n");
+
+    // A sixth stays a learner (the cluster has its five voters) ...
+    let sixth = c.add_joiner(&[0, 1, 2], &["--voters", "5"]);
+    let leader = c.wait_leader(&c.all());
+    c.wait_membership(leader, 5, 1);
+    let list = member_json(&c, sixth, &["list"]);
+    assert_eq!(ids_with_role(&list, "learner"), HashSet::from([c.ids[sixth]]), "{list}");
+    assert_eq!(c.status(sixth)["role"], "learner");
+    // ... and serves its mount: reads (linearizable, by read index from the leader) and forwarded writes.
+    assert_eq!(read_string(&c.path(sixth, "before-join")), "old\n");
+    put(&c.path(leader, "from-leader"), b"l\n");
+    assert_eq!(
+        read_string(&c.path(sixth, "from-leader")),
+        "l\n",
+        "a learner's read missed a committed write"
+    );
+    put(&c.path(sixth, "from-learner"), b"r\n");
+    assert_eq!(read_string(&c.path(leader, "from-learner")), "r\n");
+    assert_eq!(c.status(sixth)["role"], "learner", "a write through a learner must not make it a voter");
+
+    // A joined node that restarts with its data just starts under its id (`--join` is ignored).
+    let id = c.ids[fourth];
+    c.nodes[fourth].stop();
+    c.restart(fourth);
+    assert_eq!(c.status(fourth)["node_id"].as_u64(), Some(id));
+    assert!(c.node(fourth).log().contains("--join is ignored"), "{}", c.node(fourth).log_tail(30));
+    let leader = c.wait_leader(&c.all());
+    c.wait_membership(leader, 5, 1);
+
+    // Node ids are distinct, and there is one chain everywhere.
+    let distinct: HashSet<u64> = c.ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 6);
+    c.wait_converged(&c.all());
+    c.wait_states_identical(&c.all());
+    c.assert_verify(&c.all());
+}
+
+#[test]
+fn a_wiped_node_is_replaced_and_member_remove_takes_a_voter_out() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "kept"), b"1\n");
+    let list = member_json(&c, a_follower(&c, &c.all()), &["list"]);
+    assert_eq!(ids_with_role(&list, "voter"), c.ids.iter().copied().collect::<HashSet<_>>());
+
+    // Member `lost` loses its data and comes back at the same address with --join.
+    let lost = (0..3).find(|i| *i != leader).unwrap();
+    let old_id = c.ids[lost];
+    let survivor = (0..3).find(|i| *i != leader && *i != lost).unwrap();
+    c.replace_wiped(lost, &[survivor]);
+    let new_id = c.ids[lost];
+    assert_ne!(new_id, old_id, "a node that lost its data must not come back under its old id");
+    let leader = c.wait_leader(&c.all());
+    let members = c.wait_membership(leader, 3, 0);
+    let ids: HashSet<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&old_id), "the old identity is still a member: {members:?}");
+    assert!(ids.contains(&new_id));
+    assert_eq!(read_string(&c.path(lost, "kept")), "1\n");
+    put(&c.path(lost, "after-replace"), b"2\n");
+    assert_eq!(read_string(&c.path(leader, "after-replace")), "2\n");
+    c.wait_converged(&c.all());
+    c.wait_states_identical(&c.all());
+    c.assert_verify(&c.all());
+
+    // `member remove` of a voter, asked of a follower: the cluster goes on with two voters; the removed
+    // node says why and serves no writes.
+    let leader = c.wait_leader(&c.all());
+    let removed = (0..3).find(|i| *i != leader).unwrap();
+    let asked = (0..3).find(|i| *i != leader && *i != removed).unwrap();
+    let list = member_json(&c, asked, &["remove", &c.ids[removed].to_string()]);
+    assert!(!ids_with_role(&list, "voter").contains(&c.ids[removed]), "{list}");
+    assert_eq!(list["members"].as_array().unwrap().len(), 2, "{list}");
+    let live: Vec<usize> = (0..3).filter(|i| *i != removed).collect();
+    let leader = c.wait_leader(&live);
+    c.wait_membership(leader, 2, 0);
+    put(&c.path(leader, "after-remove"), b"3\n");
+    assert_eq!(read_string(&c.path(asked, "after-remove")), "3\n");
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    while c.status(removed)["removed"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed node never said so: {}",
+            c.status(removed)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(c.node(removed).log().contains("removed from the cluster"), "{}", c.node(removed).log_tail(30));
+    let refused = write_with_flags(&c.path(removed, "on-removed"), libc::O_WRONLY | libc::O_CREAT, b"x\n");
+    assert!(refused.is_err(), "a removed node accepted a write");
+    assert!(!c.path(leader, "on-removed").exists());
+    // Removing an unknown member is refused.
+    let run = c.cli(&["member", "remove", "12345", "--addr", &c.addrs[leader]]);
+    assert!(!run.0.success() && run.2.contains("not a member"), "{run:?}");
+}
+
+#[test]
+fn a_joiner_without_the_token_is_refused_and_changes_nothing() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "settled"), b"yes\n");
+    let before = c.wait_converged(&c.all());
+
+    // A wrong token: the members refuse the join request.
+    let wrong = tempfile::tempdir().unwrap();
+    let wrong_file = wrong.path().join("token");
+    std::fs::write(&wrong_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let mut opts = c.join_opts(&[0], &[]);
+    let at = opts.extra.iter().position(|f| f == "--cluster-token-file").unwrap();
+    opts.extra[at + 1] = wrong_file.display().to_string();
+    let mut n = Node::prepare(opts);
+    n.spawn();
+    let status = n.wait_exit(Duration::from_secs(60)).expect("a joiner with a wrong token must exit");
+    assert!(!status.success());
+    assert!(n.log().contains("refused to let this node join"), "{}", n.log_tail(20));
+    assert!(n.log().contains("wrong cluster token"), "{}", n.log_tail(20));
+
+    // No token at all: refused before it asks.
+    let mut opts = c.join_opts(&[0], &[]);
+    let at = opts.extra.iter().position(|f| f == "--cluster-token-file").unwrap();
+    opts.extra.drain(at..at + 2);
+    let mut n = Node::prepare(opts);
+    n.spawn();
+    let status = n.wait_exit(Duration::from_secs(60)).expect("a joiner without a token must exit");
+    assert!(!status.success());
+    assert!(n.log().contains("--cluster-token-file"), "{}", n.log_tail(20));
+
+    // Nothing changed: the same three voters and the same head everywhere.
+    let list = member_json(&c, leader, &["list"]);
+    assert_eq!(ids_with_role(&list, "voter"), c.ids.iter().copied().collect::<HashSet<_>>());
+    assert_eq!(list["members"].as_array().unwrap().len(), 3);
+    assert_eq!(c.wait_converged(&c.all()), before);
+}
+
+#[test]
+fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
+    let mut opts = ClusterOpts::default();
+    for i in 0..3 {
+        opts.member_env.push((i, "LIGHTCHAIN_REPLACE_AFTER".into(), "2s".into()));
+    }
+    let mut c = Cluster::start(3, opts);
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    // Three voters already: the joiner stays a learner (a standby).
+    let standby = c.add_joiner(&[leader], &["--replace-after", "2s"]);
+    c.wait_membership(leader, 3, 1);
+
+    // A voter is lost: once the grace period has passed, the standby takes its place.
+    let lost = (0..3).find(|i| *i != leader).unwrap();
+    c.kill9(lost);
+    let live: Vec<usize> = c.all().into_iter().filter(|i| *i != lost).collect();
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    let leader = loop {
+        let leader = c.wait_leader(&live);
+        let members = c.status(leader)["members"].as_array().cloned().unwrap_or_default();
+        let role = |id: u64| members.iter().find(|m| m["id"].as_u64() == Some(id)).map(|m| m["role"].clone());
+        // (During the change, the joint configuration counts both the old and the new voters.)
+        let voters = members.iter().filter(|m| m["role"] == "voter").count();
+        if role(c.ids[standby]) == Some(Value::from("voter")) && voters == 3 {
+            assert_eq!(
+                role(c.ids[lost]),
+                Some(Value::from("learner")),
+                "the lost voter stays a learner: {members:?}"
+            );
+            break leader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never replaced the lost voter: {members:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    put(&c.path(standby, "after"), b"2\n");
+    assert_eq!(read_string(&c.path(leader, "after")), "2\n");
+
+    // The lost node comes back with its data: a learner that catches up and serves reads.
+    c.restart(lost);
+    assert_eq!(read_string(&c.path(lost, "after")), "2\n");
+    c.wait_converged(&c.all());
+    c.assert_verify(&c.all());
+}
