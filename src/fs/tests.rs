@@ -113,6 +113,14 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A change to a directory's children makes its mtime the block's (as on ext4, also after a
+/// `utimensat` set it): the model stops tracking an explicit value.
+fn touch_parent(m: &mut BTreeMap<String, Model>, p: &str) {
+    if let Some(parent) = parent_of(p).and_then(|d| m.get_mut(d)) {
+        parent.mtime = None;
+    }
+}
+
 fn parent_of(p: &str) -> Option<&str> {
     p.rfind('/').map(|i| &p[..i])
 }
@@ -159,6 +167,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
                 Some(Kinded::File(_)) => Ok(()),
                 None => {
                     m.insert(p.clone(), Model::new(file(b""), *by));
+                    touch_parent(m, p);
                     Ok(())
                 }
             }
@@ -189,6 +198,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
                 Some(e) if e.is_dir() => Err(libc::EISDIR),
                 Some(_) => {
                     m.remove(p);
+                    touch_parent(m, p);
                     Ok(())
                 }
             }
@@ -203,10 +213,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
                 _ => Kinded::Dir,
             };
             m.insert(p.clone(), Model::new(kind, *by));
-            // The parent's mtime becomes this block's.
-            if let Some(parent) = parent_of(p).and_then(|d| m.get_mut(d)) {
-                parent.mtime = None;
-            }
+            touch_parent(m, p);
             Ok(())
         }
         Op::Rmdir(p) => {
@@ -217,6 +224,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
                 Some(_) if below(m, p) => Err(libc::ENOTEMPTY),
                 Some(_) => {
                     m.remove(p);
+                    touch_parent(m, p);
                     Ok(())
                 }
             }
