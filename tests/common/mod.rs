@@ -117,8 +117,12 @@ impl Node {
 
     /// Creates the directories but spawns nothing (for tests that arrange the mountpoint first).
     pub fn prepare(opts: Opts) -> Node {
-        let tmp = tempfile::Builder::new().prefix("lightchain-test-").tempdir().expect("create temp dir");
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_leftovers);
+        let tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempdir().expect("create temp dir");
         let root = tmp.path().canonicalize().expect("canonicalize temp dir");
+        // Who owns this directory: a later test process sweeps it if this one was killed.
+        fs::write(root.join(OWNER_FILE), std::process::id().to_string()).expect("write owner pid");
         fs::create_dir(root.join("data")).expect("create data/");
         fs::create_dir(root.join("mnt")).expect("create mnt/");
         Node {
@@ -585,6 +589,34 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// `umount -f`: for FUSE this aborts the connection (every request waiting on it fails with `ENOTCONN`),
 /// which frees a server thread blocked in the kernel on its own mount. The mount itself may stay until
 /// `Drop` detaches it.
+/// Prefix of every test's temporary directory.
+const TEMP_PREFIX: &str = "lightchain-test-";
+/// The pid of the test process that made a temporary directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// A test process killed with SIGKILL (a timeout, a pipe closed under `cargo test`) runs no
+/// `Drop`: its nodes die by their watchdogs, but their dead FUSE mounts and temporary
+/// directories stay. Once per test process, lazily unmount and remove the directories whose
+/// owner is no longer alive (never another live process's: parallel test binaries are fine).
+fn sweep_leftovers() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let owner = fs::read_to_string(path.join(OWNER_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        let Some(owner) = owner else { continue };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        if let Ok(c) = CString::new(path.join("mnt").as_os_str().as_bytes()) {
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = fs::remove_dir_all(&path);
+    }
+}
+
 pub fn force_unmount(mnt: &Path) {
     if let Ok(c) = CString::new(mnt.as_os_str().as_bytes()) {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) };
