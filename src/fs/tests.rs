@@ -15,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::node::{Config, Node, ReadConsistency};
+use crate::node::{Config, Node};
 use crate::store::DataDir;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -449,20 +449,7 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
     let data = DataDir::create(dir).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
-    let config = Config {
-        name: "test".into(),
-        listen,
-        advertise: listen.to_string(),
-        commit_timeout: Duration::from_secs(10),
-        read_consistency: ReadConsistency::Linearizable,
-        peers: Vec::new(),
-        snapshot_every: 5000,
-        token_file: None,
-        peer_tls: None,
-        join: Vec::new(),
-        voters: 3,
-        replace_after: None,
-    };
+    let config = Config::single_node_for_tests(listen);
     let node = Node::start(&data, config, listener).await.unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");
     Arc::new(Fs::new(node, FsConfig { max_state_size, uid: 0, gid: 0 }))

@@ -88,6 +88,27 @@ pub struct Config {
     pub replace_after: Option<Duration>,
 }
 
+impl Config {
+    /// A lone node on `listen` with the defaults, for the crate's own tests (`node`, `fs`).
+    #[cfg(test)]
+    pub(crate) fn single_node_for_tests(listen: SocketAddr) -> Config {
+        Config {
+            name: "test".into(),
+            listen,
+            advertise: listen.to_string(),
+            commit_timeout: Duration::from_secs(10),
+            read_consistency: ReadConsistency::Linearizable,
+            peers: Vec::new(),
+            snapshot_every: 5000,
+            token_file: None,
+            peer_tls: None,
+            join: Vec::new(),
+            voters: 3,
+            replace_after: None,
+        }
+    }
+}
+
 /// Why a proposal or a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -737,27 +758,10 @@ mod tests {
     use super::*;
     use crate::chain::{Content, StateId};
 
-    fn config(listen: SocketAddr) -> Config {
-        Config {
-            name: "test".into(),
-            listen,
-            advertise: listen.to_string(),
-            commit_timeout: Duration::from_secs(10),
-            read_consistency: ReadConsistency::Linearizable,
-            peers: Vec::new(),
-            snapshot_every: 5000,
-            token_file: None,
-            peer_tls: None,
-            join: Vec::new(),
-            voters: 3,
-            replace_after: None,
-        }
-    }
-
     async fn start(data: &DataDir) -> Result<Arc<Node>, StartError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listen = listener.local_addr().unwrap();
-        Node::start(data, config(listen), listener).await
+        Node::start(data, Config::single_node_for_tests(listen), listener).await
     }
 
     fn put(id: &str) -> TxOp {
@@ -781,7 +785,7 @@ mod tests {
             // What a crash between writing identity.json and `initialize` leaves behind.
             let identity = Identity::generate(node_id_for(&bootstrap::normalize(&listen.to_string())));
             identity.save(&data).unwrap();
-            let node = Node::start(&data, config(listen), listener).await.unwrap();
+            let node = Node::start(&data, Config::single_node_for_tests(listen), listener).await.unwrap();
             assert!(node.wait_ready(Duration::from_secs(10)).await, "the node never initialized");
             node.propose(put("f")).await.unwrap();
             assert_eq!(node.id(), identity.node_id);
