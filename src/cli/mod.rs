@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the filesystem at MOUNTPOINT until SIGINT/SIGTERM.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Show a running node's view of the cluster; exit 0 only when it is healthy.
     Status {
         /// The node's gRPC address.
@@ -162,6 +162,17 @@ pub struct MountArgs {
     /// which becomes a voter; the lost one stays a learner. `0` never replaces.
     #[arg(long, env = "LIGHTCHAIN_REPLACE_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub replace_after: Duration,
+    /// Cold start by discovery (Kubernetes): a new data directory waits until it finds this
+    /// many new nodes through --discover-dns (and --peer), then they found one cluster
+    /// together, in any start order; if it finds a running cluster instead, it joins it (a
+    /// node that lost its data is replaced). Every founder gets the same number; at most
+    /// --voters. Ignored once the data directory holds data.
+    #[arg(long, env = "LIGHTCHAIN_BOOTSTRAP_EXPECT", conflicts_with = "join", value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub bootstrap_expect: Option<u64>,
+    /// NAME:PORT whose addresses are the nodes to discover (a headless Service's name),
+    /// resolved again every round. Needs --bootstrap-expect.
+    #[arg(long, env = "LIGHTCHAIN_DISCOVER_DNS", requires = "bootstrap_expect")]
+    pub discover_dns: Option<String>,
     /// Mutual TLS for peer traffic.
     #[command(flatten)]
     pub tls: PeerTlsArgs,
@@ -262,7 +273,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(*args),
         Command::Status { addr, json, data, cluster_token_file, tls } => {
             status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }

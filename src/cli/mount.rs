@@ -70,6 +70,20 @@ async fn serve(args: MountArgs) -> Result<(), String> {
             "listening off loopback without --peer-tls-*: the cluster token and all peer traffic travel in clear text"
         );
     }
+    let bootstrap_expect = args.bootstrap_expect.map(|n| n as usize);
+    if let Some(expect) = bootstrap_expect {
+        if expect > args.voters {
+            return Err(format!(
+                "--bootstrap-expect {expect} founds {expect} voters, more than --voters {}: raise --voters",
+                args.voters
+            ));
+        }
+        if expect > 1 && args.discover_dns.is_none() && args.peers.is_empty() {
+            return Err(format!(
+                "--bootstrap-expect {expect} needs contacts to discover the others: give --discover-dns NAME:PORT or --peer HOST:PORT"
+            ));
+        }
+    }
     let config = Config {
         name: args.name.clone().unwrap_or_else(host_name),
         listen,
@@ -83,6 +97,8 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         join: args.join.clone(),
         voters: args.voters,
         replace_after: (!args.replace_after.is_zero()).then_some(args.replace_after),
+        bootstrap_expect,
+        discover_dns: args.discover_dns.clone(),
     };
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;

@@ -96,7 +96,7 @@ pub fn resolve_token(
                 .into(),
         ));
     }
-    if members.len() > 1 {
+    if members.len() > 1 || config.bootstrap_expect.is_some_and(|n| n > 1) {
         return Err(super::StartError::Refused(
             "a cluster of several members needs a shared secret: give every member the same \
              --cluster-token-file FILE (for example made with `openssl rand -hex 32 > FILE`)"

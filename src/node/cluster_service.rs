@@ -6,9 +6,12 @@
 //! - `ReadIndex`: the leader's read index, for linearizable reads on followers.
 //! - `Hello`: what this node knows, for the start-up checks of `bootstrap` and for the
 //!   members' once-a-second poll: its head, and its hash at the asker's height (divergence
-//!   checks, see `members`). The caller must hold the token and be a member or configured peer,
-//!   but a caller without a genesis is not checked for its incarnation (and leaves no trace): a
-//!   node with a wiped directory must get an answer that explains why it is refused.
+//!   checks, see `members`), its advertised address, voters and — while it discovers its
+//!   cluster — its proposal (`discovery`). A caller with a cluster id must be a member; a caller
+//!   without one needs only the token (it may be discovering, or replacing a member that lost
+//!   its data), is not checked for its incarnation and leaves no trace: it reads no more than
+//!   `lightchain status` shows, and a node with a wiped directory gets an answer that explains
+//!   why it is refused.
 //! - `Join`: a new node asks to become a member (`membership`). The token is required; the
 //!   sender is either the joiner itself (its metadata must match the body) or a member
 //!   forwarding it (admitted as any member's message); either way the joiner's id must be the
@@ -115,8 +118,9 @@ impl Cluster for ClusterService {
         // A caller that has a genesis is an established member: remember its incarnation (and
         // refuse it if it changed). A caller without one is a new node deciding how to start:
         // answer, but remember nothing, so a refused attempt leaves no trace.
-        // Either way the caller must hold the token and be a member or a configured peer.
-        let meta = peer::authenticate_request(&request, self.cell.guard.as_ref())?;
+        // Either way the caller must hold the token; a member must be one (a new node is not
+        // yet: it may be discovering its cluster, or replace a member that lost its data).
+        let meta = peer::authenticate_joiner(&request, self.cell.guard.as_ref())?;
         if !meta.cluster_id.is_empty() {
             peer::admit_request(&request, self.cell.guard.as_ref())?;
         }
@@ -146,6 +150,11 @@ impl Cluster for ClusterService {
             ready: self.cell.node.get().is_some_and(|n| n.is_ready()),
             head_hash: head.map_or_else(Vec::new, |h| h.hash.0.to_vec()),
             hash_at_asked,
+            addr: self.cell.advertise.clone(),
+            voters: self.cell.raft.get().map_or_else(Vec::new, |raft| {
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+            }),
+            bootstrap: self.cell.bootstrap.lock().unwrap().as_ref().map(|p| p.to_pb()),
         };
         Ok(peer::response(reply, guard))
     }

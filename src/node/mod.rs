@@ -19,6 +19,7 @@
 mod batcher;
 mod bootstrap;
 pub mod cluster_service;
+mod discovery;
 pub mod divergence;
 mod guard;
 mod members;
@@ -86,6 +87,13 @@ pub struct Config {
     /// `--replace-after`: a voter unheard of for this long is replaced by a caught-up learner
     /// (`None`: never).
     pub replace_after: Option<Duration>,
+    /// `--bootstrap-expect`: a new data directory founds the cluster with this many new nodes
+    /// found through `discover_dns` and `peers`, or joins the cluster they are in
+    /// (`discovery`). `None`: static bootstrap from `peers`, or `--join`.
+    pub bootstrap_expect: Option<usize>,
+    /// `--discover-dns NAME:PORT`: the name whose addresses are the contacts of discovery,
+    /// resolved again every round.
+    pub discover_dns: Option<String>,
 }
 
 impl Config {
@@ -105,6 +113,8 @@ impl Config {
             join: Vec::new(),
             voters: 3,
             replace_after: None,
+            bootstrap_expect: None,
+            discover_dns: None,
         }
     }
 }
@@ -222,13 +232,15 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         // One process per data directory: a second one would corrupt the log and the chain.
         let lock = data.lock()?;
-        let members = bootstrap::members(&config.advertise, &config.peers);
+        // With discovery the peers are contacts, not the members to derive ids from.
+        let discovery = config.bootstrap_expect.is_some();
+        let members = bootstrap::members(&config.advertise, if discovery { &[] } else { &config.peers });
         let token = bootstrap::resolve_token(data, config.token_file.as_deref(), &members, &config)?;
         let existing = Identity::load(data)?;
         let fresh = existing.is_none();
         let advertised = bootstrap::normalize(&config.advertise);
         let identity = existing.unwrap_or_else(|| {
-            if config.join.is_empty() {
+            if config.join.is_empty() && !discovery {
                 Identity::generate(node_id_for(&advertised))
             } else {
                 Identity::generate_joiner(&advertised)
@@ -239,7 +251,7 @@ impl Node {
         let guard =
             Arc::new(guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), configured)?);
         let (shutdown, _) = watch::channel(false);
-        let cell = services::NodeCell::new(guard.clone());
+        let cell = services::NodeCell::new(guard.clone(), advertised.clone());
         let mut stop = shutdown.subscribe();
         let server = crate::rpc::serve(
             listener,
@@ -279,7 +291,8 @@ impl Node {
         cell: &services::NodeCell,
         shutdown: &watch::Sender<bool>,
     ) -> Result<Arc<Node>, StartError> {
-        let members = bootstrap::members(&config.advertise, &config.peers);
+        let discovery = config.bootstrap_expect.is_some();
+        let mut members = bootstrap::members(&config.advertise, if discovery { &[] } else { &config.peers });
         let peers: Vec<String> =
             members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
         let channels = Channels::new(config.peer_tls.clone());
@@ -290,7 +303,40 @@ impl Node {
         if !config.join.is_empty() && !joining {
             tracing::info!("this data directory holds a member's data: --join is ignored");
         }
-        let decision = if joining {
+        // Where to ask for admission, when this node joins a running cluster.
+        let mut join_via = joining.then(|| config.join.clone());
+        let decision = if let Some(expect) = config.bootstrap_expect.filter(|_| fresh || undecided) {
+            if fresh {
+                identity.save(data)?;
+                tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory; discovering the cluster");
+            }
+            guard.open_for_join();
+            let contacts =
+                discovery::Contacts { dns: config.discover_dns.clone(), fixed: config.peers.clone() };
+            let advertised = bootstrap::normalize(&config.advertise);
+            let outcome = discovery::run(
+                &channels,
+                guard.as_ref(),
+                identity.node_id,
+                &advertised,
+                expect,
+                &contacts,
+                &cell.bootstrap,
+            )
+            .await;
+            match outcome {
+                discovery::Outcome::Initialize(first) => {
+                    members = first;
+                    Some(bootstrap::Decision::Initialize)
+                }
+                discovery::Outcome::Join(contacts) => {
+                    // A joiner is not a founder: others must not count it.
+                    cell.bootstrap.lock().unwrap().take();
+                    join_via = Some(contacts);
+                    None
+                }
+            }
+        } else if joining {
             if fresh {
                 identity.save(data)?;
                 tracing::info!(node_id = identity.node_id, data = %data.root.display(), "created a new data directory to join a cluster");
@@ -335,14 +381,14 @@ impl Node {
             .map_err(consensus_err)?;
         guard.watch_membership(raft.metrics());
         let _ = cell.raft.set(raft.clone());
-        if joining {
+        if let Some(join_via) = &join_via {
             let me = crate::rpc::pb::JoinRequest {
                 addr: bootstrap::normalize(&config.advertise),
                 node_id: identity.node_id,
                 incarnation: identity.incarnation,
             };
-            tracing::info!(join = ?config.join, node_id = identity.node_id, "asking to join the cluster");
-            let reply = membership::join(&channels, guard.as_ref(), &config.join, me)
+            tracing::info!(join = ?join_via, node_id = identity.node_id, "asking to join the cluster");
+            let reply = membership::join(&channels, guard.as_ref(), join_via, me)
                 .await
                 .map_err(|e| StartError::Refused(e.to_string()))?;
             tracing::info!(leader = reply.leader, replaced = ?reply.replaced, "joined the cluster as a learner; catching up");

@@ -27,12 +27,16 @@ pub struct NodeCell {
     pub raft: Arc<OnceLock<Raft>>,
     /// Peer admission (exists from the start).
     pub guard: Arc<NodeGuard>,
+    /// The address this node advertises, for `Hello` answers.
+    pub advertise: String,
+    /// This node's proposal while it discovers its first members (`discovery`).
+    pub bootstrap: super::discovery::Shared,
 }
 
 impl NodeCell {
-    /// Empty cells around `guard`.
-    pub fn new(guard: Arc<NodeGuard>) -> NodeCell {
-        NodeCell { node: Arc::default(), raft: Arc::default(), guard }
+    /// Empty cells around `guard`, for a node advertising `advertise`.
+    pub fn new(guard: Arc<NodeGuard>, advertise: String) -> NodeCell {
+        NodeCell { node: Arc::default(), raft: Arc::default(), guard, advertise, bootstrap: Arc::default() }
     }
 
     /// The peer services (`Raft`, `Cluster`); snapshots are staged under `staging`.

@@ -199,10 +199,15 @@ pub fn response<T>(message: T, guard: &dyn PeerGuard) -> Response<T> {
 
 /// Admits the sender of an answer (token, then cluster and incarnation); `Err` says why not.
 pub fn admit_response<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Result<(), String> {
+    let meta = responder(response, guard)?;
+    guard.admit(&meta)
+}
+
+/// Who answered, once the answer's token is checked (and nothing else: the caller decides).
+pub fn responder<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, String> {
     check_token(response.metadata(), guard.token())
         .map_err(|e| format!("answer refused: {}", e.message()))?;
-    let meta = PeerMeta::read(response.metadata())?;
-    guard.admit(&meta)
+    PeerMeta::read(response.metadata())
 }
 
 /// [`admit_response`], and the responder must be `expected` (the node the request was for).
