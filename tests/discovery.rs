@@ -14,8 +14,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::hash::{BuildHasher, Hasher};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,12 +23,6 @@ use serde_json::Value;
 
 const NAME: &str = "lightchain-peers.test";
 const POLL: Duration = Duration::from_secs(30);
-
-fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
-}
 
 /// Three nodes to be discovered under [`NAME`]: their addresses share a port, each on its own
 /// loopback IP, and the hosts file the hook reads.
@@ -43,31 +35,14 @@ struct Pods {
     _dir: tempfile::TempDir,
 }
 
-/// Loopback IPs `127.X.Y.1..=n` and a port free on all of them.
-fn free_ips_and_port(n: usize) -> (Vec<String>, u16) {
-    for _ in 0..20 {
-        let r = random_u64();
-        let ips: Vec<String> =
-            (1..=n).map(|i| format!("127.{}.{}.{i}", 2 + r % 250, (r >> 8) % 250)).collect();
-        let Ok(first) = TcpListener::bind((ips[0].as_str(), 0)) else { continue };
-        let port = first.local_addr().unwrap().port();
-        let rest: Vec<_> = ips[1..].iter().map(|ip| TcpListener::bind((ip.as_str(), port))).collect();
-        if rest.iter().all(Result::is_ok) {
-            return (ips, port);
-        }
-    }
-    panic!("no port free on three loopback addresses");
-}
-
 impl Pods {
     fn new(n: usize) -> Pods {
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
         let token = dir.path().join("cluster-token");
         fs::write(&hosts, "").unwrap();
-        fs::write(&token, format!("{:016x}{:016x}{:016x}{:016x}\n", random_u64(), 1, random_u64(), 2))
-            .unwrap();
-        let (ips, port) = free_ips_and_port(n);
+        fs::write(&token, format!("{:016x}{:016x}{:016x}{:016x}\n", rand_u64(), 1, rand_u64(), 2)).unwrap();
+        let (ips, port) = free_loopback_ips_and_port(n);
         let mut pods = Pods { nodes: Vec::new(), ips, port, hosts, token, _dir: dir };
         for i in 0..n {
             let mut node = Node::prepare(pods.opts());
@@ -239,7 +214,7 @@ fn a_wiped_node_joins_the_running_cluster_and_a_restarted_one_just_starts() {
 #[test]
 fn bootstrap_expect_without_contacts_or_beyond_voters_is_refused() {
     let token = tempfile::NamedTempFile::new().unwrap();
-    fs::write(token.path(), format!("{:032x}{:032x}\n", random_u64(), random_u64())).unwrap();
+    fs::write(token.path(), format!("{:032x}{:032x}\n", rand_u64(), rand_u64())).unwrap();
     let token = token.path().display().to_string();
     for (flags, says) in [
         (vec!["--bootstrap-expect", "3"], "needs contacts"),

@@ -13,7 +13,10 @@
 //! and `startupProbe` are run by the test with `podman exec`, as the kubelet would; the `emptyDir`
 //! becomes an rshared bind mount made by the test (this host's `/` is private, so a plain directory
 //! cannot carry a Bidirectional mount), the PVC and the Secret become host directories; the pods use
-//! the host network with loopback addresses instead of the Service's DNS names; the `fieldRef` env
+//! the host network, each on its own loopback address with one shared port, which it advertises
+//! instead of its DNS name; the Service's name reaches every pod as `hostAliases` entries naming
+//! every pod's address (what the headless Service's DNS record answers), resolved by the binary's
+//! real resolver, and `--bootstrap-expect` is the number of pods played; the `fieldRef` env
 //! gets literal values. `--cluster-token-file` is kept only when the binary under test has the flag.
 //!
 //! Everything runs in a private podman store (`--root`/`--runroot`/`--tmpdir` in a temp dir, vfs
@@ -156,13 +159,17 @@ fn manifests_say_what_the_schema_cannot() {
     assert!(claims.iter().any(|c| c["metadata"]["name"] == data["name"]), "data on a volumeClaimTemplate");
 
     let replicas = sts["spec"]["replicas"].as_u64().unwrap();
-    let peers = flag(&a, "--peer");
-    assert_eq!(peers.len() as u64, replicas, "the static --peer list names every replica");
-    let (name, service) =
-        (sts["metadata"]["name"].as_str().unwrap(), svc["metadata"]["name"].as_str().unwrap());
-    for (i, p) in peers.iter().enumerate() {
-        assert!(p.starts_with(&format!("{name}-{i}.{service}.")), "peer {i} is pod {name}-{i} by DNS: {p}");
-    }
+    assert!(flag(&a, "--peer").is_empty(), "no static --peer list: the pods discover each other");
+    assert_eq!(flag(&a, "--bootstrap-expect"), [replicas.to_string()], "the first pods found the cluster");
+    let service = svc["metadata"]["name"].as_str().unwrap();
+    let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let discover = flag(&a, "--discover-dns");
+    assert!(
+        discover.len() == 1
+            && discover[0].starts_with(&format!("{service}.$(POD_NAMESPACE).svc."))
+            && discover[0].ends_with(&format!(":{port}")),
+        "the pods are discovered through the headless Service's name and port: {discover:?}"
+    );
     let advertise = flag(&a, "--advertise");
     assert!(
         advertise.len() == 1 && advertise[0].starts_with(&format!("$(POD_NAME).{service}.")),
@@ -349,8 +356,11 @@ struct PodPlan {
     name: String,
     /// Loopback address this member listens on and advertises.
     addr: String,
-    /// The static `--peer` list (every member, this one included).
-    peers: Vec<String>,
+    /// `--bootstrap-expect` for this play (the manifest's, or fewer pods).
+    expect: usize,
+    /// The addresses the Service's name resolves to (every pod's IP). The render writes them into
+    /// the sidecar's `/etc/hosts`, so the binary resolves the name with the real resolver.
+    service_ips: Vec<String>,
     /// Host directory standing in for the emptyDir (rshared).
     shared: PathBuf,
     /// Host directory standing in for the PVC.
@@ -378,14 +388,23 @@ fn render(sts: &Value, plan: &PodPlan) -> (Value, Vec<String>, Vec<String>) {
     for key in ["restartPolicy", "startupProbe", "lifecycle", "ports"] {
         obj.remove(key);
     }
-    let mut a: Vec<String> = args(&side)
+    let original = args(&side);
+    let service_name = flag(&original, "--discover-dns")[0]
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .replace("$(POD_NAMESPACE)", "default");
+    let port = plan.addr.rsplit_once(':').unwrap().1;
+    let rendered = ["--listen=", "--advertise=", "--discover-dns=", "--bootstrap-expect="];
+    let mut a: Vec<String> = original
         .into_iter()
-        .filter(|a| !["--listen=", "--advertise=", "--peer="].iter().any(|p| a.starts_with(p)))
+        .filter(|a| !rendered.iter().any(|p| a.starts_with(p)))
         .filter(|a| plan.token.is_some() || !a.starts_with("--cluster-token-file="))
         .collect();
     a.push(format!("--listen={}", plan.addr));
     a.push(format!("--advertise={}", plan.addr));
-    a.extend(plan.peers.iter().map(|p| format!("--peer={p}")));
+    a.push(format!("--discover-dns={service_name}:{port}"));
+    a.push(format!("--bootstrap-expect={}", plan.expect));
     side["args"] = json!(a);
     let mut containers = vec![side];
     containers.extend(spec["containers"].as_array().unwrap().iter().cloned());
@@ -426,6 +445,18 @@ fn render(sts: &Value, plan: &PodPlan) -> (Value, Vec<String>, Vec<String>) {
     for claim in sts["spec"]["volumeClaimTemplates"].as_array().unwrap() {
         volumes.push(json!({ "name": claim["metadata"]["name"], "hostPath": host(&plan.data) }));
     }
+    // What the headless Service's DNS record does: the name resolves to every pod's address. (podman
+    // ignores `hostAliases` on the host network, so the sidecar gets an /etc/hosts of its own.)
+    let hosts = plan.data.with_extension("hosts");
+    let lines: String = plan.service_ips.iter().map(|ip| format!("{ip} {service_name}\n")).collect();
+    fs::write(&hosts, format!("127.0.0.1 localhost\n{lines}")).unwrap();
+    volumes.push(
+        json!({ "name": "service-dns", "hostPath": { "path": hosts.to_str().unwrap(), "type": "File" } }),
+    );
+    containers[0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "service-dns", "mountPath": "/etc/hosts", "readOnly": true }));
     spec["volumes"] = json!(volumes);
     spec["containers"] = json!(containers);
     spec["hostNetwork"] = json!(true);
@@ -552,7 +583,8 @@ fn sidecar_serves_a_non_root_app_recovers_from_kill9_and_stops_cleanly() {
     let plan = PodPlan {
         name: "lightchain-0".into(),
         addr: addr.clone(),
-        peers: vec![],
+        expect: 1,
+        service_ips: vec!["127.0.0.1".into()],
         shared: podman.shared_dir("shared-0"),
         data,
         token: token_dir(&podman),
@@ -635,7 +667,9 @@ fn three_sidecar_pods_form_one_cluster_and_see_each_others_writes() {
     let (side_image, app_image) = images(&sts);
     podman.build_images(&side_image, &app_image);
     let token = token_dir(&podman);
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    // One port, one loopback address per pod: what the Service's name and port give a pod.
+    let (ips, port) = common::free_loopback_ips_and_port(3);
+    let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
     let pods: Vec<Pod> = (0..3)
         .map(|i| {
             let data = podman.root.join(format!("data-{i}"));
@@ -643,7 +677,8 @@ fn three_sidecar_pods_form_one_cluster_and_see_each_others_writes() {
             let plan = PodPlan {
                 name: format!("lightchain-{i}"),
                 addr: addrs[i].clone(),
-                peers: addrs.clone(),
+                expect: 3,
+                service_ips: ips.clone(),
                 shared: podman.shared_dir(&format!("shared-{i}")),
                 data,
                 token: token.clone(),

@@ -41,5 +41,11 @@ for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
   mkdir -p "$out/lightchain/rootfs$(dirname "$lib")"
   cp -L "$lib" "$out/lightchain/rootfs$lib"
 done
+# Names resolve from /etc/hosts first, then DNS (without nsswitch.conf glibc asks DNS only, and a
+# hostAliases entry or the pod's own name would not resolve), and a name /etc/hosts lists on several
+# lines resolves to all of them (`multi on`, as on Debian), like a headless Service's DNS name.
+mkdir -p "$out/lightchain/rootfs/etc"
+echo "hosts: files dns" > "$out/lightchain/rootfs/etc/nsswitch.conf"
+echo "multi on" > "$out/lightchain/rootfs/etc/host.conf"
 stage_busybox "$out/lightchain/rootfs"
 stage_busybox "$out/app/rootfs"

@@ -232,17 +232,19 @@ pub struct Contacts {
 }
 
 impl Contacts {
-    async fn list(&self) -> Vec<String> {
+    /// The contacts now, and why the name did not resolve (if it did not).
+    async fn list(&self) -> (Vec<String>, Option<String>) {
         let mut all = self.fixed.clone();
+        let mut failed = None;
         if let Some(dns) = &self.dns {
             match resolve(dns).await {
                 Ok(addrs) => all.extend(addrs),
-                Err(e) => tracing::debug!(error = %e, "cannot resolve the discovery name yet"),
+                Err(e) => failed = Some(e),
             }
         }
         all.sort();
         all.dedup();
-        all
+        (all, failed)
     }
 }
 
@@ -272,10 +274,12 @@ pub async fn run(
     let mut last_report = Instant::now();
     loop {
         let mut seen = Vec::new();
-        for contact in contacts.list().await {
-            match hello(channels, guard, &contact).await {
-                Ok(reply) => seen.push(Seen::from_reply(&contact, &reply)),
-                Err(e) => tracing::debug!(%contact, error = %e, "a contact did not answer"),
+        let (list, unresolved) = contacts.list().await;
+        let mut silent = Vec::new();
+        for contact in &list {
+            match hello(channels, guard, contact).await {
+                Ok(reply) => seen.push(Seen::from_reply(contact, &reply)),
+                Err(e) => silent.push(format!("{contact}: {e}")),
             }
         }
         let step = decide(me, addr, expect, &mut settled, &seen);
@@ -292,7 +296,10 @@ pub async fn run(
             Step::Wait(why) if last_report.elapsed() > Duration::from_secs(5) => {
                 tracing::info!(
                     expect,
-                    contacts = seen.len(),
+                    contacts = list.len(),
+                    answered = seen.len(),
+                    unresolved = unresolved.as_deref().unwrap_or("-"),
+                    silent = ?silent,
                     "discovering the cluster's first members: {why}"
                 );
                 last_report = Instant::now();

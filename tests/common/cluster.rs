@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{run_command, with_timeout, Node, Opts, BIN, CMD_TIMEOUT, READY_TIMEOUT};
+use super::{rand_u64, run_command, with_timeout, Node, Opts, BIN, CMD_TIMEOUT, READY_TIMEOUT};
 
 /// Deadline of every poll for a cluster-wide condition (leader known, heads equal, `states/` equal).
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -478,12 +478,6 @@ impl Drop for Cluster {
 }
 
 /// A random number for the test token, from the OS (no RNG crate needed in the tests).
-fn rand_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    use std::io::Read;
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
-    u64::from_ne_bytes(bytes)
-}
 
 /// SIGKILLs and reaps every running member of a failed start (their `Drop` unmounts).
 fn kill_all(nodes: &mut [Node]) {

@@ -945,3 +945,28 @@ pub fn json_contains_str(v: &Value, s: &str) -> bool {
         _ => false,
     }
 }
+
+/// A random number from `/dev/urandom`.
+pub fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
+    u64::from_ne_bytes(bytes)
+}
+
+/// `n` loopback addresses `127.X.Y.1..=n` (all of `127/8` is loopback on Linux) and one port free on
+/// all of them: nodes that share a port on their own addresses, as pods behind one Service name do.
+pub fn free_loopback_ips_and_port(n: usize) -> (Vec<String>, u16) {
+    for _ in 0..20 {
+        let r = rand_u64();
+        let ips: Vec<String> =
+            (1..=n).map(|i| format!("127.{}.{}.{i}", 2 + r % 250, (r >> 8) % 250)).collect();
+        let Ok(first) = std::net::TcpListener::bind((ips[0].as_str(), 0)) else { continue };
+        let port = first.local_addr().unwrap().port();
+        let rest: Vec<_> =
+            ips[1..].iter().map(|ip| std::net::TcpListener::bind((ip.as_str(), port))).collect();
+        if rest.iter().all(Result::is_ok) {
+            return (ips, port);
+        }
+    }
+    panic!("no port free on {n} loopback addresses");
+}
