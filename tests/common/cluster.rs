@@ -477,7 +477,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A random number for the test token, from the OS (no RNG crate needed in the tests).
 
 /// SIGKILLs and reaps every running member of a failed start (their `Drop` unmounts).
 fn kill_all(nodes: &mut [Node]) {
