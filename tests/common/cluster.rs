@@ -477,7 +477,6 @@ impl Drop for Cluster {
     }
 }
 
-
 /// SIGKILLs and reaps every running member of a failed start (their `Drop` unmounts).
 fn kill_all(nodes: &mut [Node]) {
     for node in nodes.iter_mut() {
