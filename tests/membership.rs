@@ -1,8 +1,9 @@
 //! Membership over real processes on loopback (DESIGN §1.8, issue 9 items 1–3): nodes join a running
 //! cluster with `--join` through any member, are promoted to voters while the cluster has fewer than
-//! `--voters`, and past that serve as learners (reads, forwarded writes); `lightchain member` lists and
-//! removes; a node that lost its data comes back at its address under a new id and replaces its old
-//! identity; a joiner without the cluster's token is refused and changes nothing.
+//! `--voters` (two at a time, so the count stays odd), and past that serve as learners (reads,
+//! forwarded writes); a joiner says it is ready only once it has caught up; `lightchain member` lists
+//! and removes; a node that lost its data comes back at its address under a new id and replaces its
+//! old identity; a joiner without the cluster's token is refused and changes nothing.
 
 mod common;
 
@@ -31,6 +32,23 @@ fn ids_with_role(list: &Value, role: &str) -> HashSet<u64> {
         .iter()
         .filter(|m| m["role"] == role)
         .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// The voter configurations of every membership block of a chain (`lightchain log --json`), in
+/// chain order: one set per block, two during a joint change. They are the memberships the
+/// cluster committed, each one.
+fn committed_voter_configs(blocks: &[Value]) -> Vec<Vec<HashSet<u64>>> {
+    blocks
+        .iter()
+        .flat_map(|b| b["txs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|tx| tx["op"]["membership"]["members"]["configs"].as_array().cloned())
+        .map(|configs| {
+            configs
+                .iter()
+                .map(|c| c.as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect())
+                .collect()
+        })
         .collect()
 }
 
@@ -95,6 +113,19 @@ fn joiners_become_voters_up_to_voters_then_serve_as_learners() {
     c.wait_converged(&c.all());
     c.wait_states_identical(&c.all());
     c.assert_verify(&c.all());
+
+    // The cluster never had an even number of voters on the way up: the chain holds every
+    // membership it committed, and none had 4 voters (not even as half of a joint change); the
+    // two joiners became voters together, in one joint change from the three to the five.
+    let configs = committed_voter_configs(&c.log_blocks(0));
+    assert!(configs.len() >= 4, "genesis, two learners added, a promotion at least: {configs:?}");
+    assert!(configs[0].len() == 1 && configs[0][0].len() == 3, "the genesis has 3 voters: {configs:?}");
+    assert!(
+        configs.iter().flatten().all(|voters| voters.len() % 2 == 1),
+        "a committed membership had an even number of voters: {configs:?}"
+    );
+    let three_to_five = configs.iter().any(|c| c.len() == 2 && c[0].len() == 3 && c[1].len() == 5);
+    assert!(three_to_five, "no joint change from 3 voters to 5: {configs:?}");
 }
 
 #[test]
