@@ -271,3 +271,72 @@ fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
     c.wait_converged(&c.all());
     c.assert_verify(&c.all());
 }
+
+/// The content of state `i` of a long chain (a few hundred bytes, distinct for each state).
+fn long_chain_state(i: usize) -> Vec<u8> {
+    format!("state {i} of a long chain\n").repeat(16).into_bytes()
+}
+
+#[test]
+fn a_joiner_says_ready_only_once_it_has_caught_up_with_the_chain() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    // A long chain: one block per state.
+    const STATES: usize = 300;
+    std::fs::create_dir(c.path(leader, "long")).unwrap();
+    for i in 0..STATES {
+        put(&c.path(leader, &format!("long/{i}")), &long_chain_state(i));
+    }
+    c.wait_converged(&c.all());
+
+    // A joiner that applies slowly (the test hook holds every entry back 20 ms: six seconds for
+    // the chain) and reads its local replica, as an app beside it would with local reads.
+    let mut opts = c.join_opts(&[leader], &[]);
+    opts.read_consistency = Some("local".into());
+    opts.env.push(("LIGHTCHAIN_TEST_APPLY_DELAY_MS".into(), "20".into()));
+    let mut joiner = Node::prepare(opts);
+    joiner.set_listen(&free_addrs(1).remove(0));
+    joiner.spawn();
+
+    // Poll its status as often as a probe could; until it says ready, it says why not.
+    let status_path = joiner.path(".lightchain/status");
+    let deadline = std::time::Instant::now() + 2 * READY_TIMEOUT;
+    let mut reasons = Vec::new();
+    loop {
+        assert!(joiner.is_running(), "the joiner exited:\n{}", joiner.log_tail(40));
+        // (Nothing is mounted yet at first: no status to read.)
+        if let Ok(bytes) = std::fs::read(&status_path) {
+            let status: Value = serde_json::from_slice(&bytes).unwrap();
+            if status["ready"] == true {
+                assert!(status["not_ready"].is_null(), "ready, yet a reason not to be: {status}");
+                break;
+            }
+            let why =
+                status["not_ready"].as_str().unwrap_or_else(|| panic!("not ready, no reason: {status}"));
+            if reasons.last().map(String::as_str) != Some(why) {
+                reasons.push(why.to_owned());
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the joiner never became ready: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // At the first moment it says ready, every state written before it joined is there, with its
+    // content (the last one written first: it is the last to be applied).
+    for i in (0..STATES).rev() {
+        let path = joiner.path(&format!("long/{i}"));
+        let got = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("state {i}, written before the join, is missing on the ready joiner: {e}")
+        });
+        assert!(got == long_chain_state(i), "state {i} on the ready joiner has other content");
+    }
+    // And while it caught up, it said so, with how far it was.
+    let catching_up = reasons.iter().any(|r| {
+        let Some(rest) = r.strip_prefix("catching up (applied ") else { return false };
+        let numbers: Vec<u64> =
+            rest.trim_end_matches(')').split(" of ").filter_map(|n| n.parse().ok()).collect();
+        numbers.len() == 2 && numbers[0] < numbers[1]
+    });
+    assert!(catching_up, "no `catching up (applied X of Y)` while it caught up: {reasons:?}");
+    assert!(joiner.log().contains("caught up with the cluster: ready"), "{}", joiner.log_tail(30));
+}

@@ -270,7 +270,7 @@ pub(crate) fn to_promote(
     if voters >= target {
         return Vec::new();
     }
-    let want = if voters % 2 == 0 {
+    let want = if voters.is_multiple_of(2) {
         1
     } else if voters + 2 <= target {
         2
