@@ -272,21 +272,74 @@ fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
     c.assert_verify(&c.all());
 }
 
+/// How many states (one block each) a long chain has.
+const LONG_CHAIN: usize = 300;
+
 /// The content of state `i` of a long chain (a few hundred bytes, distinct for each state).
 fn long_chain_state(i: usize) -> Vec<u8> {
     format!("state {i} of a long chain\n").repeat(16).into_bytes()
+}
+
+/// Writes the long chain through member `i`'s mount: `long/0` .. `long/{LONG_CHAIN - 1}`.
+fn write_long_chain(c: &Cluster, i: usize) {
+    std::fs::create_dir(c.path(i, "long")).unwrap();
+    for s in 0..LONG_CHAIN {
+        put(&c.path(i, &format!("long/{s}")), &long_chain_state(s));
+    }
+}
+
+/// Polls `node`'s status as often as a probe could until it says ready; returns the reasons it
+/// gave meanwhile for not being ready, each once in a row. A status that says not ready must say
+/// why, and one that says ready must not.
+fn reasons_until_ready(node: &Node) -> Vec<String> {
+    let status_path = node.path(".lightchain/status");
+    let deadline = std::time::Instant::now() + 2 * READY_TIMEOUT;
+    let mut reasons: Vec<String> = Vec::new();
+    loop {
+        assert!(node.is_running(), "the node exited:\n{}", node.log_tail(40));
+        // (Nothing is mounted yet at first: no status to read.)
+        if let Ok(bytes) = std::fs::read(&status_path) {
+            let status: Value = serde_json::from_slice(&bytes).unwrap();
+            if status["ready"] == true {
+                assert!(status["not_ready"].is_null(), "ready, yet a reason not to be: {status}");
+                return reasons;
+            }
+            let why =
+                status["not_ready"].as_str().unwrap_or_else(|| panic!("not ready, no reason: {status}"));
+            if reasons.last().map(String::as_str) != Some(why) {
+                reasons.push(why.to_owned());
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the node never became ready: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that every state of the long chain reads through `node`'s mount with its content (the
+/// last one written first: it is the last to be applied), and that `reasons` include a
+/// `catching up (applied X of Y)` with X < Y.
+fn assert_caught_up(node: &Node, reasons: &[String]) {
+    for i in (0..LONG_CHAIN).rev() {
+        let got = std::fs::read(node.path(&format!("long/{i}"))).unwrap_or_else(|e| {
+            panic!("state {i}, written before, is missing on the node that says ready: {e}")
+        });
+        assert!(got == long_chain_state(i), "state {i} on the node that says ready has other content");
+    }
+    let catching_up = reasons.iter().any(|r| {
+        let Some(rest) = r.strip_prefix("catching up (applied ") else { return false };
+        let numbers: Vec<u64> =
+            rest.trim_end_matches(')').split(" of ").filter_map(|n| n.parse().ok()).collect();
+        numbers.len() == 2 && numbers[0] < numbers[1]
+    });
+    assert!(catching_up, "no `catching up (applied X of Y)` while it caught up: {reasons:?}");
+    assert!(node.log().contains("caught up with the cluster: ready"), "{}", node.log_tail(30));
 }
 
 #[test]
 fn a_joiner_says_ready_only_once_it_has_caught_up_with_the_chain() {
     let c = Cluster::start(3, ClusterOpts::default());
     let leader = c.wait_leader(&c.all());
-    // A long chain: one block per state.
-    const STATES: usize = 300;
-    std::fs::create_dir(c.path(leader, "long")).unwrap();
-    for i in 0..STATES {
-        put(&c.path(leader, &format!("long/{i}")), &long_chain_state(i));
-    }
+    write_long_chain(&c, leader);
     c.wait_converged(&c.all());
 
     // A joiner that applies slowly (the test hook holds every entry back 20 ms: six seconds for
@@ -298,45 +351,25 @@ fn a_joiner_says_ready_only_once_it_has_caught_up_with_the_chain() {
     joiner.set_listen(&free_addrs(1).remove(0));
     joiner.spawn();
 
-    // Poll its status as often as a probe could; until it says ready, it says why not.
-    let status_path = joiner.path(".lightchain/status");
-    let deadline = std::time::Instant::now() + 2 * READY_TIMEOUT;
-    let mut reasons = Vec::new();
-    loop {
-        assert!(joiner.is_running(), "the joiner exited:\n{}", joiner.log_tail(40));
-        // (Nothing is mounted yet at first: no status to read.)
-        if let Ok(bytes) = std::fs::read(&status_path) {
-            let status: Value = serde_json::from_slice(&bytes).unwrap();
-            if status["ready"] == true {
-                assert!(status["not_ready"].is_null(), "ready, yet a reason not to be: {status}");
-                break;
-            }
-            let why =
-                status["not_ready"].as_str().unwrap_or_else(|| panic!("not ready, no reason: {status}"));
-            if reasons.last().map(String::as_str) != Some(why) {
-                reasons.push(why.to_owned());
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "the joiner never became ready: {reasons:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // At the first moment it says ready, every state written before it joined is there.
+    let reasons = reasons_until_ready(&joiner);
+    assert_caught_up(&joiner, &reasons);
+}
 
-    // At the first moment it says ready, every state written before it joined is there, with its
-    // content (the last one written first: it is the last to be applied).
-    for i in (0..STATES).rev() {
-        let path = joiner.path(&format!("long/{i}"));
-        let got = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("state {i}, written before the join, is missing on the ready joiner: {e}")
-        });
-        assert!(got == long_chain_state(i), "state {i} on the ready joiner has other content");
-    }
-    // And while it caught up, it said so, with how far it was.
-    let catching_up = reasons.iter().any(|r| {
-        let Some(rest) = r.strip_prefix("catching up (applied ") else { return false };
-        let numbers: Vec<u64> =
-            rest.trim_end_matches(')').split(" of ").filter_map(|n| n.parse().ok()).collect();
-        numbers.len() == 2 && numbers[0] < numbers[1]
-    });
-    assert!(catching_up, "no `catching up (applied X of Y)` while it caught up: {reasons:?}");
-    assert!(joiner.log().contains("caught up with the cluster: ready"), "{}", joiner.log_tail(30));
+#[test]
+fn a_restarted_member_says_ready_only_once_it_has_caught_up_with_what_it_missed() {
+    // Member 2 applies slowly (20 ms an entry) and every member reads its local replica.
+    let slow = 2;
+    let mut opts = ClusterOpts { read_consistency: Some("local".into()), ..ClusterOpts::default() };
+    opts.member_env.push((slow, "LIGHTCHAIN_TEST_APPLY_DELAY_MS".into(), "20".into()));
+    let mut c = Cluster::start(3, opts);
+    // It misses a long chain while it is stopped, then comes back as a voter.
+    c.nodes[slow].stop();
+    let leader = c.wait_leader(&[0, 1]);
+    write_long_chain(&c, leader);
+    c.nodes[slow].spawn();
+
+    let reasons = reasons_until_ready(&c.nodes[slow]);
+    assert_caught_up(&c.nodes[slow], &reasons);
+    assert_eq!(c.status(slow)["role"], "follower");
 }

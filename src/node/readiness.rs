@@ -143,10 +143,18 @@ pub(super) async fn track(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
             if n.knows_no_quorum() {
                 tracing::info!("lost sight of the quorum: ready again only once caught up with the cluster");
                 n.catch_up.set(Progress::Asking);
-                continue;
             }
             drop(n);
             if !pause(RECHECK, &mut stop).await {
+                return;
+            }
+            continue;
+        }
+        // Without a quorum in sight there is nothing to catch up with yet (and a leader cut off
+        // from its majority would only answer its own commit index, again and again).
+        if n.knows_no_quorum() {
+            drop(n);
+            if !pause(RETRY, &mut stop).await {
                 return;
             }
             continue;
