@@ -1,8 +1,9 @@
 //! Membership over real processes on loopback (DESIGN §1.8, issue 9 items 1–3): nodes join a running
 //! cluster with `--join` through any member, are promoted to voters while the cluster has fewer than
-//! `--voters`, and past that serve as learners (reads, forwarded writes); `lightchain member` lists and
-//! removes; a node that lost its data comes back at its address under a new id and replaces its old
-//! identity; a joiner without the cluster's token is refused and changes nothing.
+//! `--voters` (two at a time, so the count stays odd), and past that serve as learners (reads,
+//! forwarded writes); a joiner says it is ready only once it has caught up; `lightchain member` lists
+//! and removes; a node that lost its data comes back at its address under a new id and replaces its
+//! old identity; a joiner without the cluster's token is refused and changes nothing.
 
 mod common;
 
@@ -31,6 +32,23 @@ fn ids_with_role(list: &Value, role: &str) -> HashSet<u64> {
         .iter()
         .filter(|m| m["role"] == role)
         .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// The voter configurations of every membership block of a chain (`lightchain log --json`), in
+/// chain order: one set per block, two during a joint change. They are the memberships the
+/// cluster committed, each one.
+fn committed_voter_configs(blocks: &[Value]) -> Vec<Vec<HashSet<u64>>> {
+    blocks
+        .iter()
+        .flat_map(|b| b["txs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|tx| tx["op"]["membership"]["members"]["configs"].as_array().cloned())
+        .map(|configs| {
+            configs
+                .iter()
+                .map(|c| c.as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect())
+                .collect()
+        })
         .collect()
 }
 
@@ -95,6 +113,19 @@ fn joiners_become_voters_up_to_voters_then_serve_as_learners() {
     c.wait_converged(&c.all());
     c.wait_states_identical(&c.all());
     c.assert_verify(&c.all());
+
+    // The cluster never had an even number of voters on the way up: the chain holds every
+    // membership it committed, and none had 4 voters (not even as half of a joint change); the
+    // two joiners became voters together, in one joint change from the three to the five.
+    let configs = committed_voter_configs(&c.log_blocks(0));
+    assert!(configs.len() >= 4, "genesis, two learners added, a promotion at least: {configs:?}");
+    assert!(configs[0].len() == 1 && configs[0][0].len() == 3, "the genesis has 3 voters: {configs:?}");
+    assert!(
+        configs.iter().flatten().all(|voters| voters.len() % 2 == 1),
+        "a committed membership had an even number of voters: {configs:?}"
+    );
+    let three_to_five = configs.iter().any(|c| c.len() == 2 && c[0].len() == 3 && c[1].len() == 5);
+    assert!(three_to_five, "no joint change from 3 voters to 5: {configs:?}");
 }
 
 #[test]
@@ -239,4 +270,106 @@ fn a_voter_lost_past_the_grace_period_is_replaced_by_a_caught_up_learner() {
     assert_eq!(read_string(&c.path(lost, "after")), "2\n");
     c.wait_converged(&c.all());
     c.assert_verify(&c.all());
+}
+
+/// How many states (one block each) a long chain has.
+const LONG_CHAIN: usize = 300;
+
+/// The content of state `i` of a long chain (a few hundred bytes, distinct for each state).
+fn long_chain_state(i: usize) -> Vec<u8> {
+    format!("state {i} of a long chain\n").repeat(16).into_bytes()
+}
+
+/// Writes the long chain through member `i`'s mount: `long/0` .. `long/{LONG_CHAIN - 1}`.
+fn write_long_chain(c: &Cluster, i: usize) {
+    std::fs::create_dir(c.path(i, "long")).unwrap();
+    for s in 0..LONG_CHAIN {
+        put(&c.path(i, &format!("long/{s}")), &long_chain_state(s));
+    }
+}
+
+/// Polls `node`'s status as often as a probe could until it says ready; returns the reasons it
+/// gave meanwhile for not being ready, each once in a row. A status that says not ready must say
+/// why, and one that says ready must not.
+fn reasons_until_ready(node: &Node) -> Vec<String> {
+    let status_path = node.path(".lightchain/status");
+    let deadline = std::time::Instant::now() + 2 * READY_TIMEOUT;
+    let mut reasons: Vec<String> = Vec::new();
+    loop {
+        assert!(node.is_running(), "the node exited:\n{}", node.log_tail(40));
+        // (Nothing is mounted yet at first: no status to read.)
+        if let Ok(bytes) = std::fs::read(&status_path) {
+            let status: Value = serde_json::from_slice(&bytes).unwrap();
+            if status["ready"] == true {
+                assert!(status["not_ready"].is_null(), "ready, yet a reason not to be: {status}");
+                return reasons;
+            }
+            let why =
+                status["not_ready"].as_str().unwrap_or_else(|| panic!("not ready, no reason: {status}"));
+            if reasons.last().map(String::as_str) != Some(why) {
+                reasons.push(why.to_owned());
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the node never became ready: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that every state of the long chain reads through `node`'s mount with its content (the
+/// last one written first: it is the last to be applied), and that `reasons` include a
+/// `catching up (applied X of Y)` with X < Y.
+fn assert_caught_up(node: &Node, reasons: &[String]) {
+    for i in (0..LONG_CHAIN).rev() {
+        let got = std::fs::read(node.path(&format!("long/{i}"))).unwrap_or_else(|e| {
+            panic!("state {i}, written before, is missing on the node that says ready: {e}")
+        });
+        assert!(got == long_chain_state(i), "state {i} on the node that says ready has other content");
+    }
+    let catching_up = reasons.iter().any(|r| {
+        let Some(rest) = r.strip_prefix("catching up (applied ") else { return false };
+        let numbers: Vec<u64> =
+            rest.trim_end_matches(')').split(" of ").filter_map(|n| n.parse().ok()).collect();
+        numbers.len() == 2 && numbers[0] < numbers[1]
+    });
+    assert!(catching_up, "no `catching up (applied X of Y)` while it caught up: {reasons:?}");
+    assert!(node.log().contains("caught up with the cluster: ready"), "{}", node.log_tail(30));
+}
+
+#[test]
+fn a_joiner_says_ready_only_once_it_has_caught_up_with_the_chain() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    write_long_chain(&c, leader);
+    c.wait_converged(&c.all());
+
+    // A joiner that applies slowly (the test hook holds every entry back 20 ms: six seconds for
+    // the chain) and reads its local replica, as an app beside it would with local reads.
+    let mut opts = c.join_opts(&[leader], &[]);
+    opts.read_consistency = Some("local".into());
+    opts.env.push(("LIGHTCHAIN_TEST_APPLY_DELAY_MS".into(), "20".into()));
+    let mut joiner = Node::prepare(opts);
+    joiner.set_listen(&free_addrs(1).remove(0));
+    joiner.spawn();
+
+    // At the first moment it says ready, every state written before it joined is there.
+    let reasons = reasons_until_ready(&joiner);
+    assert_caught_up(&joiner, &reasons);
+}
+
+#[test]
+fn a_restarted_member_says_ready_only_once_it_has_caught_up_with_what_it_missed() {
+    // Member 2 applies slowly (20 ms an entry) and every member reads its local replica.
+    let slow = 2;
+    let mut opts = ClusterOpts { read_consistency: Some("local".into()), ..ClusterOpts::default() };
+    opts.member_env.push((slow, "LIGHTCHAIN_TEST_APPLY_DELAY_MS".into(), "20".into()));
+    let mut c = Cluster::start(3, opts);
+    // It misses a long chain while it is stopped, then comes back as a voter.
+    c.nodes[slow].stop();
+    let leader = c.wait_leader(&[0, 1]);
+    write_long_chain(&c, leader);
+    c.nodes[slow].spawn();
+
+    let reasons = reasons_until_ready(&c.nodes[slow]);
+    assert_caught_up(&c.nodes[slow], &reasons);
+    assert_eq!(c.status(slow)["role"], "follower");
 }

@@ -103,7 +103,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     let node =
         Node::start(&data, config, listener).await.map_err(|e| format!("cannot start the node: {e}"))?;
 
-    if !node.wait_ready(READY_TIMEOUT).await {
+    if !node.wait_leader(READY_TIMEOUT).await {
         node.shutdown().await;
         return Err(format!("no leader within {READY_TIMEOUT:?}"));
     }

@@ -110,7 +110,10 @@ pub(super) fn run(
             m.last_error.as_ref().map_or(String::new(), |e| format!(" (last: {e})"))
         );
         println!("states     {}", status.states);
-        println!("ready      {}", status.ready);
+        match &status.not_ready {
+            Some(why) => println!("ready      false (not ready: {why})"),
+            None => println!("ready      {}", status.ready),
+        }
         if let Some(d) = &status.diverged {
             println!(
                 "DIVERGED   at height {}: this node's hash {}, the cluster's {} (member {}); it serves nothing",

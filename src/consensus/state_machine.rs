@@ -447,6 +447,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             return Err(sm_err(ErrorVerb::Write, e));
         }
+        #[cfg(debug_assertions)] // a test-only hook, absent from release builds
+        let entries = super::fault::delay_apply(entries).await;
         let mut results = Vec::new();
         let mut changes = Vec::new();
         let mut blocks = Vec::new();

@@ -9,17 +9,22 @@
 //!   up by ordinary replication (log entries, or a snapshot with the chain segments it lacks).
 //!   `add_learner` is not blocking: catching up a long chain may outlast any RPC deadline and
 //!   the leader may change meanwhile, so promotion is not the join request's business.
-//! - **Promotion** ([`promote_learners`]): the leader, once a second, promotes one caught-up
-//!   learner while the cluster has fewer voters than `--voters`. It runs on every node and acts
-//!   only while leading, so a leader change loses nothing. Past `--voters` a learner stays a
-//!   read replica: it serves its mount (reads by read index from the leader, writes forwarded).
+//! - **Promotion** ([`promote_learners`], decided by [`to_promote`]): the leader, once a
+//!   second, promotes caught-up learners while the cluster has fewer voters than `--voters`,
+//!   moving only between odd counts: two learners in one change from an odd count (1 → 3,
+//!   3 → 5, 5 → 7; a single caught-up learner waits for a second), one from an even count
+//!   (left by `member remove` or `member promote`). It runs on every node and acts only while
+//!   leading, so a leader change loses nothing. Past `--voters` a learner stays a read replica:
+//!   it serves its mount (reads by read index from the leader, writes forwarded).
 //! - **Replacing a lost voter** (same task): a voter that has not answered the leader's member
 //!   poll for `--replace-after` (the grace period) is swapped for a caught-up learner in one
 //!   change (`ReplaceAllVoters`, `retain = true`): the lost node stays a learner, so if it comes
 //!   back it catches up as a read replica and nothing of it is lost; `member remove` takes it out.
 //! - **Explicit changes** ([`Node::member_op`], `lightchain member`): list, remove, promote,
-//!   through the admin service; a follower forwards a change to the leader. Nothing here runs
-//!   on a graceful stop: a stopped member stays a member.
+//!   through the admin service; a follower forwards a change to the leader. They do what the
+//!   operator asks, even when that leaves an even number of voters (automatic promotion then
+//!   brings it back to odd when a learner is caught up). Nothing here runs on a graceful stop:
+//!   a stopped member stays a member.
 //!
 //! This module changes membership only through openraft's `add_learner`/`change_membership`;
 //! it never touches the chain or the stores.
@@ -227,26 +232,71 @@ impl Node {
     }
 }
 
-/// A caught-up learner to promote, if the leader `self_id` should promote one now.
-fn promotion_candidate(raft: &Raft, self_id: u64, target: usize) -> Option<u64> {
+/// The learners whose replicated log is at most [`CAUGHT_UP_LAG`] entries behind the leader's
+/// last log index (empty unless this node leads: only a leader has replication metrics).
+fn caught_up_learners(m: &crate::consensus::typ::RaftMetrics) -> BTreeSet<u64> {
+    let last = m.last_log_index.unwrap_or(0);
+    let Some(replication) = m.replication.as_ref() else { return BTreeSet::new() };
+    m.membership_config
+        .membership()
+        .learner_ids()
+        .filter(|l| {
+            replication
+                .get(l)
+                .and_then(|matched| matched.as_ref())
+                .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
+        })
+        .collect()
+}
+
+/// Which learners to promote now, from the membership alone: `voters` voters, the `learners`
+/// (in the order to prefer them), those of them `caught_up`, and `--voters` = `target`.
+///
+/// The voter count only ever moves between odd numbers on the way up: an even count tolerates
+/// no more failures than the odd count below it, and has one more node that can fail. So:
+/// - at or above `target`: nobody;
+/// - an odd count below `target`: two caught-up learners in one change (3 → 5, 1 → 3), or
+///   nobody while fewer than two are caught up (one caught-up learner waits for a second);
+/// - an even count (after `member remove`, an explicit `member promote`, or a wiped voter's
+///   old identity removed): one caught-up learner, back to an odd count.
+///
+/// Empty, or one or two ids, every one of them in `caught_up`.
+pub(crate) fn to_promote(
+    voters: usize,
+    learners: &[u64],
+    caught_up: &BTreeSet<u64>,
+    target: usize,
+) -> Vec<u64> {
+    if voters >= target {
+        return Vec::new();
+    }
+    let want = if voters.is_multiple_of(2) {
+        1
+    } else if voters + 2 <= target {
+        2
+    } else {
+        // An odd count one below an (even) target: the odd numbers stop here.
+        return Vec::new();
+    };
+    let ready: Vec<u64> = learners.iter().copied().filter(|l| caught_up.contains(l)).take(want).collect();
+    if ready.len() == want {
+        ready
+    } else {
+        Vec::new()
+    }
+}
+
+/// The caught-up learners to promote, if the leader `self_id` should promote any now
+/// ([`to_promote`]); empty on a follower or during a joint change.
+fn promotion_candidates(raft: &Raft, self_id: u64, target: usize) -> Vec<u64> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    if m.current_leader != Some(self_id) {
-        return None;
-    }
     let membership = m.membership_config.membership();
-    if membership.get_joint_config().len() > 1 || membership.voter_ids().count() >= target {
-        return None;
+    if m.current_leader != Some(self_id) || membership.get_joint_config().len() > 1 {
+        return Vec::new();
     }
-    let last = m.last_log_index.unwrap_or(0);
-    let replication = m.replication.as_ref()?;
     let learners: Vec<u64> = membership.learner_ids().collect();
-    learners.into_iter().find(|l| {
-        replication
-            .get(l)
-            .and_then(|matched| matched.as_ref())
-            .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
-    })
+    to_promote(membership.voter_ids().count(), &learners, &caught_up_learners(&m), target)
 }
 
 /// A member poll answer younger than this counts as "heard from".
@@ -279,17 +329,7 @@ fn replacement(
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
-        let last = m.last_log_index.unwrap_or(0);
-        let caught_up: BTreeSet<u64> = learners
-            .iter()
-            .copied()
-            .filter(|l| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(l).cloned().flatten())
-                    .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last)
-            })
-            .collect();
+        let caught_up = caught_up_learners(&m);
         let leading = m.current_leader == Some(p.self_id) && membership.get_joint_config().len() == 1;
         (voters, learners, leading, caught_up)
     };
@@ -319,8 +359,8 @@ fn replacement(
     Some((lost, learner, new_voters))
 }
 
-/// Once a second, while this node leads: promotes one caught-up learner while there are fewer
-/// voters than `target`, and replaces a voter lost for longer than the grace period by a
+/// Once a second, while this node leads: promotes caught-up learners while there are fewer
+/// voters than `target` ([`to_promote`]: one or two at once, so the count stays odd), and replaces a voter lost for longer than the grace period by a
 /// caught-up learner. Runs until `stop`.
 pub async fn promote_learners(p: Promoter, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -343,12 +383,16 @@ pub async fn promote_learners(p: Promoter, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
-        let Some(learner) = promotion_candidate(raft, p.self_id, p.target) else { continue };
-        tracing::info!(node = learner, target = p.target, "promoting a caught-up learner to voter");
-        let change = raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false);
+        let promote = promotion_candidates(raft, p.self_id, p.target);
+        if promote.is_empty() {
+            continue;
+        }
+        tracing::info!(nodes = ?promote, target = p.target, "promoting caught-up learners to voters");
+        let change =
+            raft.change_membership(ChangeMembers::AddVoterIds(promote.iter().copied().collect()), false);
         tokio::select! {
             done = change => if let Err(e) = done {
-                tracing::warn!(node = learner, error = %e, "could not promote a learner; retrying");
+                tracing::warn!(nodes = ?promote, error = %e, "could not promote learners; retrying");
             },
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -431,4 +475,75 @@ pub async fn join(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Err(JoinError::Timeout { addrs: addrs.to_vec(), timeout: JOIN_TIMEOUT, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn from_an_odd_count_two_caught_up_learners_are_promoted_together() {
+        assert_eq!(to_promote(3, &[10, 11], &set(&[10, 11]), 5), vec![10, 11]);
+        assert_eq!(to_promote(5, &[10, 11, 12], &set(&[10, 11, 12]), 7), vec![10, 11]);
+        // The preferred order is the learners' order; a lagging one is skipped.
+        assert_eq!(to_promote(3, &[10, 11, 12], &set(&[10, 12]), 7), vec![10, 12]);
+    }
+
+    #[test]
+    fn from_an_odd_count_one_caught_up_learner_waits_for_a_second() {
+        assert!(to_promote(3, &[10], &set(&[10]), 5).is_empty());
+        assert!(to_promote(3, &[10, 11], &set(&[11]), 5).is_empty());
+        // A single voter and one learner: it stays one voter until a second learner is caught up.
+        assert!(to_promote(1, &[10], &set(&[10]), 3).is_empty());
+        assert_eq!(to_promote(1, &[10, 11], &set(&[10, 11]), 3), vec![10, 11]);
+        // No learner caught up: nothing.
+        assert!(to_promote(1, &[10, 11], &set(&[]), 3).is_empty());
+    }
+
+    #[test]
+    fn from_an_even_count_one_learner_brings_it_back_to_odd() {
+        assert_eq!(to_promote(2, &[10, 11], &set(&[10, 11]), 3), vec![10]);
+        assert_eq!(to_promote(4, &[10], &set(&[10]), 5), vec![10]);
+        assert_eq!(to_promote(2, &[10, 11], &set(&[11]), 7), vec![11]);
+        assert!(to_promote(2, &[10], &set(&[]), 3).is_empty());
+    }
+
+    #[test]
+    fn at_or_past_the_target_nobody_is_promoted() {
+        assert!(to_promote(3, &[10, 11], &set(&[10, 11]), 3).is_empty());
+        assert!(to_promote(5, &[10, 11], &set(&[10, 11]), 3).is_empty());
+        assert!(to_promote(1, &[10, 11], &set(&[10, 11]), 1).is_empty());
+        // An even count past the target (an operator's promote) stays as it is.
+        assert!(to_promote(4, &[10], &set(&[10]), 3).is_empty());
+    }
+
+    #[test]
+    fn the_voter_count_only_ever_takes_odd_values_on_the_way_up() {
+        // Learners catch up one at a time; every count the promoter makes is odd.
+        for target in [1, 3, 5, 7] {
+            for start in 1..=target {
+                let mut voters = start;
+                let mut caught_up = BTreeSet::new();
+                for learner in 100..110 {
+                    caught_up.insert(learner);
+                    let learners: Vec<u64> = caught_up.iter().copied().collect();
+                    let promoted = to_promote(voters, &learners, &caught_up, target);
+                    assert!(promoted.iter().all(|p| caught_up.contains(p)));
+                    for p in &promoted {
+                        caught_up.remove(p);
+                    }
+                    voters += promoted.len();
+                    assert!(voters <= target, "{start} voters grew past the target {target}");
+                    if !promoted.is_empty() {
+                        assert_eq!(voters % 2, 1, "{start} voters toward {target} reached {voters}");
+                    }
+                }
+                assert_eq!(voters, target, "{start} voters never reached the target {target}");
+            }
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod guard;
 mod members;
 pub mod membership;
 mod read_index;
+mod readiness;
 mod services;
 mod status;
 
@@ -36,6 +37,7 @@ use openraft::BasicNode;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use batcher::Applied;
+pub use readiness::NotReady;
 pub use status::{MemberStatus, Status};
 
 use crate::chain::dedup::{new_incarnation, Issuer};
@@ -201,6 +203,8 @@ pub struct Node {
     removed: Arc<OnceLock<String>>,
     /// Since when this node has known no leader.
     leaderless_since: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Whether this node has caught up with the cluster (part of being ready).
+    catch_up: readiness::CatchUp,
     shutdown: watch::Sender<bool>,
     /// The data directory's lock, released when consensus has stopped.
     lock: Mutex<Option<crate::store::DirLock>>,
@@ -275,6 +279,7 @@ impl Node {
             shutdown.send_replace(true);
         }
         let node = started?;
+        tokio::spawn(readiness::track(Arc::downgrade(&node), shutdown.subscribe()));
         *node.lock.lock().unwrap() = Some(lock);
         let _ = cell.node.set(node.clone());
         Ok(node)
@@ -429,6 +434,7 @@ impl Node {
             diverged: Arc::default(),
             removed: Arc::default(),
             leaderless_since: Arc::default(),
+            catch_up: Default::default(),
             shutdown: shutdown.clone(),
             lock: Mutex::new(None),
         });
@@ -683,24 +689,32 @@ impl Node {
         self.shared.replica.read().unwrap()
     }
 
-    /// Whether the node serves and knows a leader.
+    /// Whether the node is ready: it serves, knows a leader and a quorum, and has caught up
+    /// with the cluster ([`not_ready`](Self::not_ready) says why not).
     pub fn is_ready(&self) -> bool {
-        // The borrow ends before `knows_no_quorum` borrows again (see there).
-        let serving = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.running_state.is_ok() && m.current_leader.is_some()
-        };
-        serving && !self.knows_no_quorum() && self.diverged.get().is_none() && self.removed.get().is_none()
+        self.not_ready().is_none()
     }
 
     /// Waits until [`is_ready`](Self::is_ready), or the timeout.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Waits until consensus runs and knows a leader, or the timeout: enough to mount and
+    /// serve, but a node may still be catching up then (not [`is_ready`](Self::is_ready)).
+    pub async fn wait_leader(&self, timeout: Duration) -> bool {
         let mut metrics = self.raft.metrics();
-        let ready = async move {
+        let known = async move {
             metrics.wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some()).await.is_ok()
         };
-        tokio::time::timeout(timeout, ready).await.unwrap_or(false)
+        tokio::time::timeout(timeout, known).await.unwrap_or(false)
     }
 
     /// The node's view of itself and the cluster.

@@ -61,8 +61,12 @@ pub struct Status {
     pub mirror: MirrorView,
     /// Number of states (files and directories, the root excluded).
     pub states: usize,
-    /// Whether the node serves and knows a leader.
+    /// Whether the node is ready: it serves, knows a leader and a quorum, and has caught up
+    /// with the cluster (applied the leader's commit index as of after it started).
     pub ready: bool,
+    /// Why it is not ready (e.g. `catching up (applied 120 of 5000)`); absent when ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
     /// The address the node's gRPC server is bound to.
     pub listen: String,
     /// How reads are served.
@@ -97,7 +101,8 @@ pub(super) fn build(node: &Node) -> Status {
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     let own = node.divergence().cloned();
-    let ready = node.is_ready();
+    let not_ready = node.not_ready();
+    let ready = not_ready.is_none();
     let views = node.views.lock().unwrap().clone();
     let mut verdict = super::members::verdict(node.id(), &metrics, &views);
     if own.is_some() {
@@ -170,6 +175,7 @@ pub(super) fn build(node: &Node) -> Status {
         },
         states: replica.tree.len() - 1,
         ready,
+        not_ready: not_ready.map(|r| r.to_string()),
         listen: node.config.listen.to_string(),
         read_consistency: format!("{:?}", node.config.read_consistency).to_lowercase(),
         diverged: own,

@@ -104,7 +104,7 @@ enum StartError {
 }
 
 /// `n` distinct free loopback addresses (all reserved at once so they differ, then released).
-fn free_addrs(n: usize) -> Vec<String> {
+pub fn free_addrs(n: usize) -> Vec<String> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
     listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
