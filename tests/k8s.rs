@@ -13,8 +13,8 @@
 //! and `startupProbe` are run by the test with `podman exec`, as the kubelet would; the `emptyDir`
 //! becomes an rshared bind mount made by the test (this host's `/` is private, so a plain directory
 //! cannot carry a Bidirectional mount), the PVC and the Secret become host directories; the pods use
-//! the host network, each on its own loopback address with one shared port, which it advertises
-//! instead of its DNS name; the Service's name reaches every pod as `hostAliases` entries naming
+//! the host network, each on its own loopback address with one shared port, and it advertises
+//! its pod's DNS name as the manifest says; the Service's name reaches every pod as `hostAliases` entries naming
 //! every pod's address (what the headless Service's DNS record answers), resolved by the binary's
 //! real resolver, and `--bootstrap-expect` is the number of pods played; the `fieldRef` env
 //! gets literal values. `--cluster-token-file` is kept only when the binary under test has the flag.
@@ -358,9 +358,10 @@ struct PodPlan {
     addr: String,
     /// `--bootstrap-expect` for this play (the manifest's, or fewer pods).
     expect: usize,
-    /// The addresses the Service's name resolves to (every pod's IP). The render writes them into
-    /// the sidecar's `/etc/hosts`, so the binary resolves the name with the real resolver.
-    service_ips: Vec<String>,
+    /// Every pod of the play, by name, with its IP: the Service's name resolves to all of them and
+    /// each pod's own DNS name to its IP. The render writes them into the sidecar's `/etc/hosts`,
+    /// so the binary resolves the names with the real resolver.
+    pods: Vec<(String, String)>,
     /// Host directory standing in for the emptyDir (rshared).
     shared: PathBuf,
     /// Host directory standing in for the PVC.
@@ -395,6 +396,10 @@ fn render(sts: &Value, plan: &PodPlan) -> (Value, Vec<String>, Vec<String>) {
         .0
         .replace("$(POD_NAMESPACE)", "default");
     let port = plan.addr.rsplit_once(':').unwrap().1;
+    // Each pod advertises its own DNS name, as in the manifest (with this play's port).
+    let advertised_host = flag(&original, "--advertise")[0].rsplit_once(':').unwrap().0.to_owned();
+    let pod_dns =
+        |pod: &str| advertised_host.replace("$(POD_NAME)", pod).replace("$(POD_NAMESPACE)", "default");
     let rendered = ["--listen=", "--advertise=", "--discover-dns=", "--bootstrap-expect="];
     let mut a: Vec<String> = original
         .into_iter()
@@ -402,7 +407,7 @@ fn render(sts: &Value, plan: &PodPlan) -> (Value, Vec<String>, Vec<String>) {
         .filter(|a| plan.token.is_some() || !a.starts_with("--cluster-token-file="))
         .collect();
     a.push(format!("--listen={}", plan.addr));
-    a.push(format!("--advertise={}", plan.addr));
+    a.push(format!("--advertise={}:{port}", pod_dns(&plan.name)));
     a.push(format!("--discover-dns={service_name}:{port}"));
     a.push(format!("--bootstrap-expect={}", plan.expect));
     side["args"] = json!(a);
@@ -448,7 +453,8 @@ fn render(sts: &Value, plan: &PodPlan) -> (Value, Vec<String>, Vec<String>) {
     // What the headless Service's DNS record does: the name resolves to every pod's address. (podman
     // ignores `hostAliases` on the host network, so the sidecar gets an /etc/hosts of its own.)
     let hosts = plan.data.with_extension("hosts");
-    let lines: String = plan.service_ips.iter().map(|ip| format!("{ip} {service_name}\n")).collect();
+    let lines: String =
+        plan.pods.iter().map(|(pod, ip)| format!("{ip} {service_name}\n{ip} {}\n", pod_dns(pod))).collect();
     fs::write(&hosts, format!("127.0.0.1 localhost\n{lines}")).unwrap();
     volumes.push(
         json!({ "name": "service-dns", "hostPath": { "path": hosts.to_str().unwrap(), "type": "File" } }),
@@ -584,7 +590,7 @@ fn sidecar_serves_a_non_root_app_recovers_from_kill9_and_stops_cleanly() {
         name: "lightchain-0".into(),
         addr: addr.clone(),
         expect: 1,
-        service_ips: vec!["127.0.0.1".into()],
+        pods: vec![("lightchain-0".into(), "127.0.0.1".into())],
         shared: podman.shared_dir("shared-0"),
         data,
         token: token_dir(&podman),
@@ -678,7 +684,7 @@ fn three_sidecar_pods_form_one_cluster_and_see_each_others_writes() {
                 name: format!("lightchain-{i}"),
                 addr: addrs[i].clone(),
                 expect: 3,
-                service_ips: ips.clone(),
+                pods: (0..3).map(|j| (format!("lightchain-{j}"), ips[j].clone())).collect(),
                 shared: podman.shared_dir(&format!("shared-{i}")),
                 data,
                 token: token.clone(),
@@ -696,6 +702,15 @@ fn three_sidecar_pods_form_one_cluster_and_see_each_others_writes() {
         .collect();
     for v in &views {
         assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "three members: {v}");
+        // Members know each other by their pods' DNS names, not by addresses that change.
+        for m in v["members"].as_array().unwrap() {
+            let addr = m["addr"].as_str().unwrap();
+            assert!(
+                addr.starts_with("lightchain-")
+                    && addr.ends_with(&format!(".lightchain.default.svc.cluster.local:{port}")),
+                "a member by its pod's DNS name: {addr}"
+            );
+        }
     }
     poll(Duration::from_secs(30), "one leader for all", || {
         let leaders: Vec<Value> = pods
