@@ -13,10 +13,11 @@
 //! and `startupProbe` are run by the test with `podman exec`, as the kubelet would; the `emptyDir`
 //! becomes an rshared bind mount made by the test (this host's `/` is private, so a plain directory
 //! cannot carry a Bidirectional mount), the PVC and the Secret become host directories; the pods use
-//! the host network, each on its own loopback address with one shared port, and it advertises
-//! its pod's DNS name as the manifest says; the Service's name reaches every pod as `hostAliases` entries naming
-//! every pod's address (what the headless Service's DNS record answers), resolved by the binary's
-//! real resolver, and `--bootstrap-expect` is the number of pods played; the `fieldRef` env
+//! the host network, each on its own loopback address with one shared port, and each advertises its
+//! pod's DNS name as the manifest says; the sidecar's `/etc/hosts` maps the Service's name to every
+//! pod's address (what the headless Service's DNS record answers) and each pod's name to its own
+//! (podman ignores `hostAliases` on the host network), so the binary resolves them with the real
+//! resolver; `--bootstrap-expect` is the number of pods played; the `fieldRef` env
 //! gets literal values. `--cluster-token-file` is kept only when the binary under test has the flag.
 //!
 //! Everything runs in a private podman store (`--root`/`--runroot`/`--tmpdir` in a temp dir, vfs
