@@ -93,7 +93,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// Why a call to a peer failed, before openraft's error types are chosen.
 enum CallError {
-    /// The peer could not be reached or refused us (down, partitioned, other cluster).
+    /// The peer could not be reached or refused us (down, partitioned, other cluster, or a new
+    /// node at the address of the member addressed): openraft backs off before it retries.
     Unreachable(String),
     /// Something else went wrong on the way.
     Network(String),
@@ -111,6 +112,8 @@ impl CallError {
             | Code::DeadlineExceeded
             | Code::Cancelled
             | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
             | Code::Unknown => CallError::Unreachable(status.to_string()),
             _ => CallError::Network(status.to_string()),
         }
