@@ -703,3 +703,19 @@ fn times_set_while_a_write_is_open_outlast_its_close() {
         assert_eq!((ns_of(after.mtime), after.size), (42, 6));
     });
 }
+
+#[test]
+fn getxattr_alone_is_not_implemented_so_the_kernel_stops_asking() {
+    with_fs(1 << 20, |fs| async move {
+        // ENOSYS for getxattr only: the kernel remembers it per mount (and shows EOPNOTSUPP).
+        assert_eq!(fs.unsupported("getxattr"), FsError::NoXattrs);
+        assert_eq!(fs.unsupported("getxattr").errno(), libc::ENOSYS);
+        // Everything else keeps its errno: ENOSYS there would make the kernel forget the call.
+        for op in ["setxattr", "removexattr", "fallocate"] {
+            assert_eq!(fs.unsupported(op).errno(), libc::EOPNOTSUPP, "{op}");
+        }
+        for op in ["link", "mknod"] {
+            assert_eq!(fs.unsupported(op).errno(), libc::EPERM, "{op}");
+        }
+    });
+}
