@@ -34,8 +34,8 @@ pub enum FsError {
     /// `getxattr`: lightchain keeps no extended attributes, so reading one is not implemented at
     /// all. Answered with `ENOSYS` on purpose, the one place lightchain does: the kernel then
     /// remembers it for the whole mount and answers every `getxattr` itself, without a round
-    /// trip — including the `security.capability` query it otherwise sends before every write
-    /// and `O_TRUNC` open (to know whether to strip file capabilities). The application sees
+    /// trip — including the `security.capability` query it otherwise sends with every `O_TRUNC`
+    /// open of an existing file (to know whether to strip file capabilities). The application sees
     /// `EOPNOTSUPP` either way: the kernel turns this `ENOSYS` into `EOPNOTSUPP` on the call that
     /// gets it, and answers `EOPNOTSUPP` from then on (`fs/fuse/xattr.c`, `no_getxattr`).
     #[error("extended attributes are not implemented")]
