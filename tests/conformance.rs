@@ -38,6 +38,14 @@ fn open_close(p: &Path, rel: &str, flags: i32) -> libc::c_int {
     unsafe { libc::close(fd) }
 }
 
+/// `getxattr(2)` of `name` on `rel`, with room for a value.
+fn get_xattr(p: &Path, rel: &str, name: &str) -> libc::c_int {
+    let name = CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    let n = unsafe { libc::getxattr(c(p, rel).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    n as libc::c_int
+}
+
 fn case(what: &'static str, errnos: &'static [i32], call: impl Fn(&Path) -> libc::c_int + 'static) -> Case {
     Case { what, call: Box::new(call), errnos }
 }
@@ -226,6 +234,33 @@ fn cases() -> Vec<Case> {
         // unsupported
         case("hard link", &[EPERM], |p| unsafe { link(c(p, "file").as_ptr(), c(p, "hard").as_ptr()) }),
         case("mknod of a fifo", &[EPERM], |p| unsafe { mkfifo(c(p, "fifo").as_ptr(), 0o644) }),
+        // extended attributes: none. lightchain answers getxattr with ENOSYS, which the kernel
+        // turns into EOPNOTSUPP, the first time and every time after (it stops asking).
+        case("getxattr of a user attribute", &[EOPNOTSUPP], |p| get_xattr(p, "file", "user.x")),
+        case("getxattr of a user attribute again", &[EOPNOTSUPP], |p| get_xattr(p, "file", "user.x")),
+        case("getxattr of security.capability", &[EOPNOTSUPP], |p| {
+            get_xattr(p, "other-file", "security.capability")
+        }),
+        case("getxattr on a directory", &[EOPNOTSUPP], |p| get_xattr(p, "dir", "user.x")),
+        case("setxattr", &[EOPNOTSUPP], |p| unsafe {
+            let name = CString::new("user.x").unwrap();
+            setxattr(c(p, "file").as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+        }),
+        case("removexattr", &[EOPNOTSUPP], |p| unsafe {
+            let name = CString::new("user.x").unwrap();
+            removexattr(c(p, "file").as_ptr(), name.as_ptr())
+        }),
+        case("listxattr (an empty list)", &[], |p| {
+            let mut buf = [0u8; 64];
+            let n = unsafe { listxattr(c(p, "file").as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            // Success means an empty list here: any name would be an attribute we do not keep.
+            if n == 0 {
+                0
+            } else {
+                set_errno(EPROTO);
+                -1
+            }
+        }),
     ]
 }
 
@@ -315,4 +350,30 @@ fn every_call_succeeds_or_fails_with_its_documented_errno_and_the_node_goes_on()
     assert_ok(&n.verify(), "verify after every case");
     n.restart();
     assert_eq!(tree(&n.mount()), before, "a restart replays the same tree");
+}
+
+/// The kernel asks a FUSE filesystem for `security.capability` before every `O_TRUNC` open of an
+/// existing file (to know whether to strip capabilities): one round trip per rewrite, unless the
+/// filesystem once answers `getxattr` with `ENOSYS`. lightchain does, so a mount sees at most one
+/// GETXATTR request however many rewrites it serves, and applications still get `EOPNOTSUPP`.
+#[test]
+fn the_kernel_asks_for_extended_attributes_at_most_once_per_mount() {
+    let opts = Opts { env: vec![("RUST_LOG".into(), "warn,fuser::request=debug".into())], ..Opts::default() };
+    let n = Node::start(opts);
+    let p = n.path("rewritten");
+    put(&p, b"first\n");
+    for i in 0..5 {
+        put(&p, format!("version {i}\n").as_bytes());
+    }
+    assert_eq!(read(&p), b"version 4\n");
+    let asked = n.log().matches(" GETXATTR ").count();
+    let opened = n.log().matches(" OPEN flags").count();
+    assert!(opened >= 5, "the log shows the FUSE requests ({opened} OPENs): debug lines are on");
+    assert!(asked <= 1, "{asked} GETXATTR requests for 5 rewrites: the kernel kept asking");
+    for _ in 0..2 {
+        set_errno(0);
+        assert_eq!(get_xattr(&n.mount(), "rewritten", "user.x"), -1);
+        assert_eq!(errno(), libc::EOPNOTSUPP, "what getfattr sees: {}", errno_name(errno()));
+    }
+    assert_eq!(n.log().matches(" GETXATTR ").count(), asked, "the kernel answers those itself");
 }

@@ -28,9 +28,18 @@ pub enum FsError {
     /// The file handle is unknown (already released).
     #[error("unknown file handle")]
     BadHandle,
-    /// The operation is not supported by lightchain (links, device nodes, xattrs).
+    /// The operation is not supported by lightchain (device nodes, xattr writes, `fallocate`).
     #[error("operation not supported")]
     NotSupported,
+    /// `getxattr`: lightchain keeps no extended attributes, so reading one is not implemented at
+    /// all. Answered with `ENOSYS` on purpose, the one place lightchain does: the kernel then
+    /// remembers it for the whole mount and answers every `getxattr` itself, without a round
+    /// trip — including the `security.capability` query it otherwise sends with every `O_TRUNC`
+    /// open of an existing file (to know whether to strip file capabilities). The application sees
+    /// `EOPNOTSUPP` either way: the kernel turns this `ENOSYS` into `EOPNOTSUPP` on the call that
+    /// gets it, and answers `EOPNOTSUPP` from then on (`fs/fuse/xattr.c`, `no_getxattr`).
+    #[error("extended attributes are not implemented")]
+    NoXattrs,
     /// The operation is not permitted (changing the owner).
     #[error("operation not permitted")]
     NotPermitted,
@@ -97,6 +106,8 @@ impl FsError {
             FsError::ReadOnly => libc::EACCES,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            // Not a flush, fsync or create: the kernel remembering ENOSYS is the point (above).
+            FsError::NoXattrs => libc::ENOSYS,
             FsError::NotPermitted => libc::EPERM,
             FsError::InvalidArgument => libc::EINVAL,
             FsError::Stale => libc::ESTALE,
@@ -147,6 +158,8 @@ mod tests {
         assert_eq!(FsError::SymlinkTarget(TargetError::TooLong).errno(), libc::ENAMETOOLONG);
         assert_eq!(FsError::SymlinkTarget(TargetError::Empty).errno(), libc::ENOENT);
         assert_eq!(FsError::NotPermitted.errno(), libc::EPERM);
+        assert_eq!(FsError::NotSupported.errno(), libc::EOPNOTSUPP);
+        assert_eq!(FsError::NoXattrs.errno(), libc::ENOSYS, "the kernel stops asking only for ENOSYS");
         let diverged = node::Error::Diverged { height: 3, hash: "aa".into(), expected: "bb".into() };
         assert_eq!(FsError::Node(diverged).errno(), libc::EIO);
     }

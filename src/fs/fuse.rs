@@ -389,6 +389,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        // ENOSYS (chosen in fs/error.rs): asked once per mount, not with every O_TRUNC open.
         reply.error(errno(&self.fs.unsupported("getxattr")));
     }
 

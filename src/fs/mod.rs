@@ -1043,11 +1043,14 @@ impl Fs {
         out
     }
 
-    /// Refuses what lightchain does not support (hard links, special files, xattrs).
+    /// Refuses what lightchain does not support (hard links, special files, xattrs): `EPERM`
+    /// for links and special files, [`FsError::NoXattrs`] for `getxattr` (the kernel then stops
+    /// asking, and answers `EOPNOTSUPP` itself), `EOPNOTSUPP` for the rest.
     pub fn unsupported(&self, op: &str) -> FsError {
         tracing::debug!(op, "unsupported operation");
         match op {
             "link" | "mknod" => FsError::NotPermitted,
+            "getxattr" => FsError::NoXattrs,
             _ => FsError::NotSupported,
         }
     }

@@ -703,3 +703,75 @@ fn times_set_while_a_write_is_open_outlast_its_close() {
         assert_eq!((ns_of(after.mtime), after.size), (42, 6));
     });
 }
+
+#[test]
+fn getxattr_alone_is_not_implemented_so_the_kernel_stops_asking() {
+    with_fs(1 << 20, |fs| async move {
+        // ENOSYS for getxattr only: the kernel remembers it per mount (and shows EOPNOTSUPP).
+        assert_eq!(fs.unsupported("getxattr"), FsError::NoXattrs);
+        assert_eq!(fs.unsupported("getxattr").errno(), libc::ENOSYS);
+        // Everything else keeps the errno it had (setxattr and removexattr are not on any hot path).
+        for op in ["setxattr", "removexattr", "fallocate"] {
+            assert_eq!(fs.unsupported(op).errno(), libc::EOPNOTSUPP, "{op}");
+        }
+        for op in ["link", "mknod"] {
+            assert_eq!(fs.unsupported(op).errno(), libc::EPERM, "{op}");
+        }
+    });
+}
+
+/// The content a fresh read handle of `ino` sees.
+async fn read_ino(fs: &Fs, ino: u64) -> Vec<u8> {
+    let o = fs.open(ino, libc::O_RDONLY, USER).await.unwrap();
+    let data = fs.read(o.fh, 0, 1 << 20).unwrap();
+    fs.release(o.fh);
+    data
+}
+
+/// The blocks a rewrite costs (`docs/architecture/write-path.md`): through one descriptor the
+/// truncation rides in the flush's put, one block; the shell's `open; dup2; close(3)` flushes the
+/// truncated handle before its write, and that flush must commit the empty state (it cannot tell
+/// it from the only flush of an `open(O_TRUNC)` + `close`), then the last flush the content.
+#[test]
+fn a_rewrite_through_one_descriptor_is_one_block_and_the_shells_early_flush_commits_empty() {
+    with_fs(1 << 20, |fs| async move {
+        let height = || fs.node().status().head_height.unwrap();
+        let (attr, o) = fs.create(ROOT_INO, b"f", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
+        fs.write(o.fh, 0, b"old\n", false).unwrap();
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        let trunc = libc::O_WRONLY | libc::O_TRUNC;
+
+        // open(O_TRUNC) + write + close: one block, and the open commits nothing.
+        let start = height();
+        let o = fs.open(attr.ino, trunc, USER).await.unwrap();
+        assert_eq!(height(), start, "an O_TRUNC open commits nothing by itself");
+        fs.write(o.fh, 0, b"new\n", false).unwrap();
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        assert_eq!(height(), start + 1, "one block for the whole rewrite");
+        assert_eq!(read_ino(&fs, attr.ino).await, b"new\n");
+
+        // echo x > f: flush (close of fd 3), write, flush (dup2 over fd 1), release.
+        let start = height();
+        let o = fs.open(attr.ino, trunc, USER).await.unwrap();
+        fs.flush(o.fh).await.unwrap();
+        assert_eq!(height(), start + 1, "the early flush commits the truncation");
+        assert_eq!(read_ino(&fs, attr.ino).await, b"", "and a reader may see the empty version");
+        fs.write(o.fh, 0, b"x\n", false).unwrap();
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        assert_eq!(height(), start + 2);
+        assert_eq!(read_ino(&fs, attr.ino).await, b"x\n");
+
+        // An O_TRUNC open of an empty state, closed at once: nothing to commit.
+        let (empty, o) = fs.create(ROOT_INO, b"e", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        let start = height();
+        let o = fs.open(empty.ino, trunc, USER).await.unwrap();
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh);
+        assert_eq!(height(), start, "a clean handle commits nothing");
+    });
+}
