@@ -2,7 +2,7 @@
 //! `--bootstrap-expect 3 --discover-dns NAME:PORT` on new data directories form exactly one cluster in
 //! any start order, even while the name does not yet resolve to every node; a node whose data was
 //! wiped while the others run joins the running cluster instead of founding a second one; a node
-//! restarted with its data just starts.
+//! restarted with its data just starts; one killed while discovering keeps its id.
 //!
 //! Each node listens on its own loopback address (`127.X.Y.1`, `.2`, `.3`: all of `127/8` is
 //! loopback on Linux) with one shared port, as pods of a headless Service do. The name is resolved
@@ -229,4 +229,29 @@ fn bootstrap_expect_without_contacts_or_beyond_voters_is_refused() {
         assert!(!status.success());
         assert!(node.log().contains(says), "{flags:?}: {}", node.log_tail(10));
     }
+}
+
+/// A node killed while it discovers keeps its identity: restarted, it discovers again under the same
+/// id, and the three still form one cluster.
+#[test]
+fn a_node_killed_while_discovering_keeps_its_id_and_the_cluster_still_forms() {
+    let mut pods = Pods::new(3);
+    pods.publish(&[0, 1, 2]);
+    pods.nodes[0].spawn();
+    let id_file = pods.nodes[0].data().join("identity.json");
+    let deadline = Instant::now() + POLL;
+    while !pods.nodes[0].log().contains("discovering the cluster") {
+        assert!(Instant::now() < deadline, "{}", pods.nodes[0].log_tail(20));
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = fs::read_to_string(&id_file).expect("the identity is saved before discovery");
+    pods.nodes[0].kill9();
+    pods.nodes[0].spawn();
+    pods.nodes[1].spawn();
+    pods.nodes[2].spawn();
+    let (_, ids) = pods.wait_one_cluster();
+    let id: Value = serde_json::from_str(&before).unwrap();
+    assert!(ids.contains(&id["node_id"].as_u64().unwrap()), "the restarted node kept its id: {ids:?}");
+    let after: Value = serde_json::from_str(&fs::read_to_string(&id_file).unwrap()).unwrap();
+    assert_eq!(after["incarnation"], id["incarnation"], "the same incarnation: {after}");
 }
