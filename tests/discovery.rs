@@ -2,7 +2,8 @@
 //! `--bootstrap-expect 3 --discover-dns NAME:PORT` on new data directories form exactly one cluster in
 //! any start order, even while the name does not yet resolve to every node; a node whose data was
 //! wiped while the others run joins the running cluster instead of founding a second one; a node
-//! restarted with its data just starts; one killed while discovering keeps its id.
+//! restarted with its data just starts; one killed while discovering keeps its id; a member known by
+//! a name is reached at the name's new address after it moved.
 //!
 //! Each node listens on its own loopback address (`127.X.Y.1`, `.2`, `.3`: all of `127/8` is
 //! loopback on Linux) with one shared port, as pods of a headless Service do. The name is resolved
@@ -254,4 +255,69 @@ fn a_node_killed_while_discovering_keeps_its_id_and_the_cluster_still_forms() {
     assert!(ids.contains(&id["node_id"].as_u64().unwrap()), "the restarted node kept its id: {ids:?}");
     let after: Value = serde_json::from_str(&fs::read_to_string(&id_file).unwrap()).unwrap();
     assert_eq!(after["incarnation"], id["incarnation"], "the same incarnation: {after}");
+}
+
+/// Members known by DNS names (as pods are, by their StatefulSet names) are reached at a name's new
+/// address: a member restarted with its data at another IP, its name now resolving there, is
+/// replicated to again, because every reconnect resolves the name anew.
+#[test]
+fn a_member_known_by_name_is_reached_at_its_new_address_after_a_restart() {
+    let (ips, port) = free_loopback_ips_and_port(4);
+    let mut pods = Pods::new(3);
+    // The three nodes of `pods` move to this test's addresses, each advertising a name.
+    pods.ips = ips[..3].to_vec();
+    pods.port = port;
+    let name = |i: usize| format!("node{i}.{NAME}");
+    let hosts = |at: &[&str]| -> String {
+        at.iter().enumerate().map(|(i, ip)| format!("{ip} {NAME}\n{ip} {}\n", name(i))).collect()
+    };
+    let hosts_file = pods.hosts.clone();
+    let write_hosts = |text: String| {
+        let tmp = hosts_file.with_extension("new");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &hosts_file).unwrap();
+    };
+    write_hosts(hosts(&[&ips[0], &ips[1], &ips[2]]));
+    for (i, ip) in ips[..3].iter().enumerate() {
+        let mut opts = pods.opts();
+        opts.extra.extend(["--advertise".to_string(), format!("{}:{port}", name(i))]);
+        let mut node = Node::prepare(opts);
+        node.set_listen(&format!("{ip}:{port}"));
+        pods.nodes[i] = node;
+    }
+    for node in &mut pods.nodes {
+        node.spawn();
+    }
+    let (cluster, ids) = pods.wait_one_cluster();
+    let status = pods.status(0);
+    for m in status["members"].as_array().unwrap() {
+        assert!(m["addr"].as_str().unwrap().starts_with("node"), "members are known by name: {status}");
+    }
+    let leader = (0..3).find(|i| pods.status(*i)["role"] == "leader").expect("a leader");
+    let moved = (leader + 1) % 3;
+
+    // The member stops, its name moves to a new address, and it starts there with its data.
+    pods.nodes[moved].kill9();
+    let mut at: Vec<&str> = ips[..3].iter().map(String::as_str).collect();
+    at[moved] = &ips[3];
+    write_hosts(hosts(&at));
+    pods.nodes[moved].set_listen(&format!("{}:{port}", ips[3]));
+    pods.nodes[moved].spawn();
+    let (cluster_after, ids_after) = pods.wait_one_cluster();
+    assert_eq!((cluster_after, ids_after), (cluster, ids));
+    // The leader replicates to it at the new address: a write there shows on the moved member, and
+    // the leader sees it reachable.
+    put(&path(&pods.nodes[leader], "after-move"), b"here\n");
+    wait_content(&path(&pods.nodes[moved], "after-move"), "here\n");
+    let moved_id = pods.status(moved)["node_id"].as_u64().unwrap();
+    let deadline = Instant::now() + POLL;
+    loop {
+        let view = pods.status(leader);
+        let member = view["members"].as_array().unwrap().iter().find(|m| m["id"] == moved_id).cloned();
+        if member.as_ref().is_some_and(|m| m["reachable"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never reached the moved member: {view}");
+        thread::sleep(Duration::from_millis(100));
+    }
 }

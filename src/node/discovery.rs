@@ -179,30 +179,14 @@ pub fn decide(me: u64, addr: &str, expect: usize, settled: &mut Option<Members>,
     }
 }
 
-/// Resolves `NAME:PORT` to socket addresses, in a stable order. The debug hook
-/// `LIGHTCHAIN_TEST_HOSTS=FILE` (lines of `IP NAME...`, read on every call) answers for the
-/// names it lists, so tests control what a name resolves to without touching `/etc/hosts`.
+/// Resolves `NAME:PORT` (see `rpc::resolve`) to contact addresses, in a stable order.
 pub async fn resolve(spec: &str) -> Result<Vec<String>, String> {
     let (name, port) = spec.rsplit_once(':').ok_or_else(|| format!("{spec}: expected NAME:PORT"))?;
     let port: u16 = port.parse().map_err(|_| format!("{spec}: bad port"))?;
-    if let Some(file) = std::env::var_os("LIGHTCHAIN_TEST_HOSTS") {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let ips: Vec<String> = text
-            .lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                let ip = words.next()?.parse::<std::net::IpAddr>().ok()?;
-                words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
-            })
-            .map(|ip| std::net::SocketAddr::new(ip, port).to_string())
-            .collect();
-        if !ips.is_empty() {
-            return Ok(ips);
-        }
-    }
-    let mut addrs: Vec<String> = tokio::net::lookup_host((name, port))
+    let mut addrs: Vec<String> = crate::rpc::resolve::resolve(name, port)
         .await
         .map_err(|e| format!("{spec}: {e}"))?
+        .into_iter()
         .map(|a| a.to_string())
         .collect();
     addrs.sort();

@@ -2,6 +2,7 @@
 //!
 //! - [`admin`]: read-only status for operators (`lightchain status --addr`).
 //! - [`peer`]: the metadata every peer RPC carries, and the shared connections to peers.
+//! - [`resolve`]: names to addresses, again at every connection (and the resolver test hook).
 //! - [`tls`]: optional mutual TLS (`--peer-tls-*`) for the server and every outgoing channel.
 //! - The `Raft` and `Cluster` services are implemented by the layers that own what they
 //!   serve (`consensus::raft_service`, `node::cluster_service`); this layer serves them.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod peer;
+pub mod resolve;
 pub mod tls;
 
 use std::future::Future;

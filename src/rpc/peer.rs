@@ -19,7 +19,10 @@
 //! for the token alone ([`check_token`]): the operator's CLI is not a member.
 //!
 //! [`Channels`] holds one lazily connecting HTTP/2 channel per peer address; every RPC to that
-//! peer reuses it (tonic multiplexes), so nothing dials inside openraft's core. With
+//! peer reuses it (tonic multiplexes), so nothing dials inside openraft's core. Each (re)connect
+//! resolves the address's host again ([`super::resolve::Connector`]), and HTTP/2 keepalives end
+//! a connection to an address that went away within 10 s, so a member known by name that comes
+//! back at a new address is reached there. With
 //! `--peer-tls-*` every channel is `https` with this node's certificate ([`super::tls`]).
 
 use std::collections::HashMap;
@@ -254,7 +257,7 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .connect_with_connector_lazy(super::resolve::Connector);
         map.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
