@@ -24,16 +24,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{free_port, must_write_state as write_state};
+
 /// A running `lightchain mount`, stopped (and unmounted) on drop.
 struct Mounted {
     child: Child,
     _dir: tempfile::TempDir,
     mnt: PathBuf,
     data: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Mounted {
@@ -112,24 +111,6 @@ impl Drop for Mounted {
             // SAFETY: valid C string; a failure (already unmounted) is fine.
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }
-    }
-}
-
-/// open(O_WRONLY|O_CREAT|O_TRUNC) + write + close, checking close's result (the commit).
-fn write_state(path: &Path, data: &[u8]) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: plain syscalls on a valid path and buffer.
-    unsafe {
-        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
-        assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
-        assert_eq!(libc::write(fd, data.as_ptr().cast(), data.len()), data.len() as isize);
-        assert_eq!(
-            libc::close(fd),
-            0,
-            "close (commit) of {} failed: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
     }
 }
 

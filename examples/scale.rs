@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{free_port, must_write_state as write_state};
+
 /// One `lightchain mount` child with its directories; stopped and unmounted on drop.
 struct Node {
     binary: PathBuf,
@@ -112,28 +115,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// open(O_WRONLY|O_CREAT|O_TRUNC) + write + close, checking close's result (the commit).
-fn write_state(path: &Path, data: &[u8]) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: plain syscalls on a valid path and buffer.
-    unsafe {
-        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
-        assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
-        assert_eq!(libc::write(fd, data.as_ptr().cast(), data.len()), data.len() as isize);
-        assert_eq!(
-            libc::close(fd),
-            0,
-            "close (commit) of {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn arg(name: &str, default: usize) -> usize {

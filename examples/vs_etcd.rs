@@ -33,6 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::free_port;
+
 /// How long each throughput load runs.
 const RUN_FOR: Duration = Duration::from_secs(5);
 /// Concurrent writers of the throughput loads.
@@ -46,10 +49,6 @@ const READ_SAMPLES: usize = 2000;
 
 /// Writes that failed, lightchain's or etcd's (counted, printed, and the processes' logs kept).
 static FAILED_WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn kill_term(child: &mut Child) {
     // SAFETY: signalling our own child.
@@ -223,23 +222,7 @@ fn lightchain(binary: &Path, n: usize, token_dir: &Path) -> Vec<Mounted> {
 /// open(O_WRONLY|O_CREAT|O_TRUNC) + write + close, checking close's result (the commit): a
 /// failed call is counted in `FAILED_WRITES` and reported, and the load goes on.
 fn write_state(path: &Path, data: &[u8]) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: plain syscalls on a valid path and buffer.
-    let failed = unsafe {
-        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
-        if fd < 0 {
-            Some("open")
-        } else if libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize {
-            libc::close(fd);
-            Some("write")
-        } else if libc::close(fd) != 0 {
-            Some("close (the commit)")
-        } else {
-            None
-        }
-    };
-    if let Some(call) = failed {
-        let e = std::io::Error::last_os_error();
+    if let Err((call, e)) = common::write_state(path, data) {
         if FAILED_WRITES.fetch_add(1, Ordering::Relaxed) < 5 {
             eprintln!("{call} of {} failed: {e}", path.display());
         }
