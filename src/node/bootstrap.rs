@@ -65,6 +65,14 @@ pub fn members(advertise: &str, peers: &[String]) -> BTreeMap<u64, String> {
     members
 }
 
+/// The members `config` names before anything is asked: the `--peer` list and this node
+/// ([`members`]); with discovery (`--bootstrap-expect`) the peers are contacts, not members, so
+/// only this node.
+pub fn configured_members(config: &super::Config) -> BTreeMap<u64, String> {
+    let peers: &[String] = if config.bootstrap_expect.is_some() { &[] } else { &config.peers };
+    members(&config.advertise, peers)
+}
+
 /// The cluster token this node uses, in order: `--cluster-token-file` (copied into the data
 /// directory when it differs, so the CLI finds it), the data directory's, or — for a lone node
 /// listening on loopback only — a new one. A node with other members, or one listening beyond

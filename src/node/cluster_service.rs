@@ -84,7 +84,7 @@ impl Cluster for ClusterService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let node = self.node()?;
         let guard = node.guard.as_ref();
-        let sender = peer::authenticate_joiner(&request, guard)?;
+        let sender = peer::authenticate_token_holder(&request, guard)?;
         let body = request.get_ref().clone();
         if sender.node_id != body.node_id {
             // A member forwarding a joiner's request.
@@ -120,7 +120,7 @@ impl Cluster for ClusterService {
         // answer, but remember nothing, so a refused attempt leaves no trace.
         // Either way the caller must hold the token; a member must be one (a new node is not
         // yet: it may be discovering its cluster, or replace a member that lost its data).
-        let meta = peer::authenticate_joiner(&request, self.cell.guard.as_ref())?;
+        let meta = peer::authenticate_token_holder(&request, self.cell.guard.as_ref())?;
         if !meta.cluster_id.is_empty() {
             peer::admit_request(&request, self.cell.guard.as_ref())?;
         }

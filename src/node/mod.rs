@@ -236,9 +236,8 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         // One process per data directory: a second one would corrupt the log and the chain.
         let lock = data.lock()?;
-        // With discovery the peers are contacts, not the members to derive ids from.
         let discovery = config.bootstrap_expect.is_some();
-        let members = bootstrap::members(&config.advertise, if discovery { &[] } else { &config.peers });
+        let members = bootstrap::configured_members(&config);
         let token = bootstrap::resolve_token(data, config.token_file.as_deref(), &members, &config)?;
         let existing = Identity::load(data)?;
         let fresh = existing.is_none();
@@ -296,8 +295,7 @@ impl Node {
         cell: &services::NodeCell,
         shutdown: &watch::Sender<bool>,
     ) -> Result<Arc<Node>, StartError> {
-        let discovery = config.bootstrap_expect.is_some();
-        let mut members = bootstrap::members(&config.advertise, if discovery { &[] } else { &config.peers });
+        let mut members = bootstrap::configured_members(&config);
         let peers: Vec<String> =
             members.iter().filter(|(id, _)| **id != identity.node_id).map(|(_, a)| a.clone()).collect();
         let channels = Channels::new(config.peer_tls.clone());
@@ -318,12 +316,11 @@ impl Node {
             guard.open_for_join();
             let contacts =
                 discovery::Contacts { dns: config.discover_dns.clone(), fixed: config.peers.clone() };
-            let advertised = bootstrap::normalize(&config.advertise);
             let outcome = discovery::run(
                 &channels,
                 guard.as_ref(),
                 identity.node_id,
-                &advertised,
+                &bootstrap::normalize(&config.advertise),
                 expect,
                 &contacts,
                 &cell.bootstrap,

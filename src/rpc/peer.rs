@@ -126,12 +126,13 @@ pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Reque
     request
 }
 
-/// Step 1 of admission only, and the sender's metadata: for `Cluster.Join`, whose sender is
-/// not a member yet (the token is what lets a node join; the join handler checks its id).
-pub fn authenticate_joiner<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
+/// Step 1 of admission only, and the sender's metadata: for a sender that is not a member yet
+/// (`Cluster.Join`, whose handler checks the joiner's id; `Cluster.Hello` from a node without a
+/// cluster, which reads and records nothing).
+pub fn authenticate_token_holder<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
     check_token(md, guard.token()).inspect_err(|e| {
-        tracing::warn!(reason = %e.message(), "refusing an unauthenticated join request");
+        tracing::warn!(reason = %e.message(), "refusing an unauthenticated request from a new node");
     })?;
     PeerMeta::read(md).map_err(Status::permission_denied)
 }
