@@ -15,103 +15,26 @@
 //! `cargo run --release --example bench -- large` runs only the 1 MiB section, `-- reads` only
 //! the local reads.
 
-use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, must_write_state as write_state};
+use common::{must_write_state as write_state, Mounted};
 
-/// A running `lightchain mount`, stopped (and unmounted) on drop.
-struct Mounted {
-    child: Child,
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-    data: PathBuf,
+/// A single node, ready.
+fn single(binary: &Path, extra: &[&str]) -> Mounted {
+    let node = Mounted::spawn(binary, "127.0.0.1:0", extra);
+    node.wait_ready(Duration::from_secs(60));
+    node
 }
 
-impl Mounted {
-    /// A single node.
-    fn start(binary: &Path, extra: &[&str]) -> Mounted {
-        let mounted = Mounted::spawn(binary, "127.0.0.1:0", extra);
-        mounted.wait_ready();
-        mounted
-    }
-
-    /// Three nodes on loopback with the same peer list.
-    fn cluster(binary: &Path, extra: &[&str]) -> Vec<Mounted> {
-        let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let peers = addrs.join(",");
-        // Members of a static cluster share one cluster token (DESIGN §1.7).
-        let token = std::env::temp_dir().join(format!("lightchain-bench-token-{}", std::process::id()));
-        let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
-        std::fs::write(&token, secret).expect("write the cluster token file");
-        let token = token.to_str().expect("a UTF-8 temp dir").to_owned();
-        let nodes: Vec<Mounted> = addrs
-            .iter()
-            .map(|addr| {
-                let mut args = vec!["--peer", peers.as_str(), "--cluster-token-file", token.as_str()];
-                args.extend_from_slice(extra);
-                Mounted::spawn(binary, addr, &args)
-            })
-            .collect();
-        for n in &nodes {
-            n.wait_ready();
-        }
-        nodes
-    }
-
-    fn spawn(binary: &Path, listen: &str, extra: &[&str]) -> Mounted {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mnt, data) = (dir.path().join("mnt"), dir.path().join("data"));
-        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", listen])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lightchain");
-        Mounted { child, _dir: dir, mnt, data }
-    }
-
-    fn status(&self) -> String {
-        std::fs::read_to_string(self.mnt.join(".lightchain/status")).unwrap_or_default()
-    }
-
-    fn is_leader(&self) -> bool {
-        self.status().contains("\"role\": \"leader\"")
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.status().contains("\"ready\": true") {
-            assert!(Instant::now() < deadline, "lightchain did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        if let Ok(path) = CString::new(self.mnt.as_os_str().as_bytes()) {
-            // SAFETY: valid C string; a failure (already unmounted) is fine.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
+/// Three nodes on loopback with the same peer list, ready.
+fn cluster(binary: &Path, extra: &[&str]) -> (Vec<Mounted>, tempfile::TempDir) {
+    let token = tempfile::tempdir().expect("tempdir");
+    (common::static_cluster(binary, 3, &token.path().join("cluster-token"), extra), token)
 }
 
 fn write_fsync_plain(path: &Path, data: &[u8]) {
@@ -200,7 +123,7 @@ fn large_states(binary: &Path) {
     let mut random = vec![0u8; 1 << 20];
     rand::thread_rng().fill_bytes(&mut random);
     for (what, data) in [("random bytes", random), ("zero bytes", vec![0u8; 1 << 20])] {
-        let cluster = Mounted::cluster(binary, &[]);
+        let (cluster, _token) = cluster(binary, &[]);
         let leader = cluster.iter().position(Mounted::is_leader).unwrap_or(0);
         let lead = &cluster[leader];
         let (raft0, chain0) = (bytes_under(&lead.data.join("raft")), bytes_under(&lead.data.join("chain")));
@@ -242,7 +165,7 @@ fn main() {
         .line("floor: plain open+write+fsync+close (same disk)");
 
     println!("\nsingle-node cluster");
-    let node = Mounted::start(&binary, &[]);
+    let node = single(&binary, &[]);
     for i in 0..50 {
         write_state(&node.mnt.join(format!("w{i}")), &data_100);
     }
@@ -264,7 +187,7 @@ fn main() {
     drop(node);
 
     println!("\n3-node cluster on loopback");
-    let cluster = Mounted::cluster(&binary, &[]);
+    let (cluster, _token) = cluster(&binary, &[]);
     let leader = cluster.iter().position(Mounted::is_leader).unwrap_or(0);
     let follower = (leader + 1) % 3;
     let (lead, foll) = (&cluster[leader], &cluster[follower]);
@@ -292,7 +215,7 @@ fn local_reads(binary: &Path) {
     let data_100 = [b'a'; 100];
     let mut buf = Vec::new();
     println!("\nlocal reads (--read-consistency local, single node)");
-    let node = Mounted::start(binary, &["--read-consistency", "local"]);
+    let node = single(binary, &["--read-consistency", "local"]);
     write_state(&node.mnt.join("hot"), &data_100);
     let big = vec![b'b'; 1 << 20];
     write_state(&node.mnt.join("big"), &big);

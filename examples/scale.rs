@@ -14,108 +14,13 @@
 //!    is started again: the time until it has applied the leader's head (the log is purged by
 //!    then, so it is a snapshot with the chain segments it lacks), and its resident set.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 mod common;
-use common::{free_port, must_write_state as write_state};
-
-/// One `lightchain mount` child with its directories; stopped and unmounted on drop.
-struct Node {
-    binary: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn new(binary: &Path, listen: &str, extra: &[String]) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut args: Vec<String> = vec!["mount".into(), dir.path().join("mnt").display().to_string()];
-        args.extend(["--data".into(), dir.path().join("data").display().to_string()]);
-        args.extend(["--listen".into(), listen.into()]);
-        args.extend(extra.iter().cloned());
-        let mut node = Node { binary: binary.to_owned(), args, child: None, dir };
-        node.start();
-        node
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("node.log"))
-            .expect("node.log");
-        let child = Command::new(&self.binary)
-            .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lightchain");
-        self.child = Some(child);
-    }
-
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-
-    fn status(&self) -> Value {
-        std::fs::read(self.mnt().join(".lightchain/status"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.status()["ready"] != Value::Bool(true) {
-            assert!(
-                Instant::now() < deadline,
-                "lightchain did not become ready; see {}",
-                self.dir.path().display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The resident set of the process, in MiB.
-    fn rss_mib(&self) -> f64 {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-        if let Ok(path) = CString::new(self.mnt().as_os_str().as_bytes()) {
-            // SAFETY: a valid C string; failing (nothing mounted) is fine.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::{must_write_state as write_state, Mounted};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -135,9 +40,9 @@ fn content(i: usize) -> Vec<u8> {
 
 fn memory(binary: &Path, states: usize) {
     println!("memory: one node, {states} states of 1 KiB");
-    let mut node = Node::new(binary, "127.0.0.1:0", &[]);
+    let mut node = Mounted::spawn(binary, "127.0.0.1:0", &[]);
     node.wait_ready(Duration::from_secs(60));
-    let mnt = node.mnt();
+    let mnt = node.mnt.clone();
     for d in 0..256 {
         std::fs::create_dir(mnt.join(format!("d{d}"))).unwrap();
     }
@@ -177,21 +82,11 @@ fn memory(binary: &Path, states: usize) {
 
 fn catch_up(binary: &Path, blocks: usize) {
     println!("catch-up: three nodes; one stopped while the leader takes {blocks} blocks of one 1 KiB state");
-    let token = tempfile::NamedTempFile::new().unwrap();
-    let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
-    std::fs::write(token.path(), secret).unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let mut extra = vec!["--cluster-token-file".to_string(), token.path().display().to_string()];
-    for a in &addrs {
-        extra.extend(["--peer".to_string(), a.clone()]);
-    }
-    let mut nodes: Vec<Node> = addrs.iter().map(|a| Node::new(binary, a, &extra)).collect();
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+    let token = tempfile::tempdir().unwrap();
+    let mut nodes = common::static_cluster(binary, 3, &token.path().join("cluster-token"), &[]);
     let leader = nodes.iter().position(|n| n.status()["role"] == "leader").unwrap_or(0);
     let lagging = (leader + 1) % 3;
-    let mnt = nodes[leader].mnt();
+    let mnt = nodes[leader].mnt.clone();
     // The states exist before: every write the stopped node misses is one block.
     for i in 0..1000 {
         write_state(&mnt.join(format!("c{i}")), &content(i));

@@ -24,10 +24,8 @@
 //! fields of etcd's `rpc.proto` that this needs; prost skips the fields it does not declare. No
 //! `etcdctl` in a loop: a process spawn per request would dominate the figure.
 
-use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -127,93 +125,46 @@ fn print_rows(title: &str, rows: &[Row]) {
 // ---------------------------------------------------------------------------------------------
 // lightchain.
 
-/// A running `lightchain mount`, stopped (and unmounted) on drop.
-struct Mounted {
-    /// The process.
-    child: Child,
-    /// Holds the mountpoint, the data directory and the log.
-    _dir: tempfile::TempDir,
-    /// The mountpoint.
-    mnt: PathBuf,
-    /// The node's log (kept when a write failed).
-    log: PathBuf,
-}
+/// A lightchain node of this bench: on drop, says whether it had exited and keeps its log when a
+/// write failed, then stops like any [`common::Mounted`].
+struct Node(common::Mounted);
 
-impl Mounted {
-    fn spawn(binary: &Path, listen: &str, extra: &[&str]) -> Mounted {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mnt, data) = (dir.path().join("mnt"), dir.path().join("data"));
-        let log_path = dir.path().join("node.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(binary)
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", listen])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lightchain");
-        Mounted { child, _dir: dir, mnt, log: log_path }
-    }
-
-    fn status(&self) -> String {
-        std::fs::read_to_string(self.mnt.join(".lightchain/status")).unwrap_or_default()
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.status().contains("\"ready\": true") {
-            assert!(Instant::now() < deadline, "lightchain did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+impl std::ops::Deref for Node {
+    type Target = common::Mounted;
+    fn deref(&self) -> &common::Mounted {
+        &self.0
     }
 }
 
-impl Drop for Mounted {
+impl Drop for Node {
     fn drop(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            eprintln!("lightchain at {} had exited: {status}", self.mnt.display());
+        let pid = self.0.pid().unwrap_or(0);
+        if let Some(status) = self.0.exited() {
+            eprintln!("lightchain at {} had exited: {status}", self.0.mnt.display());
         }
-        kill_term(&mut self.child);
+        self.0.stop();
         if FAILED_WRITES.load(Ordering::Relaxed) > 0 || std::thread::panicking() {
-            let kept =
-                std::env::temp_dir().join(format!("vs_etcd-{}-{}.log", std::process::id(), self.child.id()));
-            if std::fs::copy(&self.log, &kept).is_ok() {
+            let kept = std::env::temp_dir().join(format!("vs_etcd-{}-{pid}.log", std::process::id()));
+            if std::fs::copy(&self.0.log, &kept).is_ok() {
                 eprintln!("a lightchain node's log is kept in {}", kept.display());
             }
-        }
-        if let Ok(path) = CString::new(self.mnt.as_os_str().as_bytes()) {
-            // SAFETY: valid C string; a failure (already unmounted) is fine.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }
     }
 }
 
 /// `n` lightchain nodes, ready, with the leader first.
-fn lightchain(binary: &Path, n: usize, token_dir: &Path) -> Vec<Mounted> {
-    let mut nodes: Vec<Mounted> = if n == 1 {
-        vec![Mounted::spawn(binary, "127.0.0.1:0", &[])]
+fn lightchain(binary: &Path, n: usize, token_dir: &Path) -> Vec<Node> {
+    let mut nodes: Vec<Node> = if n == 1 {
+        let node = common::Mounted::spawn(binary, "127.0.0.1:0", &[]);
+        node.wait_ready(Duration::from_secs(60));
+        vec![Node(node)]
     } else {
-        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let peers = addrs.join(",");
-        // Members of a static cluster share one cluster token (DESIGN §1.7).
-        let token = token_dir.join("cluster-token");
-        let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
-        std::fs::write(&token, secret).expect("write the cluster token file");
-        let token = token.to_str().expect("a UTF-8 temp dir");
-        addrs
-            .iter()
-            .map(|a| Mounted::spawn(binary, a, &["--peer", &peers, "--cluster-token-file", token]))
+        common::static_cluster(binary, n, &token_dir.join("cluster-token"), &[])
+            .into_iter()
+            .map(Node)
             .collect()
     };
-    for node in &nodes {
-        node.wait_ready();
-    }
-    if let Some(i) = nodes.iter().position(|m| m.status().contains("\"role\": \"leader\"")) {
+    if let Some(i) = nodes.iter().position(|m| m.is_leader()) {
         nodes.swap(0, i);
     }
     nodes
