@@ -318,6 +318,22 @@ impl StateMachineStore {
         // Every block applied so far is on disk before the staged ones follow it.
         let head = self.shared.replica.read().unwrap().head;
         self.shared.chain.wait_durable(head.map(|h| h.height)).await?;
+        // Replaying many blocks takes seconds: off the async thread, which keeps serving.
+        let (this, meta) = (self.clone(), meta.clone());
+        match tokio::task::spawn_blocking(move || this.install_blocks(&meta, data)).await {
+            Ok(installed) => installed,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Io {
+                op: "install the snapshot's blocks",
+                path: self.data.chain(),
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+
+    /// The synchronous part of [`install`](Self::install): checks and appends the staged
+    /// blocks, adopts the snapshot's position, and announces the changes.
+    fn install_blocks(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
         let mut changes = Vec::new();
         self.shared.chain.with_file(|chain| {
             let mut replica = self.shared.replica.write().unwrap();
