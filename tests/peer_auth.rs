@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use lightchain::chain::{Content, RequestId, StateId, Transaction, TxOp};
+use lightchain::consensus::typ::{CommittedLeaderId, LogId, Vote};
 use lightchain::rpc::pb::admin_client::AdminClient;
 use lightchain::rpc::pb::cluster_client::ClusterClient;
 use lightchain::rpc::pb::raft_client::RaftClient;
@@ -20,7 +21,6 @@ use lightchain::rpc::pb::{
     ForwardRequest, HelloRequest, JoinRequest, MemberOp, MemberRequest, RaftMessage, ReadIndexRequest,
     SnapshotChunk, StatusRequest,
 };
-use openraft::{CommittedLeaderId, LogId, Vote};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
 
@@ -79,14 +79,17 @@ async fn call_every_rpc(
         vote,
         prev_log_id: None,
         entries: vec![],
-        leader_commit: Some(LogId::new(CommittedLeaderId::new(FORGED_TERM, claimed_leader), 1_000_000)),
+        leader_commit: Some(LogId::new(
+            CommittedLeaderId { term: FORGED_TERM, node_id: claimed_leader },
+            1_000_000,
+        )),
     };
     let payload = serde_json::to_vec(&append).unwrap();
     out.push((
         "Raft.AppendEntries",
         code(raft.append_entries(who.request(RaftMessage { payload, ..Default::default() })).await.map(drop)),
     ));
-    let vote_req = openraft::raft::VoteRequest::<u64>::new(vote, None);
+    let vote_req = openraft::raft::VoteRequest::<lightchain::consensus::TypeConfig>::new(vote, None);
     let payload = serde_json::to_vec(&vote_req).unwrap();
     out.push((
         "Raft.Vote",

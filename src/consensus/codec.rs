@@ -99,7 +99,7 @@ mod tests {
         let txs = vec![tx(1000, 3, Some(9), content.clone()), tx(0, 0, None, Content::from(&b"x"[..]))];
         let batch = Batch { timestamp_ms: 42, txs };
         Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+            log_id: openraft::LogId::new(crate::consensus::typ::CommittedLeaderId { term: 3, node_id: 1 }, 7),
             payload: openraft::EntryPayload::Normal(batch),
         }
     }

@@ -10,9 +10,6 @@
 //! ([`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)), so one AppendEntries carries a few 1 MiB
 //! states, not `max_payload_entries` of them.
 
-// openraft's trait methods fix the (large) error type; boxing it here would only convert back.
-#![allow(clippy::result_large_err)]
-
 use std::fmt::Debug;
 use std::fs::File;
 use std::ops::RangeBounds;
@@ -20,10 +17,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
-use super::typ::{Entry, LogId, StorageError, Vote};
+use super::typ::{Entry, LogId, Vote};
 use super::{storage_error, TypeConfig};
 use crate::store::raft_log::RaftLog;
 
@@ -34,6 +32,8 @@ const PURGED: &str = "purged.json";
 struct Inner {
     log: RaftLog,
     last_purged: Option<LogId>,
+    /// The vote as last saved (durably), so readers need no file read.
+    vote: Option<Vote>,
     /// The committed log id openraft last reported, and whether `raft/committed.json` lags it.
     committed: Option<LogId>,
     committed_unsaved: bool,
@@ -69,11 +69,11 @@ fn save_committed_behind(inner: std::sync::Weak<Mutex<Inner>>) {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
-    flusher: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
+    flusher: mpsc::Sender<(File, IOFlushed<TypeConfig>)>,
 }
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    storage_error(subject, verb, e)
+fn io_err(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> std::io::Error {
+    storage_error(what, e)
 }
 
 impl LogStore {
@@ -84,13 +84,20 @@ impl LogStore {
         if let Some(p) = &last_purged {
             log.purge_upto(p.index)?;
         }
-        let (tx, rx) = mpsc::channel::<(File, LogFlushed<TypeConfig>)>();
+        let vote =
+            match log.load_meta(VOTE)? {
+                Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    crate::store::Error::Corrupt { path: dir.join(VOTE), detail: e.to_string() }
+                })?),
+                None => None,
+            };
+        let (tx, rx) = mpsc::channel::<(File, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(rx))
             .expect("spawn flusher thread");
         let inner =
-            Arc::new(Mutex::new(Inner { log, last_purged, committed: None, committed_unsaved: false }));
+            Arc::new(Mutex::new(Inner { log, last_purged, vote, committed: None, committed_unsaved: false }));
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("lc-committed".into())
@@ -99,13 +106,13 @@ impl LogStore {
         Ok(LogStore { inner, flusher: tx })
     }
 
-    fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
-        super::codec::decode_record(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    fn decode(bytes: &[u8]) -> Result<Entry, std::io::Error> {
+        super::codec::decode_record(bytes).map_err(|e| io_err("decode a log record", e))
     }
 
     /// Reads entries `[start, end)` until they hold [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)
     /// (always at least one).
-    fn read_limited(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+    fn read_limited(&self, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
         let inner = self.inner.lock().unwrap();
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -114,9 +121,8 @@ impl LogStore {
             if !out.is_empty() && bytes + len as usize > super::MAX_APPEND_BYTES {
                 break;
             }
-            let read = inner.log.read(index).map_err(|e| {
-                io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e)
-            })?;
+            let read =
+                inner.log.read(index).map_err(|e| io_err(format_args!("read log entry {index}"), e))?;
             let Some(record) = read else { break };
             bytes += record.len();
             out.push(Self::decode(&record)?);
@@ -126,7 +132,7 @@ impl LogStore {
 }
 
 /// Fsyncs once for every batch of appends waiting, then reports them flushed, in order.
-fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
+fn flush_loop(rx: mpsc::Receiver<(File, IOFlushed<TypeConfig>)>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -139,20 +145,20 @@ fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
-            callback.log_io_completed(result);
+            callback.io_completed(result);
         }
     }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
         self.read_limited(start, end)
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let inner = self.inner.lock().unwrap();
         let Some((lo, hi)) = inner.log.bounds() else {
             return Ok(Vec::new());
@@ -165,30 +171,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 break;
             }
-            match inner.log.read(index).map_err(|e| {
-                io_err(ErrorSubject::Log(LogId::new(Default::default(), index)), ErrorVerb::Read, e)
-            })? {
+            match inner.log.read(index).map_err(|e| io_err(format_args!("read log entry {index}"), e))? {
                 Some(bytes) => out.push(Self::decode(&bytes)?),
                 None => break,
             }
         }
         Ok(out)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(self.inner.lock().unwrap().vote)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let inner = self.inner.lock().unwrap();
         let last = match inner.log.bounds() {
             Some((_, hi)) => {
                 let bytes = inner
                     .log
                     .read(hi)
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                    .map_err(|e| io_err("read the last log entry", e))?
                     .expect("bounds are held");
-                Some(*Self::decode(&bytes)?.get_log_id())
+                Some(Self::decode(&bytes)?.log_id())
             }
             None => inner.last_purged,
         };
@@ -199,21 +207,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let inner = self.inner.lock().unwrap();
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
-        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(format_args!("save vote {vote}"), e))?;
+        inner.vote = Some(*vote);
+        Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let inner = self.inner.lock().unwrap();
-        let bytes = inner.log.load_meta(VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-        bytes
-            .map(|b| serde_json::from_slice(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e)))
-            .transpose()
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         // Recorded here; the file follows within COMMITTED_SAVE_EVERY (save_committed_behind).
         let mut inner = self.inner.lock().unwrap();
         inner.committed = committed;
@@ -221,17 +223,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         let inner = self.inner.lock().unwrap();
         if inner.committed.is_some() {
             return Ok(inner.committed);
         }
-        let bytes =
-            inner.log.load_meta(COMMITTED).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        let bytes = inner.log.load_meta(COMMITTED).map_err(|e| io_err("read raft/committed.json", e))?;
         Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -239,40 +240,183 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let handle = {
             let mut inner = self.inner.lock().unwrap();
             for entry in entries {
-                let log_id = *entry.get_log_id();
+                let log_id = entry.log_id();
                 let bytes = super::codec::encode_record(&entry);
                 inner
                     .log
                     .append(log_id.index, &bytes)
-                    .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
+                    .map_err(|e| io_err(format_args!("append log entry {log_id}"), e))?;
             }
-            inner.log.sync_handle().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
+            inner.log.sync_handle().map_err(|e| io_err("open the log segment for fsync", e))?
         };
         tracing::debug!("log appended");
         self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
         let mut inner = self.inner.lock().unwrap();
-        inner
-            .log
-            .truncate_from(log_id.index)
-            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+        let Some(from) = truncation_start(last, inner.log.bounds()) else {
+            return Ok(());
+        };
+        inner.log.truncate_from(from).map_err(|e| io_err(format_args!("truncate the log from {from}"), e))
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
         inner
             .log
             .save_meta(PURGED, &bytes)
-            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+            .map_err(|e| io_err(format_args!("record the purge up to {log_id}"), e))?;
         inner
             .log
             .purge_upto(log_id.index)
-            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+            .map_err(|e| io_err(format_args!("purge the log up to {log_id}"), e))?;
         inner.last_purged = Some(log_id);
         Ok(())
+    }
+}
+
+/// The first index `truncate_after(last)` removes, given the log's `(first, last)` indexes:
+/// the one after `last`, or the whole log when `last` is `None`; `None` when nothing follows.
+fn truncation_start(last: Option<LogId>, bounds: Option<(u64, u64)>) -> Option<u64> {
+    let (lo, hi) = bounds?;
+    let from = last.map_or(lo, |l| (l.index + 1).max(lo));
+    (from <= hi).then_some(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::type_config::TypeConfigExt;
+    use openraft::{EntryPayload, RaftLogReader};
+
+    use super::*;
+    use crate::consensus::typ::{CommittedLeaderId, Membership};
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId { term, node_id }, index)
+    }
+
+    // Written by lightchain on openraft 0.9.25 (`codec::encode_record` of an `Entry`, and the
+    // JSON of `raft/vote.json`, `raft/committed.json`, `raft/snapshot.json`).
+    const NORMAL_09: &str = "0282a66c6f675f696482a96c65616465725f696482a47465726d03a76e6f64655f696401a5696e64657807a77061796c6f616481a64e6f726d616c82ac74696d657374616d705f6d732aa37478739183a77265717565737483a46e6f646501ab696e6361726e6174696f6e02a373657103ab61636b65645f62656c6f7703a26f7081a370757485a26964a3612f62a7636f6e74656e74c403686900a3756964cd03e8a3676964cd03e8a3696e6f09";
+    const BLANK_09: &str = "0282a66c6f675f696482a96c65616465725f696482a47465726d04a76e6f64655f696402a5696e64657808a77061796c6f6164a5426c616e6b";
+    const MEMBERSHIP_09: &str = "0282a66c6f675f696482a96c65616465725f696482a47465726d05a76e6f64655f696403a5696e64657809a77061796c6f616481aa4d656d6265727368697082a7636f6e666967739292010293010203a56e6f646573830181a461646472ab3132372e302e302e313a310281a461646472ab3132372e302e302e313a320381a461646472ab3132372e302e302e313a33";
+    const VOTE_09: &str = r#"{"leader_id":{"term":6,"node_id":2},"committed":false}"#;
+    const COMMITTED_VOTE_09: &str = r#"{"leader_id":{"term":6,"node_id":2},"committed":true}"#;
+    const LOG_ID_09: &str = r#"{"leader_id":{"term":3,"node_id":1},"index":7}"#;
+    const MANIFEST_09: &str = r#"{"meta":{"last_log_id":{"leader_id":{"term":3,"node_id":1},"index":7},"last_membership":{"log_id":{"leader_id":{"term":3,"node_id":1},"index":7},"membership":{"configs":[[1,2],[1,2,3]],"nodes":{"1":{"addr":"127.0.0.1:1"},"2":{"addr":"127.0.0.1:2"},"3":{"addr":"127.0.0.1:3"}}}},"snapshot_id":"7-3"},"head":null}"#;
+
+    #[test]
+    fn on_disk_shape_is_the_one_0_9_wrote() {
+        // Log records: decoded, and written again byte for byte.
+        for (hex, want_id) in
+            [(NORMAL_09, log_id(3, 1, 7)), (BLANK_09, log_id(4, 2, 8)), (MEMBERSHIP_09, log_id(5, 3, 9))]
+        {
+            let record = unhex(hex);
+            let entry: Entry = super::super::codec::decode_record(&record).unwrap();
+            assert_eq!(entry.log_id, want_id);
+            assert_eq!(super::super::codec::encode_record(&entry), record, "{entry:?} is written as 0.9 did");
+        }
+        let normal: Entry = super::super::codec::decode_record(&unhex(NORMAL_09)).unwrap();
+        let EntryPayload::Normal(batch) = normal.payload else { panic!("a normal entry") };
+        assert_eq!((batch.timestamp_ms, batch.txs.len()), (42, 1));
+        let member: Entry = super::super::codec::decode_record(&unhex(MEMBERSHIP_09)).unwrap();
+        let EntryPayload::Membership(m) = member.payload else { panic!("a membership entry") };
+        let want: Membership = Membership::new(
+            vec![[1, 2].into(), [1, 2, 3].into()],
+            (1..=3)
+                .map(|i| (i, openraft::BasicNode { addr: format!("127.0.0.1:{i}") }))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .unwrap();
+        assert_eq!(m, want);
+        let blank: Entry = super::super::codec::decode_record(&unhex(BLANK_09)).unwrap();
+        assert!(matches!(blank.payload, EntryPayload::Blank));
+
+        // Vote and log ids (JSON files): the same both ways.
+        for json in [VOTE_09, COMMITTED_VOTE_09] {
+            let vote: Vote = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&vote).unwrap(), json);
+        }
+        let vote: Vote = serde_json::from_str(COMMITTED_VOTE_09).unwrap();
+        assert!(vote.committed && vote.leader_id == CommittedLeaderId { term: 6, node_id: 2 });
+        let id: Option<LogId> = serde_json::from_str(LOG_ID_09).unwrap();
+        assert_eq!(id, Some(log_id(3, 1, 7)));
+        assert_eq!(serde_json::to_string(&id).unwrap(), LOG_ID_09);
+
+        // The snapshot manifest: 0.9's snapshot id is read and dropped.
+        let manifest: crate::consensus::state_machine::Manifest = serde_json::from_str(MANIFEST_09).unwrap();
+        assert_eq!(manifest.meta.last_log_id, Some(log_id(3, 1, 7)));
+        assert_eq!(manifest.meta.last_membership.membership(), &want);
+        let again: crate::consensus::state_machine::Manifest =
+            serde_json::from_str(&serde_json::to_string(&manifest).unwrap()).unwrap();
+        assert_eq!(again.meta, manifest.meta);
+    }
+
+    #[test]
+    fn truncation_starts_after_the_kept_entry() {
+        assert_eq!(truncation_start(Some(log_id(1, 1, 4)), Some((1, 9))), Some(5));
+        assert_eq!(truncation_start(Some(log_id(1, 1, 9)), Some((1, 9))), None, "nothing follows");
+        assert_eq!(truncation_start(None, Some((3, 9))), Some(3), "everything goes");
+        assert_eq!(truncation_start(None, None), None);
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Blank }
+    }
+
+    async fn append_flushed(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.expect("the flusher reports every append").unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_are_readable_at_once_reported_after_fsync_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        // Readable as soon as `append` returns (the leader replicates from here), whether or
+        // not the flusher got to it yet.
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append((1..=3).map(blank).collect::<Vec<_>>(), IOFlushed::signal(tx)).await.unwrap();
+        let read = store.try_get_log_entries(1..=3).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![1, 2, 3]);
+        rx.await.unwrap().unwrap();
+        // Many appends queued at once are all reported.
+        let waits: Vec<_> = (4..=9)
+            .map(|i| {
+                let (tx, rx) = TypeConfig::oneshot();
+                store.append(vec![blank(i)], IOFlushed::signal(tx)).now_or_never().unwrap().unwrap();
+                rx
+            })
+            .collect();
+        for rx in waits {
+            rx.await.unwrap().unwrap();
+        }
+        let vote = Vote::new_committed(1, 1);
+        store.save_vote(&vote).await.unwrap();
+        store.truncate_after(Some(log_id(1, 1, 7))).await.unwrap();
+        store.purge(log_id(1, 1, 2)).await.unwrap();
+        drop(store);
+
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(
+            (state.last_purged_log_id, state.last_log_id),
+            (Some(log_id(1, 1, 2)), Some(log_id(1, 1, 7)))
+        );
+        let read = store.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+        append_flushed(&mut store, vec![blank(8)]).await;
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 1, 8)));
     }
 }

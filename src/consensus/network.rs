@@ -5,9 +5,15 @@
 //! stamps every request with this node's metadata and the deadline openraft gives, and admits
 //! the answer's metadata before believing it. AppendEntries requests travel in the binary
 //! encoding of [`codec`](super::codec) (1 MiB states as raw bytes); votes and answers, small,
-//! in JSON. An AppendEntries over [`MAX_APPEND_BYTES`] with more than one entry is refused
-//! here with `PayloadTooLarge`, so openraft retries with fewer entries; a single larger entry
-//! goes alone (message limits allow it).
+//! in JSON. What one AppendEntries carries is bounded by the log reader
+//! ([`MAX_APPEND_BYTES`]; openraft 0.10 has no `PayloadTooLarge` to refuse a request with), and
+//! an over-large one is still refused here rather than sent, as an error openraft retries; a
+//! single larger entry goes alone (message limits allow it). A refusal by the peer (an error
+//! openraft raised there) comes back as `Unreachable`: 0.10's network errors carry no remote
+//! error, and `Unreachable` makes openraft back off as it did for one in 0.9.
+//!
+//! Appends are sent one at a time per peer (openraft's sequential `stream_append`): the leader
+//! pipelines its own fsync with the send, not several sends with each other.
 //!
 //! Snapshots are streamed, and carry the chain: the client asks the follower how far its
 //! chain goes (`Cluster.Hello`), then sends the snapshot manifest followed by every block the
@@ -19,18 +25,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
+use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::typ::{Snapshot, Vote};
 use super::TypeConfig;
 use super::MAX_APPEND_BYTES;
 use crate::rpc::pb::cluster_client::ClusterClient;
@@ -48,7 +54,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SnapshotHeader {
     /// The leader's vote.
-    pub vote: Vote<u64>,
+    pub vote: Vote,
     /// Where the chain stood.
     pub manifest: super::state_machine::Manifest,
 }
@@ -119,7 +125,7 @@ impl CallError {
         }
     }
 
-    fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+    fn into_rpc(self) -> RPCError<TypeConfig> {
         match self {
             CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Message(m))),
             CallError::Network(m) => RPCError::Network(NetworkError::new(&Message(m))),
@@ -156,16 +162,19 @@ impl PeerClient {
             .map_err(|e| CallError::Network(e.to_string()))
     }
 
-    /// [`call`](Self::call) with openraft's error types: a remote refusal is a remote error.
+    /// [`call`](Self::call) with openraft's error types: an error openraft raised on the peer
+    /// (it stopped, say) makes the peer unreachable for now.
     async fn raft_rpc<Resp: DeserializeOwned>(
         &self,
         kind: &'static str,
         message: RaftMessage,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call::<Resp, RaftError<u64>>(kind, message, timeout).await {
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        match self.call::<Resp, RaftError<TypeConfig>>(kind, message, timeout).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Ok(Err(remote)) => {
+                Err(CallError::Unreachable(format!("peer {}: {remote}", self.target)).into_rpc())
+            }
             Err(e) => Err(e.into_rpc()),
         }
     }
@@ -179,58 +188,71 @@ impl PeerClient {
     }
 }
 
-/// How many entries to send instead, when `entries` entries encode to `bytes`, more than
-/// [`MAX_APPEND_BYTES`]: as many as fit at their average size, at least one. `None` when the
-/// request may go as it is (within the limit, or a single entry).
-fn entries_hint(entries: usize, bytes: usize) -> Option<u64> {
-    if entries <= 1 || bytes <= MAX_APPEND_BYTES {
-        return None;
-    }
-    let fit = (entries as u128 * MAX_APPEND_BYTES as u128 / bytes as u128) as u64;
-    Some(fit.clamp(1, entries as u64 - 1))
+/// What an AppendEntries adds to the encodings of its entries (vote, log ids, field names):
+/// well under this.
+const APPEND_OVERHEAD: usize = 64 << 10;
+
+/// Whether an AppendEntries of `entries` entries that encodes to `bytes` is over the limit the
+/// log reader keeps ([`MAX_APPEND_BYTES`] of entry records): only a single entry may be larger.
+fn over_limit(entries: usize, bytes: usize) -> bool {
+    entries > 1 && bytes > MAX_APPEND_BYTES + APPEND_OVERHEAD
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+/// The gRPC deadline of an AppendEntries, given openraft's `option`: the whole of it for one
+/// that carries entries (openraft sets no timer on the replication stream, and
+/// [`MAX_APPEND_BYTES`] is sized for it, see `raft_config`), `soft_ttl` for a heartbeat (which
+/// openraft drops at `hard_ttl`).
+fn append_deadline(entries: usize, option: &RPCOption) -> Duration {
+    if entries == 0 {
+        option.soft_ttl()
+    } else {
+        option.hard_ttl()
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = super::state_machine::SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = super::codec::to_binary(&rpc);
-        if let Some(hint) = entries_hint(rpc.entries.len(), payload.len()) {
-            tracing::debug!(
-                entries = rpc.entries.len(),
-                bytes = payload.len(),
-                hint,
-                "append too large; fewer entries"
-            );
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        if over_limit(rpc.entries.len(), payload.len()) {
+            // The log reader keeps appends within the limit; this one is not, so a bug let it
+            // through. Refuse it rather than send what the follower's deadline is not made for.
+            tracing::error!(entries = rpc.entries.len(), bytes = payload.len(), "append over the size limit");
+            let detail =
+                format!("{} entries in {} bytes, over {MAX_APPEND_BYTES}", rpc.entries.len(), payload.len());
+            return Err(CallError::Network(detail).into_rpc());
         }
+        let timeout = append_deadline(rpc.entries.len(), &option);
         let message = RaftMessage { payload, encoding: Encoding::Binary as i32 };
         tracing::debug!(peer = self.target, entries = rpc.entries.len(), "append_entries sent");
-        let reply = self.raft_rpc("append", message, option.hard_ttl()).await;
+        let reply = self.raft_rpc("append", message, timeout).await;
         tracing::debug!(peer = self.target, "append_entries reply");
         reply
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = serde_json::to_vec(&rpc).expect("openraft messages serialize");
         let message = RaftMessage { payload, encoding: Encoding::Json as i32 };
-        self.raft_rpc("vote", message, option.hard_ttl()).await
+        self.raft_rpc("vote", message, option.soft_ttl()).await
     }
 
     async fn full_snapshot(
         &mut self,
-        vote: Vote<u64>,
-        snapshot: Snapshot<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        let streaming = |e: CallError| -> StreamingError<TypeConfig, Fatal<u64>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let streaming = |e: CallError| -> StreamingError<TypeConfig> {
             match e {
                 CallError::Unreachable(m) => StreamingError::Unreachable(Unreachable::new(&Message(m))),
                 CallError::Network(m) => StreamingError::Network(NetworkError::new(&Message(m))),
@@ -282,10 +304,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 client.install_snapshot(request).await.map_err(|s| streaming(CallError::from_status(s)))?;
             peer::admit_response_from(&response, self.guard.as_ref(), self.target)
                 .map_err(|m| streaming(CallError::Unreachable(m)))?;
-            let result: Result<SnapshotResponse<u64>, Fatal<u64>> =
+            let result: Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> =
                 serde_json::from_slice(&response.into_inner().payload)
                     .map_err(|e| streaming(CallError::Network(e.to_string())))?;
-            result.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+            // The follower's openraft stopped: back off as from an unreachable peer.
+            result
+                .map_err(|fatal| streaming(CallError::Unreachable(format!("peer {}: {fatal}", self.target))))
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -299,11 +323,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_over_large_append_asks_for_as_many_entries_as_fit() {
-        assert_eq!(entries_hint(64, 1000), None);
-        assert_eq!(entries_hint(1, 40 << 20), None, "a single entry goes alone, whatever its size");
-        assert_eq!(entries_hint(16, 16 << 20), Some(8));
-        assert_eq!(entries_hint(2, 30 << 20), Some(1));
-        assert_eq!(entries_hint(3, (8 << 20) + 1), Some(2), "always fewer than sent");
+    fn only_a_single_entry_may_exceed_the_append_limit() {
+        assert!(!over_limit(64, 1000));
+        assert!(!over_limit(1, 40 << 20), "a single entry goes alone, whatever its size");
+        assert!(!over_limit(2, MAX_APPEND_BYTES + 100), "the request's own fields fit in the margin");
+        assert!(over_limit(2, MAX_APPEND_BYTES + APPEND_OVERHEAD + 1));
+    }
+
+    #[test]
+    fn an_append_with_entries_gets_the_whole_interval_and_a_heartbeat_less() {
+        let option = RPCOption::new(Duration::from_millis(400));
+        assert_eq!(append_deadline(3, &option), Duration::from_millis(400));
+        assert!(append_deadline(0, &option) < Duration::from_millis(400));
     }
 }

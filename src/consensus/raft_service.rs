@@ -12,12 +12,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use openraft::Snapshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::SnapshotHeader;
 use super::state_machine::SnapshotData;
-use super::typ::Raft;
+use super::typ::{Raft, Snapshot};
 use crate::rpc::pb::raft_server::Raft as RaftRpc;
 use crate::rpc::pb::{Encoding, RaftMessage, SnapshotChunk};
 use crate::rpc::peer::{self, PeerGuard, PeerMeta, MAX_SNAPSHOT_BYTES};
@@ -54,7 +53,7 @@ impl RaftService {
             stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
-        peer::check_sender(sender, header.vote.leader_id().voted_for(), "snapshot")?;
+        peer::check_sender(sender, Some(header.vote.leader_id.node_id), "snapshot")?;
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
         let mut file = std::fs::File::create(dir.join(format!("{:020}.jsonl", 0)))
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -91,7 +90,7 @@ impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
         let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(request.get_ref())?;
-        peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "append-entries")?;
+        peer::check_sender(&sender, Some(rpc.vote.leader_id.node_id), "append-entries")?;
         tracing::debug!("append_entries received");
         let r = self.raft()?.append_entries(rpc).await;
         tracing::debug!("append_entries answered");
@@ -100,8 +99,8 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc: openraft::raft::VoteRequest<u64> = decode(request.get_ref())?;
-        peer::check_sender(&sender, rpc.vote.leader_id().voted_for(), "vote request")?;
+        let rpc: openraft::raft::VoteRequest<super::TypeConfig> = decode(request.get_ref())?;
+        peer::check_sender(&sender, Some(rpc.vote.leader_id.node_id), "vote request")?;
         Ok(self.reply(json(&self.raft()?.vote(rpc).await)))
     }
 
@@ -124,8 +123,7 @@ impl RaftRpc for RaftService {
         };
         let meta = header.manifest.meta.clone();
         let data = SnapshotData { manifest: header.manifest, staged_blocks: Some(dir.clone()) };
-        let result =
-            raft.install_full_snapshot(header.vote, Snapshot { meta, snapshot: Box::new(data) }).await;
+        let result = raft.install_full_snapshot(header.vote, Snapshot { meta, snapshot: data }).await;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(self.reply(json(&result)))
     }

@@ -24,14 +24,15 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, RaftSnapshotBuilder, StoredMembership,
-};
+use futures_util::TryStreamExt;
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use super::typ::{Entry, SnapshotMeta, StorageError, StoredMembership as Stored};
+use super::typ::{
+    CommittedLeaderId, Entry, LogId, Membership, Snapshot, SnapshotMeta, StoredMembership as Stored,
+};
 use super::{storage_error, BatchResult, TypeConfig};
 use crate::chain::{
     apply_batch, replay, Block, Change, LogPosition, Members, NodeId, Outcome, RequestId, Tip, Transaction,
@@ -53,7 +54,7 @@ pub struct Replica {
     /// The last block.
     pub head: Option<Tip>,
     /// The last applied log entry (blank entries included).
-    pub last_applied: Option<LogId<u64>>,
+    pub last_applied: Option<LogId>,
     /// The last applied membership.
     pub membership: Stored,
 }
@@ -104,36 +105,40 @@ pub struct SnapshotData {
     pub staged_blocks: Option<PathBuf>,
 }
 
-/// Replays one stored block onto `tree`, tracking the membership it may carry.
+/// Replays one stored block onto `tree`, tracking the membership it may carry. The error says
+/// why the block does not fit.
 fn replay_block(
     tree: &mut Tree,
     prev: Option<Tip>,
     membership: &mut Stored,
     block: &Block,
-) -> Result<Vec<(NodeId, Change)>, crate::chain::ReplayError> {
-    let changes = replay(tree, prev, block)?;
+) -> Result<Vec<(NodeId, Change)>, String> {
+    let changes = replay(tree, prev, block).map_err(|e| e.to_string())?;
     if let [tx] = block.txs.as_slice() {
         if let TxOp::Membership { members } = &tx.op {
-            *membership = StoredMembership::new(Some(log_id_of(block)), membership_of(members));
+            let config = membership_of(members).map_err(|e| format!("bad membership: {e}"))?;
+            *membership = StoredMembership::new(Some(log_id_of(block)), config);
         }
     }
     Ok(changes)
 }
 
-fn membership_of(members: &Members) -> Membership<u64, openraft::BasicNode> {
+/// openraft's membership for the one a block holds (which came from openraft: every voter is
+/// among the nodes, unless the block was made by hand).
+fn membership_of(members: &Members) -> Result<Membership, openraft::error::MembershipError<u64>> {
     let nodes = members.nodes.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
     Membership::new(members.configs.clone(), nodes.collect::<std::collections::BTreeMap<_, _>>())
 }
 
-fn members_of(membership: &Membership<u64, openraft::BasicNode>) -> Members {
+fn members_of(membership: &Membership) -> Members {
     Members {
         configs: membership.get_joint_config().clone(),
         nodes: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
     }
 }
 
-fn log_id_of(block: &Block) -> LogId<u64> {
-    LogId::new(openraft::CommittedLeaderId::new(block.term, block.proposer), block.index)
+fn log_id_of(block: &Block) -> LogId {
+    LogId::new(CommittedLeaderId { term: block.term, node_id: block.proposer }, block.index)
 }
 
 /// The cluster id a genesis block gives.
@@ -297,15 +302,8 @@ impl StateMachineStore {
         let manifest = {
             let replica = self.shared.replica.read().unwrap();
             let last = replica.last_applied;
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: replica.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}",
-                    last.map_or(0, |l| l.index),
-                    replica.head.map_or(0, |h| h.height)
-                ),
-            };
+            // 0.10 has no snapshot id: a snapshot is named by the log id it covers.
+            let meta = SnapshotMeta { last_log_id: last, last_membership: replica.membership.clone() };
             Manifest { meta, head: replica.head }
         };
         // Read first, then wait: the manifest covers nothing the chain does not hold.
@@ -425,35 +423,36 @@ pub fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
     }
 }
 
-fn sm_err(verb: ErrorVerb, e: StoreError) -> StorageError {
-    storage_error(ErrorSubject::StateMachine, verb, e)
+fn sm_err(what: &str, e: StoreError) -> std::io::Error {
+    storage_error(what, e)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let manifest = self.current_manifest().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let manifest = self.current_manifest().await.map_err(|e| sm_err("build a snapshot", e))?;
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        Ok(Snapshot {
-            meta: manifest.meta.clone(),
-            snapshot: Box::new(SnapshotData { manifest, staged_blocks: None }),
-        })
+            .map_err(|e| sm_err("save the snapshot manifest", e))?;
+        Ok(Snapshot { meta: manifest.meta.clone(), snapshot: SnapshotData { manifest, staged_blocks: None } })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Stored), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Stored), std::io::Error> {
         let replica = self.shared.replica.read().unwrap();
         Ok((replica.last_applied, replica.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
-        I::IntoIter: openraft::OptionalSend,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
         tracing::debug!("apply start");
         if let Some(reason) = self.shared.chain.failure() {
@@ -461,11 +460,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 path: self.data.chain(),
                 detail: format!("cannot write the chain: {reason}"),
             };
-            return Err(sm_err(ErrorVerb::Write, e));
+            return Err(sm_err("apply", e));
         }
+        // openraft reads the committed entries from the log and hands them over at once; take
+        // them all, so one write lock of the replica covers the batch.
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         #[cfg(debug_assertions)] // a test-only hook, absent from release builds
         let entries = super::fault::delay_apply(entries).await;
-        let mut results = Vec::new();
+        let (entries, responders): (Vec<Entry>, Vec<Option<ApplyResponder<TypeConfig>>>) =
+            entries.into_iter().unzip();
+        let mut results = Vec::with_capacity(entries.len());
         let mut changes = Vec::new();
         let mut blocks = Vec::new();
         let (last_index, height) = {
@@ -473,7 +477,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut replica = self.shared.replica.write().unwrap();
             for entry in entries {
                 let result = self.apply_entry(&mut replica, &mut blocks, entry, &mut changes);
-                results.push(result.map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                results.push(result.map_err(|e| sm_err("apply", e))?);
             }
             (replica.last_applied.map_or(0, |l| l.index), replica.head.map(|h| h.height))
         };
@@ -481,32 +485,74 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.shared.chain.append(block);
         }
         self.announce(changes, last_index, height);
+        // The proposers hear only now, when readers of this node see what they wrote.
+        answer(responders, results, |responder, result| responder.send(result));
         tracing::debug!("apply end");
-        Ok(results)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        // Snapshots arrive whole through `Raft::install_full_snapshot` (see the raft service).
-        Ok(Box::default())
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<SnapshotData>,
-    ) -> Result<(), StorageError> {
-        self.install(meta, *snapshot).await.map_err(|e| sm_err(ErrorVerb::Write, e))
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
+        // Snapshots arrive whole through `Raft::install_full_snapshot` (see the raft service).
+        self.install(meta, snapshot).await.map_err(|e| sm_err("install a snapshot", e))
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let manifest = read_manifest(&self.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let manifest = read_manifest(&self.data).map_err(|e| sm_err("read the snapshot manifest", e))?;
         Ok(manifest.map(|m| Snapshot {
             meta: m.meta.clone(),
-            snapshot: Box::new(SnapshotData { manifest: m, staged_blocks: None }),
+            snapshot: SnapshotData { manifest: m, staged_blocks: None },
         }))
+    }
+}
+
+/// Hands each entry's result to its responder (entries replicated from another leader, or
+/// proposed by no one waiting, have none), in log order: the `i`th result is the `i`th entry's.
+fn answer<R, T>(responders: Vec<Option<R>>, results: Vec<T>, mut send: impl FnMut(R, T)) {
+    debug_assert_eq!(responders.len(), results.len(), "one result per applied entry");
+    for (responder, result) in responders.into_iter().zip(results) {
+        if let Some(responder) = responder {
+            send(responder, result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_result_goes_to_the_responder_of_its_entry() {
+        let responders = vec![Some("a"), None, Some("c"), Some("d")];
+        let results = vec![1, 2, 3, 4];
+        let mut sent = Vec::new();
+        answer(responders, results, |r, v| sent.push((r, v)));
+        assert_eq!(sent, vec![("a", 1), ("c", 3), ("d", 4)]);
+    }
+
+    #[test]
+    fn a_membership_block_round_trips_and_a_bad_one_is_refused() {
+        let members = Members {
+            configs: vec![[1, 2].into(), [1, 2, 3].into()],
+            nodes: [
+                (1, "a:1".to_owned()),
+                (2, "a:2".to_owned()),
+                (3, "a:3".to_owned()),
+                (4, "a:4".to_owned()),
+            ]
+            .into(),
+        };
+        let membership = membership_of(&members).unwrap();
+        assert_eq!(membership.learner_ids().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(members_of(&membership), members);
+        let voter_without_address = Members { configs: vec![[1, 5].into()], nodes: members.nodes.clone() };
+        assert!(membership_of(&voter_without_address).is_err());
     }
 }

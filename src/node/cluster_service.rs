@@ -18,6 +18,7 @@
 //!   one derived from its address and incarnation, so no one joins under another's id. A
 //!   follower forwards to the leader.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -152,7 +153,7 @@ impl Cluster for ClusterService {
             hash_at_asked,
             addr: self.cell.advertise.clone(),
             voters: self.cell.raft.get().map_or_else(Vec::new, |raft| {
-                raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+                raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
             }),
             bootstrap: self.cell.bootstrap.lock().unwrap().as_ref().map(|p| p.to_pb()),
         };

@@ -5,12 +5,11 @@
 //! A node that joins (`--join`) knows no member before the leader first replicates to it: until
 //! it learns a membership it admits any holder of the token ([`NodeGuard::open_for_join`]).
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::watch;
-
-use crate::consensus::typ::RaftMetrics;
+use crate::consensus::typ::MetricsRx;
 use crate::rpc::peer::{PeerGuard, PeerMeta};
 use crate::store::identity::{ClusterToken, Identity, KnownPeers};
 use crate::store::DataDir;
@@ -28,7 +27,7 @@ pub struct NodeGuard {
     /// Node ids of the configured peers (`--peer`), admitted while no membership is known.
     configured: BTreeSet<u64>,
     /// Consensus metrics, once consensus runs: the membership senders are checked against.
-    metrics: OnceLock<watch::Receiver<RaftMetrics>>,
+    metrics: OnceLock<MetricsRx>,
     /// Set on a joining node: while it knows no membership, any holder of the token is admitted
     /// (it cannot know the leader's id before the leader replicates to it).
     joining: std::sync::atomic::AtomicBool,
@@ -54,7 +53,7 @@ impl NodeGuard {
     }
 
     /// From now on, senders are checked against consensus's membership (once it has one).
-    pub fn watch_membership(&self, metrics: watch::Receiver<RaftMetrics>) {
+    pub fn watch_membership(&self, metrics: MetricsRx) {
         let _ = self.metrics.set(metrics);
     }
 
@@ -66,7 +65,7 @@ impl NodeGuard {
     /// The members consensus knows (voters and learners), if it knows any.
     fn members(&self) -> Option<BTreeSet<u64>> {
         let metrics = self.metrics.get()?;
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let ids: BTreeSet<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         (!ids.is_empty()).then_some(ids)
     }

@@ -16,6 +16,7 @@
 //!
 //! This module only asks and records; it never changes the chain or consensus.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use super::divergence::{self, Divergence, Probe};
 use crate::chain::{BlockHash, Digest};
 use crate::consensus::state_machine::Shared;
-use crate::consensus::typ::RaftMetrics;
+use crate::consensus::typ::{MetricsRx, RaftMetrics};
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::HelloRequest;
 use crate::rpc::peer::{self, Channels, PeerGuard};
@@ -60,7 +61,7 @@ pub struct Poller {
     /// This node's id.
     pub self_id: u64,
     /// Consensus metrics (membership, leader).
-    pub metrics: watch::Receiver<RaftMetrics>,
+    pub metrics: MetricsRx,
     /// The replica (this node's head) and its hash index.
     pub shared: Arc<Shared>,
     /// Set once when this node finds its chain is the wrong one.
@@ -182,7 +183,7 @@ pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let (others, is_member): (Vec<(u64, String)>, bool) = {
-            let m = p.metrics.borrow();
+            let m = p.metrics.borrow_watched();
             let membership = m.membership_config.membership();
             let is_member = membership.get_node(&p.self_id).is_some();
             let others = membership
@@ -230,7 +231,7 @@ pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let verdict = {
-            let metrics = p.metrics.borrow().clone();
+            let metrics = p.metrics.borrow_watched().clone();
             verdict(p.self_id, &metrics, &p.views.lock().unwrap())
         };
         if let Some(own) = verdict.own {

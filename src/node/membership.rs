@@ -29,6 +29,7 @@
 //! This module changes membership only through openraft's `add_learner`/`change_membership`;
 //! it never touches the chain or the stores.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,7 @@ pub struct MemberEntry {
 /// joint change is in progress).
 fn membership(raft: &Raft) -> (BTreeSet<u64>, BTreeMap<u64, String>, bool) {
     let metrics = raft.metrics();
-    let m = metrics.borrow();
+    let m = metrics.borrow_watched();
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().collect();
     let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
@@ -113,7 +114,9 @@ fn membership(raft: &Raft) -> (BTreeSet<u64>, BTreeMap<u64, String>, bool) {
 /// new change while one is.
 async fn wait_uniform(raft: &Raft, timeout: Duration) {
     let mut metrics = raft.metrics();
-    let uniform = metrics.wait_for(|m| m.membership_config.membership().get_joint_config().len() == 1);
+    let uniform = crate::consensus::wait_metrics(&mut metrics, |m| {
+        m.membership_config.membership().get_joint_config().len() == 1
+    });
     let _ = tokio::time::timeout(timeout, uniform).await;
 }
 
@@ -125,7 +128,7 @@ impl Node {
     /// The leader's id and address, if known.
     fn leader(&self) -> Option<(u64, String)> {
         let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         m.current_leader
             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
     }
@@ -290,7 +293,7 @@ pub(crate) fn to_promote(
 /// ([`to_promote`]); empty on a follower or during a joint change.
 fn promotion_candidates(raft: &Raft, self_id: u64, target: usize) -> Vec<u64> {
     let metrics = raft.metrics();
-    let m = metrics.borrow();
+    let m = metrics.borrow_watched();
     let membership = m.membership_config.membership();
     if m.current_leader != Some(self_id) || membership.get_joint_config().len() > 1 {
         return Vec::new();
@@ -325,7 +328,7 @@ fn replacement(
     let grace = p.grace?;
     let (voters, learners, leading, caught_up) = {
         let metrics = p.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();

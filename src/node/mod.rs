@@ -29,6 +29,7 @@ mod readiness;
 mod services;
 mod status;
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -552,26 +553,31 @@ impl Node {
     }
 
     fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id())
+        self.raft.metrics().borrow_watched().current_leader == Some(self.id())
     }
 
     /// Whether this node knows it cannot commit now (it knows no leader).
     ///
-    /// A leader knows it when no majority acknowledged it for [`QUORUM_STALE`]; any other
-    /// node when it has known no leader for [`LEADERLESS`] (longer than an election takes).
-    /// During an ordinary election it does not know, and a commit waits for the new leader.
+    /// A leader knows it when no majority acknowledged it for [`QUORUM_STALE`] (a sole voter is
+    /// its own majority); any other node when it has known no leader for [`LEADERLESS`] (longer
+    /// than an election takes). During an ordinary election it does not know, and a commit
+    /// waits for the new leader.
     pub fn knows_no_quorum(&self) -> bool {
         // Copy out of the metrics first: a borrow of openraft's watch is a read lock, and holding
         // it while taking another lock (or borrowing it again) can deadlock against the raft
         // core waiting to publish new metrics.
-        let (leader, since_ack) = {
+        let (leader, since_ack, sole_voter) = {
             let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            (m.current_leader, m.millis_since_quorum_ack)
+            let m = metrics.borrow_watched();
+            let mut voters = m.membership_config.membership().voter_ids();
+            let sole_voter = voters.next() == Some(self.id()) && voters.next().is_none();
+            // openraft 0.10 reports no quorum acknowledgement for a leader that is its own
+            // quorum (0.9's `millis_since_quorum_ack` said 0).
+            (m.current_leader, m.last_quorum_acked.as_deref().map(openraft::Instant::elapsed), sole_voter)
         };
         match leader {
             Some(leader) if leader == self.id() => {
-                since_ack.is_none_or(|ms| ms > QUORUM_STALE.as_millis() as u64)
+                !sole_voter && since_ack.is_none_or(|age| age > QUORUM_STALE)
             }
             Some(_) => false,
             None => self.leaderless_since.lock().unwrap().is_some_and(|t| t.elapsed() > LEADERLESS),
@@ -581,9 +587,11 @@ impl Node {
     /// The read index on the leader: the log index a linearizable read must wait for.
     pub async fn leader_read_index(&self) -> Result<u64, Error> {
         let timeout = self.config.commit_timeout;
-        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+        // ReadIndex: a quorum acknowledges a heartbeat sent after the request (no lease).
+        let read = self.raft.get_read_log_id(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(timeout, read).await {
             Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Ok((read, _applied))) => Ok(read.log_id().index),
             Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(Error::Fatal(e.to_string())),
             Ok(Err(openraft::error::RaftError::APIError(_))) => Err(Error::NotLeader),
         }
@@ -595,7 +603,7 @@ impl Node {
         loop {
             let leader = {
                 let metrics = self.raft.metrics();
-                let m = metrics.borrow();
+                let m = metrics.borrow_watched();
                 m.current_leader
                     .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
             };
@@ -709,7 +717,11 @@ impl Node {
     pub async fn wait_leader(&self, timeout: Duration) -> bool {
         let mut metrics = self.raft.metrics();
         let known = async move {
-            metrics.wait_for(|m| m.running_state.is_ok() && m.current_leader.is_some()).await.is_ok()
+            crate::consensus::wait_metrics(&mut metrics, |m| {
+                m.running_state.is_ok() && m.current_leader.is_some()
+            })
+            .await
+            .is_ok()
         };
         tokio::time::timeout(timeout, known).await.unwrap_or(false)
     }
@@ -768,7 +780,7 @@ impl Drop for Settle<'_> {
 
 /// Keeps `since` at the moment this node last lost sight of a leader (`None` while it knows one).
 async fn track_leaderless(
-    mut metrics: watch::Receiver<crate::consensus::typ::RaftMetrics>,
+    mut metrics: crate::consensus::typ::MetricsRx,
     since: Arc<Mutex<Option<std::time::Instant>>>,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -15,6 +15,7 @@
 //!
 //! This module only reads consensus state and this node's applied index; it changes nothing.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
@@ -96,7 +97,7 @@ impl Node {
         // The borrow ends before `knows_no_quorum` borrows again (see there).
         let (stopped, leader) = {
             let metrics = self.raft.metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             (m.running_state.as_ref().err().map(|e| e.to_string()), m.current_leader)
         };
         if let Some(e) = stopped {

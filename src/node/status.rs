@@ -2,6 +2,7 @@
 //! show it: every member's head (height, hash), and whether its chain diverged (DESIGN §1.5,
 //! decided by `divergence::judge` from this node's comparisons at common heights).
 
+use openraft::async_runtime::WatchReceiver as _;
 use serde::{Deserialize, Serialize};
 
 use super::Node;
@@ -96,7 +97,7 @@ pub struct MirrorView {
 }
 
 pub(super) fn build(node: &Node) -> Status {
-    let metrics = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics().borrow_watched().clone();
     let replica = node.replica();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
