@@ -87,8 +87,25 @@ async fn call_every_rpc(
     let payload = serde_json::to_vec(&append).unwrap();
     out.push((
         "Raft.AppendEntries",
-        code(raft.append_entries(who.request(RaftMessage { payload, ..Default::default() })).await.map(drop)),
+        code(
+            raft.append_entries(who.request(RaftMessage { payload: payload.clone(), ..Default::default() }))
+                .await
+                .map(drop),
+        ),
     ));
+    // On the stream a stranger is refused when it opens, a member speaking for another node at its
+    // first message.
+    let messages = tokio_stream::iter(vec![RaftMessage { payload, ..Default::default() }]);
+    let streamed = match raft.append_stream(who.request(messages)).await {
+        Err(refused) => Err(refused),
+        Ok(answers) => match answers.into_inner().message().await {
+            Err(refused) => Err(refused),
+            Ok(answer) => {
+                panic!("AppendStream answered {answer:?} to {} claiming {claimed_leader}", who.from)
+            }
+        },
+    };
+    out.push(("Raft.AppendStream", code(streamed)));
     let vote_req = openraft::raft::VoteRequest::<lightchain::consensus::TypeConfig>::new(vote, None);
     let payload = serde_json::to_vec(&vote_req).unwrap();
     out.push((
@@ -250,7 +267,7 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
         let impostor = member(other);
         let named = c.ids[if target == leader { follower } else { leader }];
         let answers = rt.block_on(call_every_rpc(&addr, &impostor, named, true));
-        assert_eq!(answers.len(), 3);
+        assert_eq!(answers.len(), 4);
         for (rpc, code) in answers {
             assert_eq!(
                 code,

@@ -3,7 +3,9 @@
 //! Every request's metadata is admitted first (see `rpc::peer`: token, member, incarnation),
 //! then the payload must speak for its sender only: a vote's candidate, and the leader of
 //! append-entries and of a snapshot, must be the sending node. Only then are append entries and
-//! vote handed to openraft; a streamed snapshot (at most `MAX_SNAPSHOT_BYTES` of blocks) is staged under `tmp/` as a chain
+//! vote handed to openraft. AppendEntries also arrive on a long-lived stream
+//! (`AppendStream`), admitted when it opens and each message again (the sender may have left
+//! the membership since). A streamed snapshot (at most `MAX_SNAPSHOT_BYTES` of blocks) is staged under `tmp/` as a chain
 //! segment — the manifest first, then the blocks this node lacks — and installed whole with
 //! `install_full_snapshot`, so the state machine appends and verifies them in order.
 
@@ -12,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::SnapshotHeader;
@@ -76,6 +80,17 @@ impl RaftService {
     }
 }
 
+/// One AppendEntries from `sender` (admitted), into openraft: the encoded answer.
+async fn append(raft: &OnceLock<Raft>, sender: &PeerMeta, message: &RaftMessage) -> Result<Vec<u8>, Status> {
+    let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(message)?;
+    peer::check_sender(sender, Some(rpc.vote.leader_id.node_id), "append-entries")?;
+    let raft = raft.get().ok_or_else(|| Status::unavailable("consensus is starting"))?;
+    tracing::debug!("append_entries received");
+    let r = raft.append_entries(rpc).await;
+    tracing::debug!("append_entries answered");
+    Ok(json(&r))
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("openraft messages serialize")
 }
@@ -89,12 +104,36 @@ fn decode<T: serde::de::DeserializeOwned>(message: &RaftMessage) -> Result<T, St
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
-        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(request.get_ref())?;
-        peer::check_sender(&sender, Some(rpc.vote.leader_id.node_id), "append-entries")?;
-        tracing::debug!("append_entries received");
-        let r = self.raft()?.append_entries(rpc).await;
-        tracing::debug!("append_entries answered");
-        Ok(self.reply(json(&r)))
+        let answer = append(&self.raft, &sender, request.get_ref()).await?;
+        Ok(self.reply(answer))
+    }
+
+    type AppendStreamStream = ReceiverStream<Result<RaftMessage, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let sender = peer::admit_request(&request, self.guard.as_ref())?;
+        let (raft, guard) = (self.raft.clone(), self.guard.clone());
+        let mut requests = request.into_inner();
+        let (answers, answered) = mpsc::channel(1);
+        tokio::spawn(async move {
+            // Ends when the sender closes the stream or a message is refused (its status ends
+            // the stream; the sender opens a new one, admitted afresh).
+            while let Ok(Some(message)) = requests.message().await {
+                let answer = match peer::readmit(&sender, guard.as_ref()) {
+                    Ok(()) => append(&raft, &sender, &message).await,
+                    Err(refused) => Err(refused),
+                };
+                let refused = answer.is_err();
+                let answer = answer.map(|payload| RaftMessage { payload, encoding: Encoding::Json as i32 });
+                if answers.send(answer).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        Ok(peer::response(ReceiverStream::new(answered), self.guard.as_ref()))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

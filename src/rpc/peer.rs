@@ -126,6 +126,16 @@ pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Reque
     request
 }
 
+/// [`request_to`] without a deadline, for a stream that lives across many messages (each
+/// message gets its own deadline from the caller).
+pub fn stream_request_to<T>(message: T, guard: &dyn PeerGuard, target: u64) -> Request<T> {
+    let mut request = Request::new(message);
+    attach_token(request.metadata_mut(), guard.token());
+    guard.local().attach(request.metadata_mut());
+    request.metadata_mut().insert(TO, target.to_string().parse().expect("digits are valid metadata"));
+    request
+}
+
 /// Step 1 of admission only, and the sender's metadata: for a sender that is not a member yet
 /// (`Cluster.Join`, whose handler checks the joiner's id; `Cluster.Hello` from a node without a
 /// cluster, which reads and records nothing).
@@ -176,6 +186,19 @@ pub fn admit_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<P
         Status::failed_precondition(why)
     })?;
     Ok(meta)
+}
+
+/// Admission again, for each message of a stream admitted when it opened: the sender must
+/// still be a member, and of the same incarnation (membership may change while a stream lives).
+pub fn readmit(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
+    guard.authorize(sender.node_id).map_err(|why| {
+        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message on a stream");
+        Status::permission_denied(why)
+    })?;
+    guard.admit(sender).map_err(|why| {
+        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message on a stream");
+        Status::failed_precondition(why)
+    })
 }
 
 /// Refuses a payload that names another node than its sender (`PERMISSION_DENIED`): a member
