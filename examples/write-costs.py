@@ -20,7 +20,6 @@ into PERF_OUT (default perf.data). Stops every process it started and removes th
 """
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,27 +27,8 @@ import tempfile
 import threading
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status(mnt):
-    try:
-        with open(os.path.join(mnt, ".lightchain/status")) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def write_state(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)  # the commit: close returns once the write is durable on a majority
+import localcluster
+from localcluster import write_state
 
 
 def counters(pid):
@@ -75,41 +55,14 @@ def per_write(pids, n, measure):
             [(a[1] - b[1]) / n * 1e6 for a, b in zip(after, before)])
 
 
-def start_cluster(binary, d):
-    token = os.path.join(d, "token")
-    with open(token, "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
-    os.chmod(token, 0o600)
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    nodes = []
-    for i, addr in enumerate(addrs):
-        mnt, data = (os.path.join(d, f"n{i}", x) for x in ("mnt", "data"))
-        os.makedirs(mnt)
-        os.makedirs(data)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTCHAIN_")}
-        env["RUST_LOG"] = "warn"
-        p = subprocess.Popen(
-            [binary, "mount", mnt, "--data", data, "--listen", addr, "--peer", ",".join(addrs),
-             "--cluster-token-file", token],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, f"n{i}", "log"), "w"), env=env)
-        nodes.append((p, mnt))
-    return nodes
-
-
 def measure(binary, writes):
     d = tempfile.mkdtemp(prefix="lightchain-costs.")
-    nodes = []
+    cluster = localcluster.Cluster()
     try:
-        nodes = start_cluster(binary, d)
-        deadline = time.time() + 60
-        for _, mnt in nodes:
-            while '"ready": true' not in status(mnt):
-                if time.time() > deadline:
-                    sys.exit("the cluster did not become ready")
-                time.sleep(0.05)
-        leader = next(i for i, (_, m) in enumerate(nodes) if '"role": "leader"' in status(m))
-        lmnt = nodes[leader][1]
-        pids = [p.pid for p, _ in nodes]
+        localcluster.start(binary, d, "warn", cluster)
+        leader = cluster.leader
+        lmnt = cluster.mnts[leader]
+        pids = cluster.pids()
         for i in range(20):
             write_state(os.path.join(lmnt, f"w{i}"), b"a" * 100)
         time.sleep(0.3)
@@ -161,14 +114,7 @@ def measure(binary, writes):
                 [(a[1] - b[1]) / n * 1e6 for a, b in zip(after, before)])
         return leader, statistics.median(latencies) * 1e6, iso, n / elapsed[0], load
     finally:
-        for p, _ in nodes:
-            p.send_signal(signal.SIGTERM)
-        for p, mnt in nodes:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
+        cluster.stop()
         subprocess.run(["rm", "-rf", d])
 
 

@@ -17,14 +17,14 @@ total is a little above the bench's figure; compare the steps, not the sum, with
 import calendar
 import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+
+import localcluster
+from localcluster import status, write_state
 
 FILTER = ",".join([
     "warn",
@@ -35,12 +35,6 @@ FILTER = ",".join([
 ])
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:(\d\d\.\d+))Z\s+\w+\s+([\w:]+): (.*)$")
 FUSE_OP = re.compile(r"FUSE\(\s*\d+\) ino 0x[0-9a-f]+ (\w+)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_ts(stamp):
@@ -67,23 +61,9 @@ def events(log):
     return out
 
 
-def status(mnt):
-    try:
-        with open(os.path.join(mnt, ".lightchain/status")) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def applied_height(mnt):
     m = re.search(r'"applied_height":\s*(\d+)', status(mnt))
     return int(m.group(1)) if m else -1
-
-
-def write_state(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.write(fd, data)
-    os.close(fd)
 
 
 def main():
@@ -91,32 +71,11 @@ def main():
     writes = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     tmp = tempfile.TemporaryDirectory(prefix="lightchain-timeline.")
     d = tmp.name
-    token = os.path.join(d, "token")
-    with open(token, "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
-    os.chmod(token, 0o600)
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    nodes = []
+    cluster = localcluster.Cluster()
     try:
-        for i, addr in enumerate(addrs):
-            mnt, data, log = (os.path.join(d, f"n{i}", x) for x in ("mnt", "data", "log"))
-            os.makedirs(mnt)
-            os.makedirs(data)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTCHAIN_")}
-            env.update(RUST_LOG=FILTER, NO_COLOR="1")
-            p = subprocess.Popen(
-                [binary, "mount", mnt, "--data", data, "--listen", addr, "--peer", ",".join(addrs),
-                 "--cluster-token-file", token],
-                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
-            nodes.append((p, mnt, log))
-        deadline = time.time() + 60
-        for _, mnt, _ in nodes:
-            while '"ready": true' not in status(mnt):
-                if time.time() > deadline:
-                    sys.exit("the cluster did not become ready")
-                time.sleep(0.05)
-        leader = next(i for i, (_, m, _) in enumerate(nodes) if '"role": "leader"' in status(m))
-        lmnt = nodes[leader][1]
+        localcluster.start(binary, d, FILTER, cluster)
+        leader = cluster.leader
+        lmnt = cluster.mnts[leader]
         for i in range(20):
             write_state(os.path.join(lmnt, f"w{i}"), b"a" * 100)
         time.sleep(0.2)
@@ -131,16 +90,9 @@ def main():
         time.sleep(1)
         blocks = applied_height(lmnt) - h0
     finally:
-        for p, mnt, _ in nodes:
-            p.send_signal(signal.SIGTERM)
-        for p, mnt, _ in nodes:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
+        cluster.stop()
 
-    logs = [events(log) for _, _, log in nodes]
+    logs = [events(log) for log in cluster.logs]
     followers = [i for i in range(3) if i != leader]
     offsets = defaultdict(list)
     steps = defaultdict(list)
