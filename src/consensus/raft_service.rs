@@ -167,3 +167,93 @@ impl RaftRpc for RaftService {
         Ok(self.reply(json(&result)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use openraft::raft::AppendEntriesRequest;
+    use tonic::transport::server::TcpIncoming;
+
+    use super::*;
+    use crate::consensus::typ::Vote;
+    use crate::rpc::pb::raft_client::RaftClient;
+    use crate::rpc::pb::raft_server::RaftServer;
+    use crate::store::identity::ClusterToken;
+
+    /// Node `id` of cluster "c"; it lets node 1 in while `member` holds.
+    struct Guard {
+        id: u64,
+        token: ClusterToken,
+        member: AtomicBool,
+    }
+
+    impl PeerGuard for Guard {
+        fn local(&self) -> PeerMeta {
+            PeerMeta { cluster_id: "c".into(), node_id: self.id, incarnation: 1 }
+        }
+        fn token(&self) -> &ClusterToken {
+            &self.token
+        }
+        fn authorize(&self, node: u64) -> Result<(), String> {
+            match node == 1 && self.member.load(Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err(format!("node {node} is not a member")),
+            }
+        }
+        fn admit(&self, _remote: &PeerMeta) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// An empty AppendEntries from node 1 as leader.
+    fn append_from_leader_1() -> RaftMessage {
+        let rpc = AppendEntriesRequest::<super::super::TypeConfig> {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        RaftMessage { payload: super::super::codec::to_binary(&rpc), encoding: Encoding::Binary as i32 }
+    }
+
+    /// Opens an append stream from node 1 to `addr`, sends one message, and returns the code
+    /// of the answer (the service here has no consensus yet, so an admitted message meets
+    /// `UNAVAILABLE`), after `between` ran between the open and the message.
+    async fn one_message(addr: std::net::SocketAddr, sender: &Guard, between: impl FnOnce()) -> tonic::Code {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (requests, queued) = mpsc::channel(1);
+        let request = peer::stream_request_to(ReceiverStream::new(queued), sender, 2);
+        let mut answers =
+            RaftClient::new(channel).append_stream(request).await.expect("admitted at open").into_inner();
+        between();
+        requests.send(append_from_leader_1()).await.unwrap();
+        answers.message().await.expect_err("no consensus here: every message is refused").code()
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_leaves_the_membership_is_refused_on_the_stream_it_opened_before() {
+        let token = ClusterToken::generate();
+        let receiver = Arc::new(Guard { id: 2, token: token.clone(), member: AtomicBool::new(true) });
+        let staging = tempfile::tempdir().unwrap();
+        let service =
+            RaftService::new(Arc::new(OnceLock::new()), receiver.clone(), staging.path().to_owned());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(service))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let sender = Guard { id: 1, token, member: AtomicBool::new(true) };
+        // Still a member: the message passes admission and reaches consensus (not started here).
+        assert_eq!(one_message(addr, &sender, || {}).await, tonic::Code::Unavailable);
+        // Removed between the open and the message: refused, though the stream was admitted.
+        let removed = || receiver.member.store(false, Ordering::SeqCst);
+        assert_eq!(one_message(addr, &sender, removed).await, tonic::Code::PermissionDenied);
+    }
+}
