@@ -72,10 +72,6 @@ pub struct LogStore {
     flusher: mpsc::Sender<(File, IOFlushed<TypeConfig>)>,
 }
 
-fn io_err(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> std::io::Error {
-    storage_error(what, e)
-}
-
 impl LogStore {
     /// Opens the log in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> crate::store::Result<LogStore> {
@@ -107,7 +103,7 @@ impl LogStore {
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, std::io::Error> {
-        super::codec::decode_record(bytes).map_err(|e| io_err("decode a log record", e))
+        super::codec::decode_record(bytes).map_err(|e| storage_error("decode a log record", e))
     }
 
     /// Reads entries `[start, end)` until they hold [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)
@@ -121,8 +117,10 @@ impl LogStore {
             if !out.is_empty() && bytes + len as usize > super::MAX_APPEND_BYTES {
                 break;
             }
-            let read =
-                inner.log.read(index).map_err(|e| io_err(format_args!("read log entry {index}"), e))?;
+            let read = inner
+                .log
+                .read(index)
+                .map_err(|e| storage_error(format_args!("read log entry {index}"), e))?;
             let Some(record) = read else { break };
             bytes += record.len();
             out.push(Self::decode(&record)?);
@@ -171,7 +169,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 break;
             }
-            match inner.log.read(index).map_err(|e| io_err(format_args!("read log entry {index}"), e))? {
+            match inner
+                .log
+                .read(index)
+                .map_err(|e| storage_error(format_args!("read log entry {index}"), e))?
+            {
                 Some(bytes) => out.push(Self::decode(&bytes)?),
                 None => break,
             }
@@ -194,7 +196,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let bytes = inner
                     .log
                     .read(hi)
-                    .map_err(|e| io_err("read the last log entry", e))?
+                    .map_err(|e| storage_error("read the last log entry", e))?
                     .expect("bounds are held");
                 Some(Self::decode(&bytes)?.log_id())
             }
@@ -210,7 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
-        inner.log.save_meta(VOTE, &bytes).map_err(|e| io_err(format_args!("save vote {vote}"), e))?;
+        inner.log.save_meta(VOTE, &bytes).map_err(|e| storage_error(format_args!("save vote {vote}"), e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -228,7 +230,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if inner.committed.is_some() {
             return Ok(inner.committed);
         }
-        let bytes = inner.log.load_meta(COMMITTED).map_err(|e| io_err("read raft/committed.json", e))?;
+        let bytes =
+            inner.log.load_meta(COMMITTED).map_err(|e| storage_error("read raft/committed.json", e))?;
         Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
     }
 
@@ -245,9 +248,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 inner
                     .log
                     .append(log_id.index, &bytes)
-                    .map_err(|e| io_err(format_args!("append log entry {log_id}"), e))?;
+                    .map_err(|e| storage_error(format_args!("append log entry {log_id}"), e))?;
             }
-            inner.log.sync_handle().map_err(|e| io_err("open the log segment for fsync", e))?
+            inner.log.sync_handle().map_err(|e| storage_error("open the log segment for fsync", e))?
         };
         tracing::debug!("log appended");
         self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
@@ -259,7 +262,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(from) = truncation_start(last, inner.log.bounds()) else {
             return Ok(());
         };
-        inner.log.truncate_from(from).map_err(|e| io_err(format_args!("truncate the log from {from}"), e))
+        inner
+            .log
+            .truncate_from(from)
+            .map_err(|e| storage_error(format_args!("truncate the log from {from}"), e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
@@ -268,11 +274,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner
             .log
             .save_meta(PURGED, &bytes)
-            .map_err(|e| io_err(format_args!("record the purge up to {log_id}"), e))?;
+            .map_err(|e| storage_error(format_args!("record the purge up to {log_id}"), e))?;
         inner
             .log
             .purge_upto(log_id.index)
-            .map_err(|e| io_err(format_args!("purge the log up to {log_id}"), e))?;
+            .map_err(|e| storage_error(format_args!("purge the log up to {log_id}"), e))?;
         inner.last_purged = Some(log_id);
         Ok(())
     }

@@ -151,6 +151,15 @@ impl CallError {
     }
 }
 
+/// A peer's answer to an openraft request: openraft's own result, or why there was none.
+type Answer<Resp> = Result<Result<Resp, RaftError<TypeConfig>>, CallError>;
+
+/// Decodes openraft's result from a peer's answer.
+fn decode_answer<T: DeserializeOwned>(answer: RaftMessage) -> Result<T, CallError> {
+    super::codec::decode_message(answer.encoding, &answer.payload)
+        .map_err(|e| CallError::Network(e.to_string()))
+}
+
 impl PeerClient {
     fn raft_client(&self) -> Result<RaftClient<tonic::transport::Channel>, CallError> {
         let channel = self.channels.get(&self.addr).map_err(CallError::Network)?;
@@ -175,9 +184,7 @@ impl PeerClient {
         .map_err(CallError::from_status)?;
         peer::admit_response_from(&response, self.guard.as_ref(), self.target)
             .map_err(CallError::Unreachable)?;
-        let answer = response.into_inner();
-        super::codec::decode_message(answer.encoding, &answer.payload)
-            .map_err(|e| CallError::Network(e.to_string()))
+        decode_answer(response.into_inner())
     }
 
     /// [`call`](Self::call) with openraft's error types.
@@ -192,10 +199,7 @@ impl PeerClient {
 
     /// openraft's error types for an answer: an error openraft raised on the peer (it stopped,
     /// say) makes the peer unreachable for now.
-    fn raft_result<Resp>(
-        &self,
-        answer: Result<Result<Resp, RaftError<TypeConfig>>, CallError>,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
+    fn raft_result<Resp>(&self, answer: Answer<Resp>) -> Result<Resp, RPCError<TypeConfig>> {
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => {
@@ -211,9 +215,9 @@ impl PeerClient {
         let mut client = self.raft_client()?;
         let (requests, queued) = mpsc::channel(1);
         let request = peer::stream_request_to(ReceiverStream::new(queued), self.guard.as_ref(), self.target);
-        let opened = tokio::time::timeout(timeout, client.append_stream(request))
-            .await
-            .map_err(|_| CallError::Unreachable(format!("no append stream within {timeout:?}")))?;
+        let opened = tokio::time::timeout(timeout, client.append_stream(request)).await.map_err(|_| {
+            CallError::Unreachable(format!("peer {}: no append stream within {timeout:?}", self.target))
+        })?;
         let response = match opened {
             Ok(response) => response,
             Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
@@ -231,10 +235,7 @@ impl PeerClient {
         &mut self,
         message: RaftMessage,
         timeout: Duration,
-    ) -> Result<
-        Result<Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>, CallError>,
-        RaftMessage,
-    > {
+    ) -> Result<Answer<AppendEntriesResponse<TypeConfig>>, RaftMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut stream = match self.stream.take() {
             Some(stream) => stream,
@@ -257,8 +258,7 @@ impl PeerClient {
         };
         Ok(answer.and_then(|answer| {
             self.stream = Some(stream);
-            super::codec::decode_message(answer.encoding, &answer.payload)
-                .map_err(|e| CallError::Network(e.to_string()))
+            decode_answer(answer)
         }))
     }
 
@@ -313,19 +313,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let timeout = append_deadline(rpc.entries.len(), &option);
         let message = RaftMessage { payload, encoding: Encoding::Binary as i32 };
         tracing::debug!(peer = self.target, entries = rpc.entries.len(), "append_entries sent");
-        let reply = if self.unary_appends {
-            self.raft_rpc("append", message, timeout).await
-        } else {
-            match self.append_on_stream(message, timeout).await {
-                Ok(answer) => self.raft_result(answer),
-                Err(message) => {
+        let streamed =
+            if self.unary_appends { Err(message) } else { self.append_on_stream(message, timeout).await };
+        let reply = match streamed {
+            Ok(answer) => self.raft_result(answer),
+            Err(message) => {
+                if !self.unary_appends {
                     tracing::info!(
                         peer = self.target,
                         "the peer has no append stream; appends go as unary calls"
                     );
                     self.unary_appends = true;
-                    self.raft_rpc("append", message, timeout).await
                 }
+                self.raft_rpc("append", message, timeout).await
             }
         };
         tracing::debug!(peer = self.target, "append_entries reply");

@@ -423,18 +423,14 @@ pub fn read_manifest(data: &DataDir) -> Result<Option<Manifest>, StoreError> {
     }
 }
 
-fn sm_err(what: &str, e: StoreError) -> std::io::Error {
-    storage_error(what, e)
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        let manifest = self.current_manifest().await.map_err(|e| sm_err("build a snapshot", e))?;
+        let manifest = self.current_manifest().await.map_err(|e| storage_error("build a snapshot", e))?;
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)
-            .map_err(|e| sm_err("save the snapshot manifest", e))?;
+            .map_err(|e| storage_error("save the snapshot manifest", e))?;
         Ok(Snapshot { meta: manifest.meta.clone(), snapshot: SnapshotData { manifest, staged_blocks: None } })
     }
 }
@@ -460,7 +456,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 path: self.data.chain(),
                 detail: format!("cannot write the chain: {reason}"),
             };
-            return Err(sm_err("apply", e));
+            return Err(storage_error("apply", e));
         }
         // openraft reads the committed entries from the log and hands them over at once; take
         // them all, so one write lock of the replica covers the batch.
@@ -477,7 +473,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut replica = self.shared.replica.write().unwrap();
             for entry in entries {
                 let result = self.apply_entry(&mut replica, &mut blocks, entry, &mut changes);
-                results.push(result.map_err(|e| sm_err("apply", e))?);
+                results.push(result.map_err(|e| storage_error("apply", e))?);
             }
             (replica.last_applied.map_or(0, |l| l.index), replica.head.map(|h| h.height))
         };
@@ -501,11 +497,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: SnapshotData,
     ) -> Result<(), std::io::Error> {
         // Snapshots arrive whole through `Raft::install_full_snapshot` (see the raft service).
-        self.install(meta, snapshot).await.map_err(|e| sm_err("install a snapshot", e))
+        self.install(meta, snapshot).await.map_err(|e| storage_error("install a snapshot", e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
-        let manifest = read_manifest(&self.data).map_err(|e| sm_err("read the snapshot manifest", e))?;
+        let manifest =
+            read_manifest(&self.data).map_err(|e| storage_error("read the snapshot manifest", e))?;
         Ok(manifest.map(|m| Snapshot {
             meta: m.meta.clone(),
             snapshot: SnapshotData { manifest: m, staged_blocks: None },

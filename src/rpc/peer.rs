@@ -117,11 +117,23 @@ pub fn check_token(md: &MetadataMap, token: &ClusterToken) -> Result<(), Status>
     }
 }
 
-/// Wraps `message` as a request carrying the token, this node's metadata and a deadline.
-pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Request<T> {
+/// Wraps `message` as a request carrying the token and this node's metadata.
+fn stamped<T>(message: T, guard: &dyn PeerGuard) -> Request<T> {
     let mut request = Request::new(message);
     attach_token(request.metadata_mut(), guard.token());
     guard.local().attach(request.metadata_mut());
+    request
+}
+
+/// Addresses `request` to the node `target` (`lc-to`): a receiver with another id refuses it.
+fn addressed<T>(mut request: Request<T>, target: u64) -> Request<T> {
+    request.metadata_mut().insert(TO, target.to_string().parse().expect("digits are valid metadata"));
+    request
+}
+
+/// Wraps `message` as a request carrying the token, this node's metadata and a deadline.
+pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Request<T> {
+    let mut request = stamped(message, guard);
     request.set_timeout(timeout);
     request
 }
@@ -129,11 +141,7 @@ pub fn request<T>(message: T, guard: &dyn PeerGuard, timeout: Duration) -> Reque
 /// [`request_to`] without a deadline, for a stream that lives across many messages (each
 /// message gets its own deadline from the caller).
 pub fn stream_request_to<T>(message: T, guard: &dyn PeerGuard, target: u64) -> Request<T> {
-    let mut request = Request::new(message);
-    attach_token(request.metadata_mut(), guard.token());
-    guard.local().attach(request.metadata_mut());
-    request.metadata_mut().insert(TO, target.to_string().parse().expect("digits are valid metadata"));
-    request
+    addressed(stamped(message, guard), target)
 }
 
 /// Step 1 of admission only, and the sender's metadata: for a sender that is not a member yet
@@ -149,9 +157,7 @@ pub fn authenticate_token_holder<T>(request: &Request<T>, guard: &dyn PeerGuard)
 
 /// [`request`] for the node `target` (`lc-to`): a receiver with another id refuses it.
 pub fn request_to<T>(message: T, guard: &dyn PeerGuard, timeout: Duration, target: u64) -> Request<T> {
-    let mut request = request(message, guard, timeout);
-    request.metadata_mut().insert(TO, target.to_string().parse().expect("digits are valid metadata"));
-    request
+    addressed(request(message, guard, timeout), target)
 }
 
 /// Steps 1 and 2 of admission: the token, then the sender's id against the membership (and a
@@ -171,34 +177,38 @@ pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> R
         }
     }
     let meta = PeerMeta::read(md).map_err(Status::permission_denied)?;
-    guard.authorize(meta.node_id).map_err(|why| {
-        tracing::warn!(peer = meta.node_id, reason = %why, "refusing a peer message");
-        Status::permission_denied(why)
-    })?;
+    authorize(&meta, guard)?;
     Ok(meta)
+}
+
+/// Step 2: the sender must be a member (`PERMISSION_DENIED`, logged, when not).
+fn authorize(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
+    guard.authorize(sender.node_id).map_err(|why| {
+        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message");
+        Status::permission_denied(why)
+    })
+}
+
+/// Step 3: the sender's cluster and incarnation (`FAILED_PRECONDITION`, logged, when refused).
+fn admit(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
+    guard.admit(sender).map_err(|why| {
+        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message");
+        Status::failed_precondition(why)
+    })
 }
 
 /// Admits the sender of an incoming request (all three steps, see the module docs).
 pub fn admit_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let meta = authenticate_request(request, guard)?;
-    guard.admit(&meta).map_err(|why| {
-        tracing::warn!(peer = meta.node_id, reason = %why, "refusing a peer message");
-        Status::failed_precondition(why)
-    })?;
+    admit(&meta, guard)?;
     Ok(meta)
 }
 
-/// Admission again, for each message of a stream admitted when it opened: the sender must
+/// Steps 2 and 3 again, for each message of a stream admitted when it opened: the sender must
 /// still be a member, and of the same incarnation (membership may change while a stream lives).
 pub fn readmit(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
-    guard.authorize(sender.node_id).map_err(|why| {
-        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message on a stream");
-        Status::permission_denied(why)
-    })?;
-    guard.admit(sender).map_err(|why| {
-        tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message on a stream");
-        Status::failed_precondition(why)
-    })
+    authorize(sender, guard)?;
+    admit(sender, guard)
 }
 
 /// Refuses a payload that names another node than its sender (`PERMISSION_DENIED`): a member
