@@ -17,6 +17,7 @@ use std::sync::{mpsc, Mutex};
 use tokio::sync::watch;
 
 use super::hash_index::HashIndex;
+use super::pace::{self, Pace};
 use super::{sync_dir, Error, IoContext, Result};
 use crate::chain::{Block, Height};
 
@@ -206,6 +207,11 @@ impl ChainFile {
     }
 }
 
+/// At most one `fsync` of `chain/` per this long: under load a round carries many blocks.
+/// The chain is derived from the consensus log, so what it holds back is re-applied after a
+/// crash; a snapshot waits for it (at most this much longer) before the log may be purged.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Writes `chain/` behind the acknowledgement: the state machine hands each block over and
 /// moves on; one thread appends whatever has queued up and fsyncs it once, then publishes the
 /// durable head. A snapshot waits for [`ChainWriter::wait_durable`] before it lets the
@@ -234,10 +240,13 @@ impl ChainWriter {
             let (file, durable, failure) = (file.clone(), durable.clone(), failure.clone());
             let delay = test_sync_delay();
             std::thread::Builder::new().name("lc-chain".into()).spawn(move || {
+                pace::run_behind("lc-chain");
+                let mut pace = Pace::new(SYNC_EVERY);
                 while let Ok(first) = queue.recv() {
                     if let Some(delay) = delay {
                         std::thread::sleep(delay);
                     }
+                    pace.wait();
                     let mut file = file.lock().unwrap();
                     let written = std::iter::once(first)
                         .chain(std::iter::from_fn(|| queue.try_recv().ok()))

@@ -22,11 +22,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::pace::{self, Pace};
 use super::states::{Dirs, Mismatch, StatesDir};
 use crate::chain::{Change, Entry, Height, NodeId, StateId, Tree};
 
 /// How often states whose mirroring failed are tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+
+/// At most one round per this long: under load a round writes many blocks' states, and
+/// versions of a busy state coalesce into the last. `fsync` on a handle waits this much longer.
+pub const ROUND_EVERY: Duration = Duration::from_millis(10);
 
 /// Runs a closure with the current tree (under the replica's read lock).
 pub type TreeReader = Arc<dyn Fn(&mut dyn FnMut(&Tree)) + Send + Sync>;
@@ -121,6 +126,8 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
+        pace::run_behind("lc-mirror");
+        let mut pace = Pace::new(ROUND_EVERY);
         loop {
             let timeout = if self.failing.is_empty() { Duration::from_secs(3600) } else { RETRY };
             let first = match queue.recv_timeout(timeout) {
@@ -128,6 +135,7 @@ impl Worker {
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
+            pace.wait();
             let mut plan = Plan::default();
             let mut height = None;
             for job in first.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {

@@ -23,6 +23,7 @@ pub mod chain_file;
 pub mod hash_index;
 pub mod identity;
 pub mod mirror;
+pub mod pace;
 pub mod raft_log;
 pub mod states;
 

@@ -1,0 +1,87 @@
+//! Pacing for the writers behind the acknowledgement (`chain/` and `states/`).
+//!
+//! Those writers take whatever has queued up and write it in one round. When writes arrive
+//! one at a time, every round would carry a single block: an `fsync` of `chain/` and a new
+//! file in `states/` per write on every node, competing with the consensus log's `fsync` for
+//! the disk and for the CPUs. A [`Pace`] holds a round back until a minimum time has passed
+//! since the previous one began, so a busy node writes many blocks per round, while a quiet
+//! node (whose last round is long past) is not delayed at all.
+//!
+//! Those threads also run at a lower CPU priority ([`run_behind`]): on a machine with few
+//! CPUs, a round that wakes while a commit is being answered would otherwise take a CPU from
+//! the threads that answer it.
+//!
+//! Must not: be used on the acknowledgement path (it sleeps or deprioritises the calling
+//! thread).
+
+use std::time::{Duration, Instant};
+
+/// The nice value of the threads that write behind the acknowledgement (0 is the default,
+/// 19 the lowest priority).
+const BEHIND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority (Linux's nice value is per thread). Best effort:
+/// a failure is logged and the thread runs on at its priority.
+pub fn run_behind(thread: &str) {
+    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BEHIND_NICE) };
+    if rc != 0 {
+        tracing::warn!(thread, error = %std::io::Error::last_os_error(), "cannot lower the thread's priority");
+    }
+}
+
+/// At most one round per `every`.
+pub struct Pace {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Pace {
+    /// A pace of at most one round per `every`.
+    pub fn new(every: Duration) -> Pace {
+        Pace { every, last: None }
+    }
+
+    /// Sleeps until a round may begin (at once if the previous one began `every` ago or
+    /// longer), and marks the new round's start.
+    pub fn wait(&mut self) {
+        if let Some(hold) = self.hold_at(Instant::now()) {
+            std::thread::sleep(hold);
+        }
+        self.last = Some(Instant::now());
+    }
+
+    /// How long a round that could begin at `now` is held back.
+    fn hold_at(&self, now: Instant) -> Option<Duration> {
+        let due = self.last? + self.every;
+        (due > now).then(|| due - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_round_within_the_interval_of_the_previous_one_is_held_back() {
+        let every = Duration::from_millis(10);
+        let mut pace = Pace::new(every);
+        let t0 = Instant::now();
+        assert_eq!(pace.hold_at(t0), None, "the first round begins at once");
+        pace.last = Some(t0);
+        assert_eq!(pace.hold_at(t0), Some(every));
+        assert_eq!(pace.hold_at(t0 + Duration::from_millis(4)), Some(Duration::from_millis(6)));
+        assert_eq!(pace.hold_at(t0 + every), None);
+        assert_eq!(pace.hold_at(t0 + Duration::from_secs(5)), None, "a quiet node is not delayed");
+    }
+
+    #[test]
+    fn wait_marks_the_start_of_each_round() {
+        let mut pace = Pace::new(Duration::from_millis(1));
+        pace.wait();
+        let first = pace.last.expect("marked");
+        pace.wait();
+        let second = pace.last.expect("marked");
+        assert!(second >= first + Duration::from_millis(1), "the second round began within the interval");
+    }
+}
