@@ -149,9 +149,10 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
     let session = session.spawn().map_err(|e| format!("cannot start serving the mount: {e}"))?;
-    // Linearizable mode lets the kernel cache nothing (TTLs of 0, no kept pages), so there is
-    // nothing to invalidate; notifying anyway would only risk blocking on a directory lock
-    // held by a request the process can no longer answer when it dies.
+    // Linearizable mode lets the kernel cache no names and no pages, and a directory's
+    // attributes only for a tick (fs::Ttls), so there is nothing to invalidate; notifying
+    // anyway would only risk blocking on a directory lock held by a request the process can
+    // no longer answer when it dies.
     if args.read_consistency == crate::node::ReadConsistency::Local {
         crate::fs::fuse::spawn_invalidator(fs, session.notifier())
             .map_err(|e| format!("cannot start the cache invalidation thread: {e}"))?;

@@ -139,16 +139,19 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (fs, n) = (self.fs.clone(), name(n));
-        let ttl = fs.ttl();
+        let ttls = fs.ttls();
         self.run(async move { fs.lookup(parent.0, &n).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                let ttl = ttls.of(&attr);
+                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&self.fs.ttl(), &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.fs.ttls().of(&attr).attr, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -172,12 +175,12 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let fs = self.fs.clone();
-        let ttl = fs.ttl();
+        let ttls = fs.ttls();
         let (atime, mtime) = (atime.map(time_spec), mtime.map(time_spec));
         let set = SetAttr { atime, mtime, mode, uid, gid, size, fh: fh.map(|f| f.0) };
         let caller = caller(req);
         self.run(async move { fs.setattr(ino.0, set, caller).await }, move |r| match r {
-            Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&ttls.of(&attr).attr, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -197,9 +200,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
-        let ttl = fs.ttl();
+        let ttls = fs.ttls();
         self.run(async move { fs.mkdir(parent.0, &n, mode, umask, caller).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                let ttl = ttls.of(&attr);
+                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -217,9 +223,12 @@ impl fuser::Filesystem for FuseAdapter {
     fn symlink(&self, req: &Request, parent: INodeNo, link: &OsStr, target: &Path, reply: ReplyEntry) {
         let (fs, n, caller) = (self.fs.clone(), name(link), caller(req));
         let target = target.as_os_str().as_bytes().to_vec();
-        let ttl = fs.ttl();
+        let ttls = fs.ttls();
         self.run(async move { fs.symlink(parent.0, &n, &target, caller).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                let ttl = ttls.of(&attr);
+                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -417,13 +426,18 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
-        let ttl = fs.ttl();
+        let ttls = fs.ttls();
         self.run(
             async move { fs.create(parent.0, &n, mode, umask, flags, caller).await },
             move |r| match r {
-                Ok((attr, o)) => {
-                    reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(o.fh), open_flags(&o))
-                }
+                // fuser's `created` gives the entry and its attributes one TTL: the entry's.
+                Ok((attr, o)) => reply.created(
+                    &ttls.of(&attr).entry,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    open_flags(&o),
+                ),
                 Err(e) => reply.error(errno(&e)),
             },
         );

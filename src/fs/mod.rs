@@ -20,7 +20,8 @@
 //! direct I/O none did. The price is one FUSE round trip per `read` call.
 //!
 //! In linearizable mode an open (except an `O_TRUNC` one) and a lookup that finds nothing
-//! first wait for a read index, and the kernel is told to cache nothing; in local mode the
+//! first wait for a read index, and the kernel is told to cache no names, no pages and no
+//! attributes but a directory's for a tick (see [`Ttls`]); in local mode the
 //! replica is served as it is, with long TTLs. After the read index an open binds to the
 //! inode the kernel named; if that inode is gone (removed or replaced on another node), the
 //! open fails with `ESTALE`, on which the kernel looks the path up again and retries once.
@@ -62,6 +63,42 @@ const STATUS_NAME: &str = "status";
 
 /// How long the kernel may cache entries and attributes in local read mode.
 const LOCAL_TTL: Duration = Duration::from_secs(10);
+
+/// How long the kernel may keep a directory's attributes in linearizable mode. Every path walk
+/// checks the search permission of each directory on it, and with a TTL of 0 each check is a
+/// GETATTR (the root's on every `open`). A directory's attributes are not a version of any
+/// state: its children are looked up afresh (entry TTL 0) and listed after a read index, so
+/// what this may show late is only its own mode, owner, times and link count, by a kernel
+/// tick or two (it rounds up to ticks of 1-4 ms). A file's or symlink's attributes keep a TTL
+/// of 0: an `fstat` right after an `open` that waited for a read index must show the version
+/// the open serves.
+const LINEARIZABLE_DIR_ATTR_TTL: Duration = Duration::from_millis(1);
+
+/// How long the kernel may cache a reply's entry and its attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    /// The name's binding to its inode.
+    pub entry: Duration,
+    /// The inode's attributes.
+    pub attr: Duration,
+}
+
+/// The TTLs of a read mode, for any inode.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    local: bool,
+}
+
+impl Ttls {
+    /// The TTLs of a reply about the inode with `attr`.
+    pub fn of(&self, attr: &Attr) -> Ttl {
+        match (self.local, attr.kind) {
+            (true, _) => Ttl { entry: LOCAL_TTL, attr: LOCAL_TTL },
+            (false, Kind::Dir) => Ttl { entry: Duration::ZERO, attr: LINEARIZABLE_DIR_ATTR_TTL },
+            (false, Kind::File | Kind::Symlink) => Ttl { entry: Duration::ZERO, attr: Duration::ZERO },
+        }
+    }
+}
 
 /// File, directory or symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,12 +341,8 @@ impl Fs {
     }
 
     /// How long the kernel may cache entries and attributes.
-    pub fn ttl(&self) -> Duration {
-        if self.local_reads() {
-            LOCAL_TTL
-        } else {
-            Duration::ZERO
-        }
+    pub fn ttls(&self) -> Ttls {
+        Ttls { local: self.local_reads() }
     }
 
     fn attr_of(&self, entry: &Entry) -> Attr {

@@ -720,6 +720,32 @@ fn getxattr_alone_is_not_implemented_so_the_kernel_stops_asking() {
     });
 }
 
+/// Linearizable mode (the default) lets the kernel keep only directories' attributes, briefly
+/// (DESIGN §1.3 as `LINEARIZABLE_DIR_ATTR_TTL` explains); local mode keeps everything 10 s.
+#[test]
+fn only_directories_attributes_are_cached_in_linearizable_mode_and_never_names() {
+    with_fs(1 << 20, |fs| async move {
+        let dir = fs.mkdir(ROOT_INO, b"d", 0o755, 0, USER).await.unwrap();
+        let (file, o) = fs.create(ROOT_INO, b"f", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
+        fs.release(o.fh);
+        let link = fs.symlink(ROOT_INO, b"l", b"f", USER).await.unwrap();
+        let root = fs.getattr(ROOT_INO, None).unwrap();
+        let ttls = fs.ttls();
+        for attr in [&dir, &root] {
+            let ttl = ttls.of(attr);
+            assert_eq!(ttl.entry, Duration::ZERO, "names are always looked up again");
+            assert!(ttl.attr > Duration::ZERO && ttl.attr <= Duration::from_millis(1), "{ttl:?}");
+        }
+        for attr in [&file, &link] {
+            assert_eq!(ttls.of(attr), Ttl { entry: Duration::ZERO, attr: Duration::ZERO });
+        }
+        let local = Ttls { local: true };
+        for attr in [&dir, &file, &link] {
+            assert_eq!(local.of(attr), Ttl { entry: LOCAL_TTL, attr: LOCAL_TTL });
+        }
+    });
+}
+
 /// The content a fresh read handle of `ino` sees.
 async fn read_ino(fs: &Fs, ino: u64) -> Vec<u8> {
     let o = fs.open(ino, libc::O_RDONLY, USER).await.unwrap();
