@@ -17,7 +17,7 @@ use std::sync::{mpsc, Mutex};
 use tokio::sync::watch;
 
 use super::hash_index::HashIndex;
-use super::pace::{self, Pace};
+use super::pace::Pace;
 use super::{sync_dir, Error, IoContext, Result};
 use crate::chain::{Block, Height};
 
@@ -240,7 +240,6 @@ impl ChainWriter {
             let (file, durable, failure) = (file.clone(), durable.clone(), failure.clone());
             let delay = test_sync_delay();
             std::thread::Builder::new().name("lc-chain".into()).spawn(move || {
-                pace::run_behind("lc-chain");
                 let mut pace = Pace::new(SYNC_EVERY);
                 while let Ok(first) = queue.recv() {
                     if let Some(delay) = delay {

@@ -7,9 +7,11 @@
 //! since the previous one began, so a busy node writes many blocks per round, while a quiet
 //! node (whose last round is long past) is not delayed at all.
 //!
-//! Those threads also run at a lower CPU priority ([`run_behind`]): on a machine with few
-//! CPUs, a round that wakes while a commit is being answered would otherwise take a CPU from
-//! the threads that answer it.
+//! The mirror also runs at a lower CPU priority ([`run_behind`]): on a machine with few CPUs,
+//! its round (a file created and renamed per state) would otherwise take a CPU from the
+//! threads that answer a commit. The chain writer keeps the default priority: it does little
+//! but `fsync`, and a starved chain writer would let the node acknowledge ever more blocks
+//! that `chain/` has not recorded before a full disk stops it.
 //!
 //! Must not: be used on the acknowledgement path (it sleeps or deprioritises the calling
 //! thread).
