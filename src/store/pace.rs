@@ -18,8 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The nice value of the threads that write behind the acknowledgement (0 is the default,
-/// 19 the lowest priority).
+/// The nice value of a thread that runs behind (the mirror; 0 is the default, 19 the lowest).
 const BEHIND_NICE: libc::c_int = 10;
 
 /// Lowers the calling thread's CPU priority (Linux's nice value is per thread). Best effort:
