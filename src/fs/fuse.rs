@@ -20,7 +20,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::{Attr, Caller, DirReplier, Fs, FsError, Invalidation, Kind, Opened, SetAttr};
+use super::{Attr, Caller, DirReplier, Fs, FsError, Invalidation, Kind, Opened, SetAttr, Ttls};
 use crate::chain::TimeSpec;
 
 /// The `fuser::Filesystem` over [`Fs`].
@@ -141,10 +141,7 @@ impl fuser::Filesystem for FuseAdapter {
         let (fs, n) = (self.fs.clone(), name(n));
         let ttls = fs.ttls();
         self.run(async move { fs.lookup(parent.0, &n).await }, move |r| match r {
-            Ok(attr) => {
-                let ttl = ttls.of(&attr);
-                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
-            }
+            Ok(attr) => entry(reply, ttls, &attr),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -202,10 +199,7 @@ impl fuser::Filesystem for FuseAdapter {
         let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
         let ttls = fs.ttls();
         self.run(async move { fs.mkdir(parent.0, &n, mode, umask, caller).await }, move |r| match r {
-            Ok(attr) => {
-                let ttl = ttls.of(&attr);
-                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
-            }
+            Ok(attr) => entry(reply, ttls, &attr),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -225,10 +219,7 @@ impl fuser::Filesystem for FuseAdapter {
         let target = target.as_os_str().as_bytes().to_vec();
         let ttls = fs.ttls();
         self.run(async move { fs.symlink(parent.0, &n, &target, caller).await }, move |r| match r {
-            Ok(attr) => {
-                let ttl = ttls.of(&attr);
-                reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&attr), Generation(0))
-            }
+            Ok(attr) => entry(reply, ttls, &attr),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -455,6 +446,12 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         reply.error(errno(&self.fs.unsupported("fallocate")));
     }
+}
+
+/// Answers with an entry and its attributes, each with the TTL `ttls` gives it.
+fn entry(reply: ReplyEntry, ttls: Ttls, attr: &Attr) {
+    let ttl = ttls.of(attr);
+    reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(attr), Generation(0))
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
