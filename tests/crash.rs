@@ -345,6 +345,9 @@ fn write_history(n: &Node) {
     put(&n.path("unrelated-file"), b"noise\n");
     put(&n.path("greeting"), b"history-two\n");
     put(&n.path("greeting"), b"history-three\n");
+    // `log` reads chain/, which is written behind the acknowledgement (in rounds at most
+    // every few milliseconds): the last block may not be there yet when `close` returns.
+    n.wait_written_behind();
 }
 
 fn assert_state_history(n: &Node, when: &str) {
