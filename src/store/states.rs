@@ -12,16 +12,24 @@
 //! reader of `states/` never sees a torn file. The scratch directory is `states/.lightchain/`,
 //! a name no state can have.
 //!
+//! A version that replaces a file is swapped in (`RENAME_EXCHANGE`), not renamed over it, and
+//! the replaced file, emptied, holds the next version written — unless anything else has it
+//! open (a reader keeps the version it opened, whole) or links to it. Creating a file per
+//! version costs more than the write: ext4 writes a file back at once when it is renamed over
+//! another (`auto_da_alloc`), and without a journal it skips every recently freed inode when
+//! it allocates one, a scan that grows with the churn of the last minutes
+//! (`docs/architecture/write-path.md`).
+//!
 //! Must not: decide what the tree holds (the chain does), or let a failure here reach
 //! consensus — callers log, count and retry.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timestamps, Uid};
 use rustix::io::Errno;
@@ -54,7 +62,13 @@ pub struct StatesDir {
     umask: u32,
     /// Whether this process may give files away (owners are mirrored only then).
     is_root: bool,
+    /// Set once the filesystem refused `RENAME_EXCHANGE`: files are renamed over from then on.
+    no_exchange: AtomicBool,
 }
+
+/// How many emptied files the scratch directory keeps for versions to come. A round takes
+/// one per file it writes and gives one back per file it replaces, so a few suffice.
+const SPARES_KEPT: usize = 8;
 
 /// Open directory descriptors for one pass over `states/`, by state ID. Cleared whenever a
 /// directory is moved or removed, since a descriptor follows the directory, not the name.
@@ -64,10 +78,14 @@ pub struct Dirs {
     open: HashMap<StateId, OwnedFd>,
     /// The scratch directory.
     scratch: Option<OwnedFd>,
+    /// Names of empty files in the scratch directory that nothing else opens or links to: the
+    /// files of replaced versions, kept to hold the next ones.
+    spares: Vec<String>,
 }
 
 impl Dirs {
-    /// Forgets the descriptors of the tree's directories (the scratch one stays valid).
+    /// Forgets the descriptors of the tree's directories (the scratch one and the spares stay
+    /// valid).
     pub fn clear(&mut self) {
         self.open.clear();
     }
@@ -93,6 +111,7 @@ impl StatesDir {
             pid: std::process::id(),
             umask: process_umask(),
             is_root: rustix::process::geteuid().is_root(),
+            no_exchange: AtomicBool::new(false),
         }
     }
 
@@ -241,15 +260,7 @@ impl StatesDir {
                 self.place(dirs, &parent, &tmp, id)?;
             }
             EntryKind::File(content) => {
-                let tmp = self.tmp_name();
-                let scratch = self.scratch(dirs)?;
-                let fd = rustix::fs::openat(
-                    scratch,
-                    tmp.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(entry.mode),
-                )
-                .map_err(|e| io_err("create", display(id), e))?;
+                let (tmp, fd, spare) = self.scratch_file(dirs, id, entry.mode)?;
                 let mut file = std::fs::File::from(fd);
                 let written = file.write_all(content.as_bytes()).map_err(|source| Error::Io {
                     op: "write",
@@ -257,11 +268,14 @@ impl StatesDir {
                     source,
                 });
                 let chmod = || {
-                    if entry.mode & self.umask != 0 {
+                    // The owner first: a change of owner clears the set-user-ID bit.
+                    self.own(&file, entry).map_err(|e| io_err("chown", display(id), e))?;
+                    // A spare has the mode of the version it held; a new file lacks what the
+                    // umask took, and the set-ID bits the owner change cleared.
+                    if spare || entry.mode & (self.umask | 0o6000) != 0 {
                         rustix::fs::fchmod(&file, Mode::from_raw_mode(entry.mode))
                             .map_err(|e| io_err("chmod", display(id), e))?;
                     }
-                    self.own(&file, entry).map_err(|e| io_err("chown", display(id), e))?;
                     // After the write, which set them to now.
                     rustix::fs::futimens(&file, &timestamps(entry))
                         .map_err(|e| io_err("utimens", display(id), e))
@@ -292,12 +306,68 @@ impl StatesDir {
             .map_err(|e| io_err("mkdir", display(id), e))
     }
 
-    /// Renames scratch file `tmp` over `id`, first removing a directory in the way.
+    /// An empty file in the scratch directory for the next version of `id`, opened for
+    /// writing: a spare if there is one (true), else a new file of mode `mode` (false).
+    fn scratch_file(&self, dirs: &mut Dirs, id: &StateId, mode: u32) -> Result<(String, OwnedFd, bool)> {
+        self.scratch(dirs)?;
+        let scratch = dirs.scratch.as_ref().expect("opened above");
+        while let Some(spare) = dirs.spares.pop() {
+            let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(scratch, spare.as_str(), flags, Mode::empty()) {
+                Ok(fd) => return Ok((spare, fd, true)),
+                // Removed or replaced behind our back: forget it and try the next.
+                Err(_) => {
+                    let _ = rustix::fs::unlinkat(scratch, spare.as_str(), AtFlags::empty());
+                }
+            }
+        }
+        let tmp = self.tmp_name();
+        let fd = rustix::fs::openat(
+            scratch,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| io_err("create", display(id), e))?;
+        Ok((tmp, fd, false))
+    }
+
+    /// Scratch file `tmp` holds the version just replaced: kept, emptied, as a spare when
+    /// nothing else has it open or links to it; removed otherwise.
+    fn keep_spare(&self, dirs: &mut Dirs, tmp: &str) {
+        let Some(scratch) = dirs.scratch.as_ref() else { return };
+        let emptied = dirs.spares.len() < SPARES_KEPT && empty_if_unshared(scratch, tmp);
+        if emptied {
+            dirs.spares.push(tmp.to_owned());
+        } else if let Err(e) = rustix::fs::unlinkat(scratch, tmp, AtFlags::empty()) {
+            tracing::warn!(error = %e, file = tmp, "mirror: cannot remove a replaced version from the scratch directory");
+        }
+    }
+
+    /// Puts scratch file `tmp` in the place of `id`: swapped with a file or symlink there (the
+    /// one replaced then becomes a spare or is removed), renamed into place otherwise, first
+    /// removing a directory in the way.
     fn place(&self, dirs: &mut Dirs, parent: &StateId, tmp: &str, id: &StateId) -> Result<()> {
         for attempt in 0..2 {
             self.scratch(dirs)?;
             self.dir(dirs, parent, false, &mut Vec::new())?;
             let (scratch, parent_fd) = (dirs.scratch.as_ref().expect("opened"), &dirs.open[parent]);
+            let replaces_a_file = rustix::fs::statat(parent_fd, id.name(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) != FileType::Directory);
+            if replaces_a_file && !self.no_exchange.load(Ordering::Relaxed) {
+                match rustix::fs::renameat_with(scratch, tmp, parent_fd, id.name(), RenameFlags::EXCHANGE) {
+                    Ok(()) => {
+                        self.keep_spare(dirs, tmp);
+                        return Ok(());
+                    }
+                    // A filesystem without it: rename from now on.
+                    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                        self.no_exchange.store(true, Ordering::Relaxed);
+                    }
+                    // Gone meanwhile, or anything else: the rename below says what it is.
+                    Err(_) => {}
+                }
+            }
             match rustix::fs::renameat(scratch, tmp, parent_fd, id.name()) {
                 Ok(()) => return Ok(()),
                 Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) if attempt == 0 => {
@@ -505,8 +575,9 @@ impl StatesDir {
         Ok(mismatches)
     }
 
-    /// Removes what interrupted writes left in the scratch directory.
+    /// Removes what interrupted writes left in the scratch directory, and the spares.
     pub fn clean_scratch(&self, dirs: &mut Dirs) -> Result<()> {
+        dirs.spares.clear();
         let fd = self.scratch(dirs)?;
         empty_dir(fd).map_err(|e| io_err("empty", self.root.join(CONTROL_DIR), e))
     }
@@ -562,6 +633,29 @@ fn empty_dir(fd: &OwnedFd) -> std::result::Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+/// Empties file `name` of directory `dir` if it is a regular file that nothing else has open
+/// or links to; false (and untouched) otherwise, or on any error. A write lease is granted
+/// only while no other descriptor of the file is open anywhere (`fcntl(2)`), and it is
+/// released at once: this only asks.
+fn empty_if_unshared(dir: &OwnedFd, name: &str) -> bool {
+    // Non-blocking: an open of a file with someone else's lease would wait for them.
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else { return false };
+    let single = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1);
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let alone = single && unsafe { libc::fcntl(raw, libc::F_SETLEASE, libc::F_WRLCK) } == 0;
+    if alone {
+        // SAFETY: as above; drops the lease just taken.
+        unsafe { libc::fcntl(raw, libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    // Emptied through this descriptor, which is then closed: ext4 writes a file back when it
+    // is closed after being truncated to nothing (`auto_da_alloc`), and it has nothing to
+    // write yet.
+    alone && rustix::fs::ftruncate(&fd, 0).is_ok()
 }
 
 /// The umask of this process, from `/proc/self/status` (assumed the common 022 if unreadable).
@@ -634,6 +728,99 @@ mod tests {
         assert_eq!(fixed.len(), 4, "{fixed:?}");
         assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
         assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
+    }
+
+    /// Versions of one state written one after another: the file each replaces is emptied
+    /// and holds a later version, unless something else has it open or links to it.
+    #[test]
+    fn a_replaced_version_holds_a_later_one_unless_anything_else_has_it() {
+        use std::io::Seek;
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let states = StatesDir::new(&dir);
+        let mut dirs = Dirs::default();
+        let mut tree = Tree::new();
+        let path = dir.states().join("f");
+        let mut seq = 0;
+        let mut put = |dirs: &mut Dirs, tree: &mut Tree, content: &str| {
+            seq += 1;
+            let content = Content::from(content.as_bytes());
+            apply(tree, seq, TxOp::Put { id: sid("f"), content, uid: 0, gid: 0, ino: None });
+            states.write(dirs, &sid("f"), tree.get(&sid("f"))).unwrap();
+            std::fs::metadata(&path).unwrap().ino()
+        };
+        let first = put(&mut dirs, &mut tree, "first version, the longest");
+        let second = put(&mut dirs, &mut tree, "second");
+        assert_ne!(second, first);
+        assert_eq!(put(&mut dirs, &mut tree, "third"), first, "the first file, emptied, holds the third");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "third", "no byte of the first is left");
+
+        // A reader of the third version keeps it whole while later ones are written.
+        let mut reader = std::fs::File::open(&path).unwrap();
+        assert_eq!(put(&mut dirs, &mut tree, "fourth"), second);
+        let fifth = put(&mut dirs, &mut tree, "fifth");
+        assert!(fifth != first && fifth != second, "the file a reader holds is not reused");
+        let mut held = String::new();
+        reader.read_to_string(&mut held).unwrap();
+        assert_eq!(held, "third");
+
+        // A file linked from elsewhere keeps its content.
+        let outside = tmp.path().join("linked");
+        std::fs::hard_link(&path, &outside).unwrap();
+        put(&mut dirs, &mut tree, "sixth");
+        put(&mut dirs, &mut tree, "seventh");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "fifth");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "seventh");
+        reader.rewind().unwrap();
+        held.clear();
+        reader.read_to_string(&mut held).unwrap();
+        assert_eq!(held, "third", "still whole");
+
+        // The scratch directory holds only empty spares; nothing differs from the tree.
+        let scratch = dir.states().join(CONTROL_DIR);
+        let left: Vec<u64> =
+            std::fs::read_dir(&scratch).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
+        assert!(
+            !left.is_empty() && left.len() <= SPARES_KEPT && left.iter().all(|&len| len == 0),
+            "{left:?}"
+        );
+        assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
+
+        // Cleaning the scratch directory forgets the spares; writing goes on.
+        states.clean_scratch(&mut dirs).unwrap();
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+        put(&mut dirs, &mut tree, "eighth");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "eighth");
+    }
+
+    /// A spare has the mode and owner of the version it held: the next version gets its own,
+    /// set-user-ID bit included (a change of owner clears it, so the owner goes first).
+    #[test]
+    fn a_spare_takes_the_mode_and_owner_of_the_version_it_holds() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let states = StatesDir::new(&dir);
+        let mut dirs = Dirs::default();
+        let mut tree = Tree::new();
+        let root = rustix::process::geteuid().is_root();
+        let (uid, gid) = if root { (1234, 5678) } else { (0, 0) };
+        let versions = [(0o600, b"a".as_slice(), 0, 0), (0o4755, b"bb", uid, gid), (0o640, b"", 0, 0)];
+        for (seq, (mode, content, uid, gid)) in (1..).step_by(3).zip(versions) {
+            let content = Content::from(content);
+            apply(&mut tree, seq, TxOp::Put { id: sid("f"), content, uid: 0, gid: 0, ino: None });
+            let (uid, gid) = (Some(uid), Some(gid));
+            apply(&mut tree, seq + 1, TxOp::Chown { id: sid("f"), uid, gid, mode: None });
+            apply(&mut tree, seq + 2, TxOp::Chmod { id: sid("f"), mode });
+            states.write(&mut dirs, &sid("f"), tree.get(&sid("f"))).unwrap();
+            let meta = std::fs::metadata(dir.states().join("f")).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, mode, "version {seq}");
+            if root {
+                assert_eq!((Some(meta.uid()), Some(meta.gid())), (uid, gid), "version {seq}");
+            }
+            assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
+        }
     }
 
     #[test]
