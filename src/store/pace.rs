@@ -31,30 +31,53 @@ pub fn run_behind(thread: &str) {
     }
 }
 
-/// At most one round per `every`.
+/// At most one round per `every`; optionally, also rounds busy at most a share of the time.
+#[derive(Clone, Copy, Debug)]
 pub struct Pace {
     every: Duration,
-    last: Option<Instant>,
+    /// How long to stay idle per unit of time the previous round was busy (0: no such limit).
+    idle_per_busy: u32,
+    /// The longest a round is held back for the share.
+    longest_hold: Duration,
+    /// When the previous round began, and how long it took (zero until [`done`](Self::done)).
+    last: Option<(Instant, Duration)>,
 }
 
 impl Pace {
     /// A pace of at most one round per `every`.
     pub fn new(every: Duration) -> Pace {
-        Pace { every, last: None }
+        Pace { every, idle_per_busy: 0, longest_hold: every, last: None }
     }
 
-    /// Sleeps until a round may begin (at once if the previous one began `every` ago or
-    /// longer), and marks the new round's start.
+    /// Also holds a round back until the previous one, had it begun a share of `1 / one_in`
+    /// of the time since, would have: a writer whose rounds grow with the load then takes a
+    /// bounded share of a CPU, and its rounds gather more work each. Never for longer than
+    /// `longest`.
+    pub fn busy_at_most(self, one_in: u32, longest: Duration) -> Pace {
+        Pace { idle_per_busy: one_in.saturating_sub(1), longest_hold: longest.max(self.every), ..self }
+    }
+
+    /// Sleeps until a round may begin (at once if the previous one is long past), and marks
+    /// the new round's start.
     pub fn wait(&mut self) {
         if let Some(hold) = self.hold_at(Instant::now()) {
             std::thread::sleep(hold);
         }
-        self.last = Some(Instant::now());
+        self.last = Some((Instant::now(), Duration::ZERO));
+    }
+
+    /// Marks the end of the round that began with the last [`wait`](Self::wait).
+    pub fn done(&mut self) {
+        if let Some((began, took)) = self.last.as_mut() {
+            *took = began.elapsed();
+        }
     }
 
     /// How long a round that could begin at `now` is held back.
     fn hold_at(&self, now: Instant) -> Option<Duration> {
-        let due = self.last? + self.every;
+        let (began, took) = self.last?;
+        let for_the_share = (took + took * self.idle_per_busy).min(self.longest_hold);
+        let due = began + self.every.max(for_the_share);
         (due > now).then(|| due - now)
     }
 }
@@ -69,7 +92,7 @@ mod tests {
         let mut pace = Pace::new(every);
         let t0 = Instant::now();
         assert_eq!(pace.hold_at(t0), None, "the first round begins at once");
-        pace.last = Some(t0);
+        pace.last = Some((t0, Duration::from_millis(3)));
         assert_eq!(pace.hold_at(t0), Some(every));
         assert_eq!(pace.hold_at(t0 + Duration::from_millis(4)), Some(Duration::from_millis(6)));
         assert_eq!(pace.hold_at(t0 + every), None);
@@ -77,12 +100,30 @@ mod tests {
     }
 
     #[test]
-    fn wait_marks_the_start_of_each_round() {
+    fn a_busy_share_holds_long_rounds_back_in_proportion_up_to_the_longest_hold() {
+        let ms = Duration::from_millis;
+        let pace = Pace::new(ms(10)).busy_at_most(20, ms(100));
+        let t0 = Instant::now();
+        let after = |took: Duration| Pace { last: Some((t0, took)), ..pace };
+        assert_eq!(after(ms(0)).hold_at(t0), Some(ms(10)), "the interval still holds");
+        assert_eq!(after(ms(1)).hold_at(t0), Some(ms(20)), "a 1 ms round: 19 ms idle after it");
+        assert_eq!(after(ms(1)).hold_at(t0 + ms(15)), Some(ms(5)));
+        assert_eq!(after(ms(30)).hold_at(t0), Some(ms(100)), "never longer than the longest hold");
+        assert_eq!(after(ms(30)).hold_at(t0 + ms(100)), None);
+        assert_eq!(after(ms(1)).hold_at(t0 + Duration::from_secs(5)), None, "a quiet node is not delayed");
+    }
+
+    #[test]
+    fn wait_marks_the_start_of_each_round_and_done_its_length() {
         let mut pace = Pace::new(Duration::from_millis(1));
         pace.wait();
-        let first = pace.last.expect("marked");
+        let (first, took) = pace.last.expect("marked");
+        assert_eq!(took, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        pace.done();
+        assert!(pace.last.expect("marked").1 >= Duration::from_millis(2), "done measured the round");
         pace.wait();
-        let second = pace.last.expect("marked");
+        let (second, _) = pace.last.expect("marked");
         assert!(second >= first + Duration::from_millis(1), "the second round began within the interval");
     }
 }
