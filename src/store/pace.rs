@@ -5,10 +5,13 @@
 //! file in `states/` per write on every node, competing with the consensus log's `fsync` for
 //! the disk and for the CPUs. A [`Pace`] holds a round back until a minimum time has passed
 //! since the previous one began, so a busy node writes many blocks per round, while a quiet
-//! node (whose last round is long past) is not delayed at all.
+//! node (whose last round is long past) is not delayed at all. The mirror's pace also bounds
+//! the share of the time its rounds may take ([`Pace::busy_at_most`]): its round grows with
+//! the number of states that changed, and under load would otherwise follow the previous one
+//! at once, rewriting every busy state a hundred times a second.
 //!
 //! The mirror also runs at a lower CPU priority ([`run_behind`]): on a machine with few CPUs,
-//! its round (a file created and renamed per state) would otherwise take a CPU from the
+//! its round (a file written and swapped in per state) would otherwise take a CPU from the
 //! threads that answer a commit. The chain writer keeps the default priority: it does little
 //! but `fsync`, and a starved chain writer would let the node acknowledge ever more blocks
 //! that `chain/` has not recorded before a full disk stops it.
