@@ -207,9 +207,10 @@ impl ChainFile {
     }
 }
 
-/// At most one `fsync` of `chain/` per this long: under load a round carries many blocks.
-/// The chain is derived from the consensus log, so what it holds back is re-applied after a
-/// crash; a snapshot waits for it (at most this much longer) before the log may be purged.
+/// At most one `fsync` of `chain/` per this long (and rounds busy at most a share of the time,
+/// `store::pace`): under load a round carries many blocks. The chain is derived from the
+/// consensus log, so what it holds back is re-applied after a crash; a snapshot waits for it
+/// (at most [`super::pace::LONGEST_HOLD`] longer) before the log may be purged.
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Writes `chain/` behind the acknowledgement: the state machine hands each block over and
@@ -251,6 +252,7 @@ impl ChainWriter {
                         .chain(std::iter::from_fn(|| queue.try_recv().ok()))
                         .try_for_each(|block| file.append(&block))
                         .and_then(|()| file.sync());
+                    pace.done();
                     match written {
                         Ok(()) => {
                             durable.send_replace(file.head());

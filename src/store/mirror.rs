@@ -29,18 +29,11 @@ use crate::chain::{Change, Entry, Height, NodeId, StateId, Tree};
 /// How often states whose mirroring failed are tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// At most one round per this long: under load a round writes many blocks' states, and
-/// versions of a busy state coalesce into the last. `fsync` on a handle waits this much longer.
+/// At most one round per this long (and rounds busy at most a share of the time,
+/// `store::pace`): under load a round writes many blocks' states, and versions of a busy state
+/// coalesce into the last. `fsync` on a handle waits this much longer, under load up to
+/// [`super::pace::LONGEST_HOLD`].
 pub const ROUND_EVERY: Duration = Duration::from_millis(10);
-
-/// Rounds are busy at most one part in this many of the time (a round that took 1 ms is
-/// followed by 19 ms without one), so the mirror takes at most a twentieth of a CPU however
-/// many states change, and a longer round gathers more versions per state.
-const BUSY_ONE_IN: u32 = 20;
-
-/// The longest a round is held back for [`BUSY_ONE_IN`]: how far behind the mirror may fall
-/// for its share, beyond its own round.
-const LONGEST_HOLD: Duration = Duration::from_millis(100);
 
 /// Runs a closure with the current tree (under the replica's read lock).
 pub type TreeReader = Arc<dyn Fn(&mut dyn FnMut(&Tree)) + Send + Sync>;
@@ -136,7 +129,7 @@ struct Worker {
 impl Worker {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
         pace::run_behind("lc-mirror");
-        let mut pace = Pace::new(ROUND_EVERY).busy_at_most(BUSY_ONE_IN, LONGEST_HOLD);
+        let mut pace = Pace::new(ROUND_EVERY);
         loop {
             let timeout = if self.failing.is_empty() { Duration::from_secs(3600) } else { RETRY };
             let first = match queue.recv_timeout(timeout) {

@@ -5,10 +5,11 @@
 //! file in `states/` per write on every node, competing with the consensus log's `fsync` for
 //! the disk and for the CPUs. A [`Pace`] holds a round back until a minimum time has passed
 //! since the previous one began, so a busy node writes many blocks per round, while a quiet
-//! node (whose last round is long past) is not delayed at all. The mirror's pace also bounds
-//! the share of the time its rounds may take ([`Pace::busy_at_most`]): its round grows with
-//! the number of states that changed, and under load would otherwise follow the previous one
-//! at once, rewriting every busy state a hundred times a second.
+//! node (whose last round is long past) is not delayed at all. A round is also held back in
+//! proportion to its own length, so rounds are busy at most a twentieth of the time: a round
+//! grows with the load (the states that changed, the bytes to `fsync`), and without this the
+//! next would follow at once — the mirror rewriting every busy state a hundred times a second,
+//! the chain writer `fsync`ing a 1 MiB block at a time between the consensus log's own.
 //!
 //! The mirror also runs at a lower CPU priority ([`run_behind`]): on a machine with few CPUs,
 //! its round (a file written and swapped in per state) would otherwise take a CPU from the
@@ -34,30 +35,31 @@ pub fn run_behind(thread: &str) {
     }
 }
 
-/// At most one round per `every`; optionally, also rounds busy at most a share of the time.
+/// Rounds are busy at most one part in this many of the time: a round that took 1 ms is
+/// followed by 19 ms without one. A writer whose rounds grow with the load (more states to
+/// write, more bytes to `fsync`) then takes a bounded share of a CPU or of the disk, and its
+/// longer rounds gather more work each.
+const BUSY_ONE_IN: u32 = 20;
+
+/// The longest a round is held back for [`BUSY_ONE_IN`]: how far behind a writer may fall for
+/// its share, beyond its own round.
+pub const LONGEST_HOLD: Duration = Duration::from_millis(100);
+
+/// At most one round per interval, and rounds busy at most a share of the time.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
     every: Duration,
-    /// How long to stay idle per unit of time the previous round was busy (0: no such limit).
+    /// How long to stay idle per unit of time the previous round was busy.
     idle_per_busy: u32,
-    /// The longest a round is held back for the share.
-    longest_hold: Duration,
     /// When the previous round began, and how long it took (zero until [`done`](Self::done)).
     last: Option<(Instant, Duration)>,
 }
 
 impl Pace {
-    /// A pace of at most one round per `every`.
+    /// At most one round per `every`, busy at most one part in [`BUSY_ONE_IN`] of the time,
+    /// never held back longer than [`LONGEST_HOLD`] (or `every`, if longer).
     pub fn new(every: Duration) -> Pace {
-        Pace { every, idle_per_busy: 0, longest_hold: every, last: None }
-    }
-
-    /// Also holds a round back until the previous one, had it begun a share of `1 / one_in`
-    /// of the time since, would have: a writer whose rounds grow with the load then takes a
-    /// bounded share of a CPU, and its rounds gather more work each. Never for longer than
-    /// `longest`.
-    pub fn busy_at_most(self, one_in: u32, longest: Duration) -> Pace {
-        Pace { idle_per_busy: one_in.saturating_sub(1), longest_hold: longest.max(self.every), ..self }
+        Pace { every, idle_per_busy: BUSY_ONE_IN - 1, last: None }
     }
 
     /// Sleeps until a round may begin (at once if the previous one is long past), and marks
@@ -79,7 +81,7 @@ impl Pace {
     /// How long a round that could begin at `now` is held back.
     fn hold_at(&self, now: Instant) -> Option<Duration> {
         let (began, took) = self.last?;
-        let for_the_share = (took + took * self.idle_per_busy).min(self.longest_hold);
+        let for_the_share = (took + took * self.idle_per_busy).min(LONGEST_HOLD);
         let due = began + self.every.max(for_the_share);
         (due > now).then(|| due - now)
     }
@@ -95,7 +97,7 @@ mod tests {
         let mut pace = Pace::new(every);
         let t0 = Instant::now();
         assert_eq!(pace.hold_at(t0), None, "the first round begins at once");
-        pace.last = Some((t0, Duration::from_millis(3)));
+        pace.last = Some((t0, Duration::ZERO));
         assert_eq!(pace.hold_at(t0), Some(every));
         assert_eq!(pace.hold_at(t0 + Duration::from_millis(4)), Some(Duration::from_millis(6)));
         assert_eq!(pace.hold_at(t0 + every), None);
@@ -105,7 +107,7 @@ mod tests {
     #[test]
     fn a_busy_share_holds_long_rounds_back_in_proportion_up_to_the_longest_hold() {
         let ms = Duration::from_millis;
-        let pace = Pace::new(ms(10)).busy_at_most(20, ms(100));
+        let pace = Pace::new(ms(10));
         let t0 = Instant::now();
         let after = |took: Duration| Pace { last: Some((t0, took)), ..pace };
         assert_eq!(after(ms(0)).hold_at(t0), Some(ms(10)), "the interval still holds");
