@@ -312,7 +312,8 @@ impl StatesDir {
         self.scratch(dirs)?;
         let scratch = dirs.scratch.as_ref().expect("opened above");
         while let Some(spare) = dirs.spares.pop() {
-            let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            // Non-blocking, in case something other than our file took its name.
+            let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
             match rustix::fs::openat(scratch, spare.as_str(), flags, Mode::empty()) {
                 Ok(fd) => return Ok((spare, fd, true)),
                 // Removed or replaced behind our back: forget it and try the next.
@@ -792,6 +793,27 @@ mod tests {
         assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
         put(&mut dirs, &mut tree, "eighth");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "eighth");
+    }
+
+    /// A FIFO someone made in the way is replaced without the mirror blocking on it (opening
+    /// a FIFO for writing waits for a reader), and is not kept as a spare.
+    #[test]
+    fn a_fifo_in_the_way_is_replaced_and_never_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let states = StatesDir::new(&dir);
+        let mut dirs = Dirs::default();
+        let mut tree = Tree::new();
+        let content = Content::from(&b"version"[..]);
+        apply(&mut tree, 1, TxOp::Put { id: sid("f"), content, uid: 0, gid: 0, ino: None });
+        let fifo = std::ffi::CString::new(dir.states().join("f").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        states.write(&mut dirs, &sid("f"), tree.get(&sid("f"))).unwrap();
+        assert_eq!(std::fs::read(dir.states().join("f")).unwrap(), b"version");
+        let scratch = dir.states().join(CONTROL_DIR);
+        assert!(std::fs::read_dir(&scratch).unwrap().all(|e| e.unwrap().file_type().unwrap().is_file()));
+        assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
     }
 
     /// A spare has the mode and owner of the version it held: the next version gets its own,
