@@ -7,7 +7,7 @@ Starts a 3-node lightchain cluster on loopback (fresh temp dir, free ports, a sh
 RUST_LOG set to the debug lines of the write path: every FUSE request as fuser receives it, the flush and
 its answer, the batcher's client_write, the log store's append and fsync, AppendEntries sent, received and
 answered, and the state machine's apply. Then it makes isolated writes on the leader (open O_TRUNC + write
-+ close of a 100-byte state, 20 ms apart, so no two commits overlap), cuts the three logs into one window
++ close of a 100-byte state, or of SIZE random bytes, 20 ms apart, so no two commits overlap), cuts the three logs into one window
 per write (the client's time before open to after close; all processes share the clock), and prints, per
 event, the median and p90 time since the client's open, with the step from the previous event. Also the
 FUSE requests the leader saw per write, and the blocks each write made. Stops every process it started
@@ -69,6 +69,8 @@ def applied_height(mnt):
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/lightchain"
     writes = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    size = int(os.environ.get("SIZE", "100"))
+    content = b"b" * 100 if size == 100 else os.urandom(size)
     tmp = tempfile.TemporaryDirectory(prefix="lightchain-timeline.")
     d = tmp.name
     cluster = localcluster.Cluster()
@@ -83,7 +85,7 @@ def main():
         h0 = applied_height(lmnt)
         for i in range(writes):
             t0 = time.time()
-            write_state(os.path.join(lmnt, f"w{i % 20}"), b"b" * 100)
+            write_state(os.path.join(lmnt, f"w{i % 20}"), content)
             t1 = time.time()
             windows.append((t0, t1))
             time.sleep(0.02)
@@ -173,7 +175,7 @@ def main():
                 steps[name].append((b - a) * 1e6)
 
     n = len(windows)
-    print(f"{n} isolated 100-byte writes (open O_TRUNC + write + close) on the leader of 3 nodes")
+    print(f"{n} isolated {size}-byte writes (open O_TRUNC + write + close) on the leader of 3 nodes")
     print(f"blocks per write: {blocks / n:.2f}")
     print("FUSE requests the leader received per write: " +
           ", ".join(f"{op[5:]} {c / n:.2f}" for op, c in ops.most_common()))
