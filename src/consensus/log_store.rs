@@ -6,7 +6,8 @@
 //! The vote is saved durably before `save_vote` returns.
 //!
 //! Entries are stored in the binary encoding of [`codec`](super::codec) (records of earlier
-//! versions, JSON, are still read). What replication reads at once is bounded in bytes
+//! versions, JSON, are still read). The newest are also kept decoded in memory
+//! ([`recent`](super::recent)), so replicating and applying an entry just appended reads no file. What replication reads at once is bounded in bytes
 //! ([`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)), so one AppendEntries carries a few 1 MiB
 //! states, not `max_payload_entries` of them.
 
@@ -21,6 +22,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use super::recent::{Recent, RECENT_BYTES};
 use super::typ::{Entry, LogId, Vote};
 use super::{storage_error, TypeConfig};
 use crate::store::raft_log::RaftLog;
@@ -31,6 +33,8 @@ const PURGED: &str = "purged.json";
 
 struct Inner {
     log: RaftLog,
+    /// The newest entries, decoded, for the reads that follow an append (replication, apply).
+    recent: Recent<Entry>,
     last_purged: Option<LogId>,
     /// The vote as last saved (durably), so readers need no file read.
     vote: Option<Vote>,
@@ -69,7 +73,15 @@ fn save_committed_behind(inner: std::sync::Weak<Mutex<Inner>>) {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
-    flusher: mpsc::Sender<(File, IOFlushed<TypeConfig>)>,
+    flusher: mpsc::Sender<Flush>,
+}
+
+/// An append handed to the flusher: the segment it went to, the segment's length after it,
+/// and whom to tell once it is durable.
+struct Flush {
+    segment: File,
+    len: u64,
+    callback: IOFlushed<TypeConfig>,
 }
 
 impl LogStore {
@@ -87,13 +99,19 @@ impl LogStore {
                 })?),
                 None => None,
             };
-        let (tx, rx) = mpsc::channel::<(File, IOFlushed<TypeConfig>)>();
+        let (tx, rx) = mpsc::channel::<Flush>();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(rx))
             .expect("spawn flusher thread");
-        let inner =
-            Arc::new(Mutex::new(Inner { log, last_purged, vote, committed: None, committed_unsaved: false }));
+        let inner = Arc::new(Mutex::new(Inner {
+            log,
+            recent: Recent::new(RECENT_BYTES),
+            last_purged,
+            vote,
+            committed: None,
+            committed_unsaved: false,
+        }));
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("lc-committed".into())
@@ -105,7 +123,21 @@ impl LogStore {
     fn decode(bytes: &[u8]) -> Result<Entry, std::io::Error> {
         super::codec::decode_record(bytes).map_err(|e| storage_error("decode a log record", e))
     }
+}
 
+impl Inner {
+    /// The entry at `index`: from the recent tail, else read from the file; `None` past the log.
+    fn entry(&self, index: u64) -> Result<Option<Entry>, std::io::Error> {
+        if let Some(entry) = self.recent.get(index) {
+            return Ok(Some(entry.clone()));
+        }
+        let read =
+            self.log.read(index).map_err(|e| storage_error(format_args!("read log entry {index}"), e))?;
+        read.map(|bytes| LogStore::decode(&bytes)).transpose()
+    }
+}
+
+impl LogStore {
     /// Reads entries `[start, end)` until they hold [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)
     /// (always at least one).
     fn read_limited(&self, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
@@ -117,28 +149,30 @@ impl LogStore {
             if !out.is_empty() && bytes + len as usize > super::MAX_APPEND_BYTES {
                 break;
             }
-            let read = inner
-                .log
-                .read(index)
-                .map_err(|e| storage_error(format_args!("read log entry {index}"), e))?;
-            let Some(record) = read else { break };
-            bytes += record.len();
-            out.push(Self::decode(&record)?);
+            let Some(entry) = inner.entry(index)? else { break };
+            bytes += len as usize;
+            out.push(entry);
         }
         Ok(out)
     }
 }
 
 /// Fsyncs once for every batch of appends waiting, then reports them flushed, in order.
-fn flush_loop(rx: mpsc::Receiver<(File, IOFlushed<TypeConfig>)>) {
+fn flush_loop(rx: mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         // Segments roll rarely; when they do, the old one was fsynced at the roll, so
         // syncing the newest handle covers every write in the batch.
-        let result = batch.last().unwrap().0.sync_data();
+        let last = batch.last().unwrap();
+        let result = last.segment.sync_data();
+        if result.is_ok() {
+            // What was appended is read back from memory (`recent`), or rarely: the kernel may
+            // drop it from its cache (store::drop_cached).
+            crate::store::drop_cached(&last.segment, last.len);
+        }
         tracing::debug!(appends = batch.len(), "log fsynced");
-        for (_, callback) in batch {
+        for Flush { callback, .. } in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -169,12 +203,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 break;
             }
-            match inner
-                .log
-                .read(index)
-                .map_err(|e| storage_error(format_args!("read log entry {index}"), e))?
-            {
-                Some(bytes) => out.push(Self::decode(&bytes)?),
+            match inner.entry(index)? {
+                Some(entry) => out.push(entry),
                 None => break,
             }
         }
@@ -192,14 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let inner = self.inner.lock().unwrap();
         let last = match inner.log.bounds() {
-            Some((_, hi)) => {
-                let bytes = inner
-                    .log
-                    .read(hi)
-                    .map_err(|e| storage_error("read the last log entry", e))?
-                    .expect("bounds are held");
-                Some(Self::decode(&bytes)?.log_id())
-            }
+            Some((_, hi)) => Some(inner.entry(hi)?.expect("bounds are held").log_id()),
             None => inner.last_purged,
         };
         Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
@@ -240,7 +263,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let handle = {
+        let (segment, len) = {
             let mut inner = self.inner.lock().unwrap();
             for entry in entries {
                 let log_id = entry.log_id();
@@ -249,11 +272,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .log
                     .append(log_id.index, &bytes)
                     .map_err(|e| storage_error(format_args!("append log entry {log_id}"), e))?;
+                inner.recent.push(log_id.index, entry, bytes.len());
             }
             inner.log.sync_handle().map_err(|e| storage_error("open the log segment for fsync", e))?
         };
         tracing::debug!("log appended");
-        self.flusher.send((handle, callback)).expect("flusher thread lives as long as the store");
+        self.flusher
+            .send(Flush { segment, len, callback })
+            .expect("flusher thread lives as long as the store");
         Ok(())
     }
 
@@ -262,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(from) = truncation_start(last, inner.log.bounds()) else {
             return Ok(());
         };
+        inner.recent.truncate_from(from);
         inner
             .log
             .truncate_from(from)
@@ -275,6 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .save_meta(PURGED, &bytes)
             .map_err(|e| storage_error(format_args!("record the purge up to {log_id}"), e))?;
+        inner.recent.purge_upto(log_id.index);
         inner
             .log
             .purge_upto(log_id.index)
@@ -424,5 +452,40 @@ mod tests {
         assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
         append_flushed(&mut store, vec![blank(8)]).await;
         assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 1, 8)));
+    }
+
+    #[tokio::test]
+    async fn the_newest_entries_are_read_from_memory_and_follow_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        append_flushed(&mut store, (1..=3).map(blank).collect()).await;
+        // Spoil every record on disk behind the store's back: what is held in memory still
+        // reads, and the last entry's id too.
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                let len = std::fs::metadata(&path).unwrap().len();
+                std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+            }
+        }
+        let read = store.try_get_log_entries(1..=3).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let read = store.limited_get_log_entries(2, 4).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 1, 3)));
+        // A truncated entry is gone from memory too; a purge keeps what follows it.
+        store.truncate_after(Some(log_id(1, 1, 2))).await.unwrap();
+        assert_eq!(store.try_get_log_entries(3..=3).await.unwrap().len(), 0);
+        store.purge(log_id(1, 1, 1)).await.unwrap();
+        assert_eq!(
+            store
+                .try_get_log_entries(0..10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 }

@@ -21,6 +21,7 @@ mod fault;
 pub mod log_store;
 pub mod network;
 pub mod raft_service;
+mod recent;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};

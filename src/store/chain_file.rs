@@ -198,7 +198,7 @@ impl ChainFile {
         if let Some((first, file)) = &self.segment {
             let path = self.dir.join(segment_name(*first));
             file.sync_data().ctx("fsync", &path)?;
-            super::drop_cached(file);
+            super::drop_cached(file, file.metadata().ctx("stat", &path)?.len());
         }
         if !self.synced_dir {
             sync_dir(&self.dir)?;

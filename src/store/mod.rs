@@ -192,17 +192,23 @@ pub fn write_durable_private(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().expect("a file has a directory"))
 }
 
-/// Lets the kernel forget `file`'s cached pages once they are on disk (`POSIX_FADV_DONTNEED`):
-/// for files written behind the acknowledgement and read back rarely (`chain/`). Appending to
-/// a file otherwise fills fresh page-cache pages for good, and a fresh page costs more to
-/// write into than one the kernel freed a moment ago: on this project's virtual machines,
-/// whose memory the host backs on first touch, a 1 MiB append cost 1.1 ms of system time kept
-/// against 0.7 ms dropped (docs/architecture/write-path.md). A hint only: a failure changes
-/// nothing that is stored, so it is ignored.
-pub fn drop_cached(file: &File) {
+/// Lets the kernel forget the cached pages of `file` below `len`, once they are on disk
+/// (`POSIX_FADV_DONTNEED`), for files appended to and read back rarely or from memory
+/// (`chain/`, the consensus log). Appending otherwise fills fresh page-cache pages for good,
+/// and a fresh page costs more to write into than one the kernel freed a moment ago: on this
+/// project's virtual machines, whose memory the host backs on first touch, 1 MiB appends
+/// cost 1.1 ms of system time each kept against 0.7 ms dropped
+/// (docs/architecture/write-path.md). The page that holds `len` is kept: the next append
+/// writes into it, and would have to read it back from disk first. Only clean pages go, and
+/// the caller has fsynced everything below `len`. A hint: a failure changes nothing stored.
+pub fn drop_cached(file: &File, len: u64) {
     use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a descriptor `file` owns; it reads no memory of ours.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    const PAGE: u64 = 4096;
+    let whole = (len / PAGE * PAGE) as libc::off_t;
+    if whole > 0 {
+        // SAFETY: a plain system call on a descriptor `file` owns; it reads no memory of ours.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, whole, libc::POSIX_FADV_DONTNEED) };
+    }
 }
 
 /// Fsyncs a directory, making names created or removed in it durable.

@@ -137,10 +137,11 @@ impl RaftLog {
         Ok(())
     }
 
-    /// A handle on the segment that takes appends, to fsync (possibly from another thread).
-    pub fn sync_handle(&self) -> Result<File> {
+    /// A handle on the segment that takes appends, to fsync (possibly from another thread),
+    /// and the bytes written to it so far.
+    pub fn sync_handle(&self) -> Result<(File, u64)> {
         let seg = self.segments.values().next_back().expect("sync after an append");
-        seg.file.try_clone().ctx("dup", &seg.path)
+        Ok((seg.file.try_clone().ctx("dup", &seg.path)?, seg.len))
     }
 
     /// The length of the payload at `index`, without reading it.
@@ -238,7 +239,7 @@ mod tests {
         for i in 1..=10u64 {
             log.append(i, format!("entry {i}").as_bytes()).unwrap();
         }
-        log.sync_handle().unwrap().sync_data().unwrap();
+        log.sync_handle().unwrap().0.sync_data().unwrap();
         assert_eq!(log.bounds(), Some((1, 10)));
         assert_eq!(log.read(4).unwrap().unwrap(), b"entry 4");
         log.truncate_from(8).unwrap();
