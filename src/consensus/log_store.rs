@@ -164,20 +164,20 @@ fn flush_loop(rx: mpsc::Receiver<Flush>) {
         batch.extend(rx.try_iter());
         // Segments roll rarely; when they do, the old one was fsynced at the roll, so
         // syncing the newest handle covers every write in the batch.
-        let last = batch.last().unwrap();
+        let last = batch.pop().unwrap();
         let result = last.segment.sync_data();
-        if result.is_ok() {
-            // What was appended is read back from memory (`recent`), or rarely: the kernel may
-            // drop it from its cache (store::drop_cached).
-            crate::store::drop_cached(&last.segment, last.len);
-        }
-        tracing::debug!(appends = batch.len(), "log fsynced");
-        for Flush { callback, .. } in batch {
+        tracing::debug!(appends = batch.len() + 1, "log fsynced");
+        for callback in batch.into_iter().map(|f| f.callback).chain([last.callback]) {
             let result = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             callback.io_completed(result);
+        }
+        if result.is_ok() {
+            // What was appended is read back from memory (`recent`), or rarely: the kernel may
+            // drop it from its cache (store::drop_cached), once the appends are reported.
+            crate::store::drop_cached(&last.segment, last.len);
         }
     }
 }

@@ -632,7 +632,8 @@ impl Fs {
             let state = self.node.replica().tree.id_of(w.ino).cloned();
             return self.logged("write", &format!("{state:?}"), Err(e));
         }
-        if w.append {
+        if w.append || offset as usize == w.buffer.len() {
+            // Appending (the usual sequential write): no zero fill to overwrite.
             w.buffer.extend_from_slice(data);
         } else {
             let end = offset as usize + data.len();
@@ -681,7 +682,8 @@ impl Fs {
                 let dropped = mode_after_unprivileged_write(mode);
                 (w.drop_privileges && dropped != mode).then(|| TxOp::Chmod { id: id.clone(), mode: dropped })
             });
-            let content = Content::from(w.buffer.clone());
+            // One copy, into the shared content (a Vec's clone and then its conversion made two).
+            let content = Content::from(&w.buffer[..]);
             let (uid, gid) = (w.caller.uid, w.caller.gid);
             // The commit names the path, on condition that it still names this inode when the
             // block is applied: a rename racing the commit cannot redirect it to another state.

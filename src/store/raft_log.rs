@@ -126,14 +126,13 @@ impl RaftLog {
             self.segments.insert(index, Segment { path, file, len: 0 });
         }
         let (&first, seg) = self.segments.iter_mut().next_back().expect("a segment exists");
-        let mut record = Vec::with_capacity(HEADER + payload.len());
-        record.extend_from_slice(&index.to_be_bytes());
-        record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
-        record.extend_from_slice(payload);
-        seg.file.write_all_at(&record, seg.len).ctx("write", &seg.path)?;
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(&index.to_be_bytes());
+        header[8..12].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        header[12..].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        write_all_at(&seg.file, &header, payload, seg.len).ctx("write", &seg.path)?;
         self.index.insert(index, Location { segment: first, offset: seg.len, len: payload.len() as u32 });
-        seg.len += record.len() as u64;
+        seg.len += (HEADER + payload.len()) as u64;
         Ok(())
     }
 
@@ -217,6 +216,25 @@ impl RaftLog {
 }
 
 /// Decodes a record header and checks its payload; `None` if torn or damaged.
+/// Writes `header` then `payload` at `offset` in one system call (`pwritev`), without copying
+/// the payload into a record first; a short write is finished piece by piece.
+fn write_all_at(file: &File, header: &[u8], payload: &[u8], offset: u64) -> std::io::Result<()> {
+    let written = loop {
+        match rustix::io::pwritev(
+            file,
+            &[std::io::IoSlice::new(header), std::io::IoSlice::new(payload)],
+            offset,
+        ) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let (head, rest) = (header.len().min(written), written.saturating_sub(header.len()));
+    file.write_all_at(&header[head..], offset + head as u64)?;
+    file.write_all_at(&payload[rest..], offset + (header.len() + rest) as u64)
+}
+
 fn decode_record(bytes: &[u8]) -> Option<(u64, u32)> {
     if bytes.len() < HEADER {
         return None;
