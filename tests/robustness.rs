@@ -1445,6 +1445,56 @@ fn two_flushes_of_one_dirty_append_handle_at_once_append_its_bytes_once() {
     );
 }
 
+/// DESIGN §1.3/§1.5: a read never returns a state older than a write acknowledged before it began, also on a
+/// leader killed and started again at once. Found by the harness as stale reads on a member restarted 2.5 s
+/// after it was killed as leader, before it was ready: openraft 0.10 lets a node that was leader take its
+/// leadership back at start-up without an election, and its read index is then the commit index it restarted
+/// with, which lags here (`raft/committed.json` and the chain are written behind the acknowledgement). The
+/// stale window closes once its first append is answered, so the read here rarely lands in it; what the test
+/// holds to is the rule that closes it: a restarted member serves no read before a leader of a later term
+/// (one that committed an entry of its own) exists. Each round acknowledges writes on the leader, kills it at
+/// once and reads on it as soon as its new mount answers.
+#[test]
+fn a_leader_killed_and_started_again_at_once_serves_reads_only_under_a_new_term_and_never_stale() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let rounds = 4;
+    let mut problems = Vec::new();
+    for round in 0..rounds {
+        let leader = c.wait_leader(&c.all());
+        let killed_in = c.status(leader)["term"].as_u64().expect("status has the term");
+        let path = c.path(leader, "reg");
+        let last = (0..40)
+            .map(|i| format!("round {round} write {i}\n"))
+            .inspect(|v| put(&path, v.as_bytes()))
+            .last();
+        let last = last.expect("forty writes");
+        c.kill9(leader);
+        c.nodes[leader].spawn();
+        let until = Instant::now() + Duration::from_secs(20);
+        let seen = loop {
+            match fs::read_to_string(&path) {
+                Ok(seen) => break seen,
+                Err(_) if Instant::now() < until => thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("round {round}: no read succeeded on the restarted member within 20 s: {e}"),
+            }
+        };
+        let read_in = c.status(leader)["term"].as_u64().expect("status has the term");
+        if seen != last {
+            problems.push(format!(
+                "round {round}: read {seen:?} on the restarted member after {last:?} was acknowledged"
+            ));
+        }
+        if read_in <= killed_in {
+            problems.push(format!(
+                "round {round}: the member killed as leader in term {killed_in} served a read in term {read_in}, \
+                 without a new election"
+            ));
+        }
+        c.nodes[leader].wait_ready();
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
 /// The append-log checks of the harness on hand-made histories (no cluster): each kind of violation is
 /// reported, and a correct history passes.
 #[test]

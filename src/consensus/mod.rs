@@ -132,6 +132,15 @@ pub async fn wait_metrics(
 ///   the leader only once fsynced). `broadcast_submitted_on_append`, which tells them right
 ///   after `append` instead of at the end of the core's loop turn, measured no different for
 ///   our workload (write-path.md), so it stays at openraft's default.
+/// - **No leadership restored at start-up** (`enable_leader_restore`, on by default in 0.10): a
+///   node that was leader when it stopped starts as a follower and leads again only by winning
+///   an election in a later term. Restored, it would serve linearizable reads at the commit
+///   index it restarted with, and ours lags what it had acknowledged: `raft/committed.json` is
+///   a hint written behind (every 200 ms) and the state machine is rebuilt from `chain/`, also
+///   written behind. openraft's own documentation names exactly these two conditions as the
+///   ones under which a restored leader serves a stale state. The robustness harness found such
+///   reads; `tests/robustness.rs` reproduces them. The cost: after a leader's restart, an
+///   election (1.2–2.4 s) before writes go on, as after any leader's loss.
 /// - **Snapshots** every `snapshot_every` entries so the log stays short; each snapshot
 ///   transfer gets its own, longer deadline (`network::SNAPSHOT_TIMEOUT`).
 pub fn raft_config(snapshot_every: u64) -> openraft::Config {
@@ -147,6 +156,7 @@ pub fn raft_config(snapshot_every: u64) -> openraft::Config {
         // from the log; one further behind gets a snapshot (which carries the chain).
         max_in_snapshot_log_to_keep: snapshot_every / 5,
         purge_batch_size: 1,
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
 }
