@@ -140,7 +140,8 @@ pub async fn wait_metrics(
 ///   written behind. openraft's own documentation names exactly these two conditions as the
 ///   ones under which a restored leader serves a stale state. The robustness harness found such
 ///   reads; `tests/robustness.rs` reproduces them. The cost: after a leader's restart, an
-///   election (1.2–2.4 s) before writes go on, as after any leader's loss.
+///   election (1.2–2.4 s) before writes go on, as after any leader's loss (a single node elects
+///   itself at once: its first write came 0.15–0.2 s after a restart, 0.03–0.04 s before).
 /// - **Snapshots** every `snapshot_every` entries so the log stays short; each snapshot
 ///   transfer gets its own, longer deadline (`network::SNAPSHOT_TIMEOUT`).
 pub fn raft_config(snapshot_every: u64) -> openraft::Config {
