@@ -1463,11 +1463,11 @@ fn a_leader_killed_and_started_again_at_once_serves_reads_only_under_a_new_term_
         let leader = c.wait_leader(&c.all());
         let killed_in = c.status(leader)["term"].as_u64().expect("status has the term");
         let path = c.path(leader, "reg");
-        let last = (0..40)
-            .map(|i| format!("round {round} write {i}\n"))
-            .inspect(|v| put(&path, v.as_bytes()))
-            .last();
-        let last = last.expect("forty writes");
+        let mut last = String::new();
+        for i in 0..40 {
+            last = format!("round {round} write {i}\n");
+            put(&path, last.as_bytes());
+        }
         c.kill9(leader);
         c.nodes[leader].spawn();
         let until = Instant::now() + Duration::from_secs(20);
