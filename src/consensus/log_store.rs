@@ -7,7 +7,8 @@
 //!
 //! Entries are stored in the binary encoding of [`codec`](super::codec) (records of earlier
 //! versions, JSON, are still read). The newest are also kept decoded in memory
-//! ([`recent`](super::recent)), so replicating and applying an entry just appended reads no file. What replication reads at once is bounded in bytes
+//! ([`recent`](super::recent)), so replicating and applying an entry just appended reads no
+//! file. What replication reads at once is bounded in bytes
 //! ([`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)), so one AppendEntries carries a few 1 MiB
 //! states, not `max_payload_entries` of them.
 
