@@ -121,24 +121,6 @@ impl LogStore {
         Ok(LogStore { inner, flusher: tx })
     }
 
-    fn decode(bytes: &[u8]) -> Result<Entry, std::io::Error> {
-        super::codec::decode_record(bytes).map_err(|e| storage_error("decode a log record", e))
-    }
-}
-
-impl Inner {
-    /// The entry at `index`: from the recent tail, else read from the file; `None` past the log.
-    fn entry(&self, index: u64) -> Result<Option<Entry>, std::io::Error> {
-        if let Some(entry) = self.recent.get(index) {
-            return Ok(Some(entry.clone()));
-        }
-        let read =
-            self.log.read(index).map_err(|e| storage_error(format_args!("read log entry {index}"), e))?;
-        read.map(|bytes| LogStore::decode(&bytes)).transpose()
-    }
-}
-
-impl LogStore {
     /// Reads entries `[start, end)` until they hold [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES)
     /// (always at least one).
     fn read_limited(&self, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
@@ -155,6 +137,21 @@ impl LogStore {
             out.push(entry);
         }
         Ok(out)
+    }
+}
+
+impl Inner {
+    /// The entry at `index`: from the recent tail, else read from the file; `None` past the log.
+    fn entry(&self, index: u64) -> Result<Option<Entry>, std::io::Error> {
+        if let Some(entry) = self.recent.get(index) {
+            return Ok(Some(entry.clone()));
+        }
+        let read =
+            self.log.read(index).map_err(|e| storage_error(format_args!("read log entry {index}"), e))?;
+        read.map(|bytes| {
+            super::codec::decode_record(&bytes).map_err(|e| storage_error("decode a log record", e))
+        })
+        .transpose()
     }
 }
 

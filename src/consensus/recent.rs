@@ -26,7 +26,7 @@ pub struct Recent<E> {
     budget: usize,
 }
 
-impl<E: Clone> Recent<E> {
+impl<E> Recent<E> {
     /// An empty tail holding up to `budget` encoded bytes.
     pub fn new(budget: usize) -> Recent<E> {
         Recent { first: 0, entries: VecDeque::new(), bytes: 0, budget }
