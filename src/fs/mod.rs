@@ -300,7 +300,23 @@ pub struct Fs {
     config: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Linearizable mode: the path each file inode was last looked up by, which the `open` that
+    /// follows checks once it has its read index (see [`Fs::open`]).
+    looked_up: Mutex<HashMap<u64, StateId>>,
     next_fh: AtomicU64,
+}
+
+/// How many lookups [`Fs::open`] can check against; past it the record starts again (an open
+/// whose lookup was forgotten checks only that its inode exists).
+const LOOKUPS_REMEMBERED: usize = 1 << 16;
+
+/// What a handle's commit did.
+enum Commit {
+    /// Applied to the handle's state, in this block.
+    Applied(crate::node::Committed),
+    /// The state was removed after the handle was opened: like an unlinked file's, its data goes
+    /// nowhere (ext4 does the same).
+    Removed,
 }
 
 fn mtime_of(ms: u64) -> SystemTime {
@@ -317,18 +333,17 @@ fn time_of(ns: i64) -> SystemTime {
     }
 }
 
-/// Whether the handle appends (`None` for a read handle).
-fn op_kind_is_append(handle: &Mutex<OpenFile>) -> Option<bool> {
-    match &handle.lock().unwrap().handle {
-        Handle::Write(w) => Some(w.append),
-        Handle::Read(_) => None,
-    }
-}
-
 impl Fs {
     /// A filesystem over `node`.
     pub fn new(node: Arc<Node>, config: FsConfig) -> Fs {
-        Fs { node, config, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+        Fs {
+            node,
+            config,
+            handles: Mutex::default(),
+            dirs: Mutex::default(),
+            looked_up: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
     }
 
     /// The node below.
@@ -422,8 +437,10 @@ impl Fs {
         result
     }
 
-    /// `lookup`: the attributes of `name` in `parent`. A miss is confirmed against a read
-    /// index in linearizable mode before it is answered.
+    /// `lookup`: the attributes of `name` in `parent`. In linearizable mode it answers only
+    /// after a read index, found or not: a name that another node renamed, replaced or removed
+    /// before this call began is never answered with the inode it named before (the kernel
+    /// would open that inode, and a write would land on a state the path no longer names).
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         if parent == ROOT_INO && name == CONTROL_DIR.as_bytes() {
             return Ok(self.control_attr(CONTROL_INO));
@@ -447,11 +464,19 @@ impl Fs {
             }
             Err(e) => return Err(e),
         };
-        if let Some(attr) = self.entry_attr(&id) {
-            return Ok(attr);
+        let barrier = self.node.read_barrier().await.map_err(FsError::from);
+        self.logged("lookup", &id, barrier)?;
+        // The parent's path may have changed while the barrier waited.
+        let id = self.child_id(parent, name)?;
+        let attr = self.entry_attr(&id).ok_or_else(Self::not_found)?;
+        if attr.kind == Kind::File && !self.local_reads() {
+            let mut looked_up = self.looked_up.lock().unwrap();
+            if looked_up.len() >= LOOKUPS_REMEMBERED {
+                looked_up.clear();
+            }
+            looked_up.insert(attr.ino, id);
         }
-        self.node.read_barrier().await?;
-        self.entry_attr(&id).ok_or_else(Self::not_found)
+        Ok(attr)
     }
 
     /// `getattr`. With a handle open for writing, the size is that of its buffer.
@@ -507,18 +532,24 @@ impl Fs {
         if writable && self.node.knows_no_quorum() {
             return self.logged("open", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
-        let truncate = flags & libc::O_TRUNC != 0;
-        if !(writable && truncate) {
-            // An O_TRUNC open discards the content, so it need not see the newest version.
-            let barrier = self.node.read_barrier().await.map_err(FsError::from);
-            self.logged("open", &id, barrier)?;
-        }
-        // Bind to the inode the kernel named, as it is now: the path may name another state
-        // by now, and the content must be that of the inode the handle writes back to.
-        let id = match self.node.replica().tree.id_of(ino) {
-            Some(id) => id.clone(),
-            None => return self.logged("open", &id, Err(FsError::Stale)),
+        // A handle for writing must be bound to the state its path names now, in either read
+        // mode and with O_TRUNC too: bound to an inode another node has since replaced (`mv tmp
+        // conf`), its commit would land nowhere. A read handle waits in linearizable mode only.
+        let barrier = match writable {
+            true => self.node.catch_up().await,
+            false => self.node.read_barrier().await,
         };
+        self.logged("open", &id, barrier.map_err(FsError::from))?;
+        // Bind to the inode the kernel named, as it is now: it must still exist, and still have
+        // the path it was looked up by (renamed away meanwhile, that path names another state
+        // now, or none). ESTALE makes the kernel look the path up again and retry once.
+        let Some(id) = self.node.replica().tree.id_of(ino).cloned() else {
+            return self.logged("open", &id, Err(FsError::Stale));
+        };
+        if let Some(looked_up) = self.looked_up.lock().unwrap().get(&ino).filter(|path| **path != id) {
+            tracing::debug!(state = %id, looked_up = %looked_up, "open: renamed since its lookup");
+            return Err(FsError::Stale);
+        }
         self.open_id(ino, &id, flags, caller)
     }
 
@@ -674,7 +705,9 @@ impl Fs {
                     drop(open);
                     return self.logged("commit", &state, Err(FsError::Stale));
                 }
-                // Removed while open: like an unlinked file, its data goes nowhere.
+                // Removed while open: like an unlinked file, its data goes nowhere. The open bound
+                // this inode after a read index (see `open`), so its removal came after the open
+                // in the chain, as an unlink after an open does on ext4.
                 return Ok(());
             };
             // An unprivileged write drops setuid/setgid before the new content lands.
@@ -704,22 +737,30 @@ impl Fs {
             Ok(()) => self.commit_to_inode(op).await,
             Err(e) => Err(e),
         };
-        let result = match result {
-            // A whole-content handle of a state removed meanwhile: as for an unlinked file.
-            Err(FsError::Stale) if !matches!(op_kind_is_append(&handle), Some(true)) => return Ok(()),
-            other => other,
-        };
         let mut open = handle.lock().unwrap();
         let Handle::Write(w) = &mut open.handle else { unreachable!("a handle keeps its kind") };
         match result {
-            Ok(committed) if w.append => {
+            // Bytes meant for the end of a state that no longer exists: refused, as above.
+            Ok(Commit::Removed) if w.append => {
+                let e = FsError::Stale;
+                w.spoiled = Some(e.clone());
+                drop(open);
+                self.logged("commit", &id, Err(e))
+            }
+            // A whole-content handle of a state removed after it was opened: as for an
+            // unlinked file, nothing more to commit.
+            Ok(Commit::Removed) => {
+                w.dirty = false;
+                Ok(())
+            }
+            Ok(Commit::Applied(committed)) if w.append => {
                 let appended: Vec<u8> = w.buffer.drain(..sent).collect();
                 w.base = Content::from([w.base.as_bytes(), &appended].concat());
                 w.dirty = !w.buffer.is_empty();
                 w.committed_at = Some(committed.height);
                 Ok(())
             }
-            Ok(committed) => {
+            Ok(Commit::Applied(committed)) => {
                 w.dirty = w.version != version;
                 w.committed_at = Some(committed.height);
                 Ok(())
@@ -732,27 +773,34 @@ impl Fs {
         }
     }
 
-    /// Proposes a handle's `put`/`append`; when the path no longer names the handle's inode by
-    /// the time it is applied (renamed away meanwhile), follows the inode to its new path and
-    /// tries again; `Stale` when the inode is gone.
-    async fn commit_to_inode(&self, mut op: TxOp) -> Result<crate::node::Committed, FsError> {
-        for _ in 0..8 {
+    /// Proposes a handle's `put`/`append`. Each names the state's path on condition that it
+    /// still names the handle's inode when its block is applied; when a rename (here or on
+    /// another node) moved the inode meanwhile, the commit follows it to its new path and tries
+    /// again, for as long as the inode exists and the commit timeout allows: it applies to the
+    /// handle's state, or the state was removed ([`Commit::Removed`]), or it fails.
+    async fn commit_to_inode(&self, mut op: TxOp) -> Result<Commit, FsError> {
+        let deadline = tokio::time::Instant::now() + self.node.config().commit_timeout;
+        loop {
             match self.node.propose(op.clone()).await {
-                Err(crate::node::Error::Rejected(crate::chain::Reject::Moved)) => {
-                    let (TxOp::Put { id, ino: Some(ino), .. } | TxOp::Append { id, ino: Some(ino), .. }) =
-                        &mut op
-                    else {
-                        return Err(FsError::Stale);
-                    };
-                    match self.node.replica().tree.id_of(*ino) {
-                        Some(now) => *id = now.clone(),
-                        None => return Err(FsError::Stale),
-                    }
-                }
-                other => return other.map_err(FsError::from),
+                Err(crate::node::Error::Rejected(crate::chain::Reject::Moved)) => {}
+                other => return other.map(Commit::Applied).map_err(FsError::from),
+            }
+            let (TxOp::Put { id, ino: Some(ino), .. } | TxOp::Append { id, ino: Some(ino), .. }) = &mut op
+            else {
+                unreachable!("only a commit bound to an inode is rejected as moved");
+            };
+            // This node has applied the rejected block, so its replica shows where the inode
+            // went since.
+            match self.node.replica().tree.id_of(*ino) {
+                Some(now) => *id = now.clone(),
+                None => return Ok(Commit::Removed),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let timeout = self.node.config().commit_timeout;
+                tracing::warn!(state = %id, "commit: the state kept moving for the whole commit timeout");
+                return Err(FsError::Node(crate::node::Error::Timeout(timeout)));
             }
         }
-        Err(FsError::Stale)
     }
 
     /// `fsync`: the same commit as `flush`, then a wait until `states/` holds it too (the

@@ -644,6 +644,14 @@ impl Node {
         if self.config.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
+        self.catch_up().await
+    }
+
+    /// Waits until this node has applied everything committed before the call, in either read
+    /// mode: what an open for writing needs, so that it binds the state its path names now
+    /// (DESIGN §1.3). Concurrent callers share read indexes with [`read_barrier`](Self::read_barrier).
+    pub async fn catch_up(self: &Arc<Self>) -> Result<(), Error> {
+        self.serving()?;
         let timeout = self.config.commit_timeout;
         // One deadline for the whole barrier (read index, then catching up), and shutdown ends
         // it at once: a parked read never waits longer than the commit timeout, nor past a stop.

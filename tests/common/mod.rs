@@ -427,6 +427,12 @@ impl Node {
         child.wait().expect("wait for lightchain")
     }
 
+    /// Sets an environment variable for the next starts of the child.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.opts.env.retain(|(k, _)| k != key);
+        self.opts.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the node again on the same data directory and mountpoint, without unmounting anything first:
     /// after a `kill9` the binary must replace the dead FUSE mount itself (DESIGN §1.1).
     pub fn restart(&mut self) {
