@@ -59,7 +59,7 @@ fn errno(e: &FsError) -> Errno {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller { uid: req.uid(), gid: req.gid(), tid: req.pid() }
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -137,10 +137,10 @@ impl fuser::Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let (fs, n) = (self.fs.clone(), name(n));
+    fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let (fs, n, caller) = (self.fs.clone(), name(n), caller(req));
         let ttls = fs.ttls();
-        self.run(async move { fs.lookup(parent.0, &n).await }, move |r| match r {
+        self.run(async move { fs.lookup(parent.0, &n, caller).await }, move |r| match r {
             Ok(attr) => entry(reply, ttls, &attr),
             Err(e) => reply.error(errno(&e)),
         });

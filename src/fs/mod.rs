@@ -121,18 +121,27 @@ impl Kind {
     }
 }
 
-/// Who sent a request (from the FUSE request header): the owner of what it creates.
+/// Who sent a request (from the FUSE request header): the owner of what it creates, and the
+/// thread that made the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     /// Effective user id.
     pub uid: u32,
     /// Effective group id.
     pub gid: u32,
+    /// The calling thread's id: a path walk's lookups and the open that follows them come from
+    /// the same thread (see [`Fs::open`]).
+    pub tid: u32,
 }
 
 impl Caller {
     /// The superuser.
-    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    pub const ROOT: Caller = Caller::user(0, 0);
+
+    /// A user, calling from thread 0.
+    pub const fn user(uid: u32, gid: u32) -> Caller {
+        Caller { uid, gid, tid: 0 }
+    }
 }
 
 /// Attributes of a state, as `stat` shows them.
@@ -300,15 +309,29 @@ pub struct Fs {
     config: FsConfig,
     handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    /// Linearizable mode: the path each file inode was last looked up by, which the `open` that
-    /// follows checks once it has its read index (see [`Fs::open`]).
-    looked_up: Mutex<HashMap<u64, StateId>>,
+    /// Linearizable mode: each file inode's latest lookup by each thread, which the `open` that
+    /// follows it in the same call takes (see [`Fs::open`]).
+    looked_up: Mutex<HashMap<(u64, u32), LookedUp>>,
     next_fh: AtomicU64,
 }
 
-/// How many lookups [`Fs::open`] can check against; past it the record starts again (an open
-/// whose lookup was forgotten checks only that its inode exists).
+/// How many lookups [`Fs::open`] can pair with; past it the record starts again (an open whose
+/// lookup was forgotten waits for a read index of its own).
 const LOOKUPS_REMEMBERED: usize = 1 << 16;
+
+/// How long a lookup may wait for the open of the same call. The kernel sends the open right
+/// after the walk's last lookup; a lookup older than this was not part of the walk of the open
+/// that finds it (a `stat` long before an open that needed no lookup, such as a reopen through
+/// `/proc/self/fd`), so that open waits for a read index of its own.
+const LOOKUP_PAIRS_WITHIN: Duration = Duration::from_millis(500);
+
+/// A file's lookup, answered after a read index.
+struct LookedUp {
+    /// The path it was looked up by.
+    path: StateId,
+    /// When the answer was given.
+    at: std::time::Instant,
+}
 
 /// What a handle's commit did.
 enum Commit {
@@ -441,7 +464,7 @@ impl Fs {
     /// after a read index, found or not: a name that another node renamed, replaced or removed
     /// before this call began is never answered with the inode it named before (the kernel
     /// would open that inode, and a write would land on a state the path no longer names).
-    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+    pub async fn lookup(&self, parent: u64, name: &[u8], caller: Caller) -> Result<Attr, FsError> {
         if parent == ROOT_INO && name == CONTROL_DIR.as_bytes() {
             return Ok(self.control_attr(CONTROL_INO));
         }
@@ -474,7 +497,8 @@ impl Fs {
             if looked_up.len() >= LOOKUPS_REMEMBERED {
                 looked_up.clear();
             }
-            looked_up.insert(attr.ino, id);
+            let at = std::time::Instant::now();
+            looked_up.insert((attr.ino, caller.tid), LookedUp { path: id, at });
         }
         Ok(attr)
     }
@@ -532,22 +556,33 @@ impl Fs {
         if writable && self.node.knows_no_quorum() {
             return self.logged("open", &id, Err(FsError::Node(crate::node::Error::NoQuorum)));
         }
-        // A handle for writing must be bound to the state its path names now, in either read
-        // mode and with O_TRUNC too: bound to an inode another node has since replaced (`mv tmp
-        // conf`), its commit would land nowhere. A read handle waits in linearizable mode only.
-        let barrier = match writable {
-            true => self.node.catch_up().await,
-            false => self.node.read_barrier().await,
-        };
-        self.logged("open", &id, barrier.map_err(FsError::from))?;
+        // The lookup of this call's path walk, if it is recent: it answered after a read index
+        // taken once the call had begun, so this open needs none of its own.
+        let paired = self
+            .looked_up
+            .lock()
+            .unwrap()
+            .remove(&(ino, caller.tid))
+            .filter(|l| l.at.elapsed() < LOOKUP_PAIRS_WITHIN);
+        if paired.is_none() {
+            // A handle for writing must be bound to the state its path names now, in either
+            // read mode and with O_TRUNC too: bound to an inode another node has since replaced
+            // (`mv tmp conf`), its commit would land nowhere. A read handle waits in
+            // linearizable mode only.
+            let barrier = match writable {
+                true => self.node.catch_up().await,
+                false => self.node.read_barrier().await,
+            };
+            self.logged("open", &id, barrier.map_err(FsError::from))?;
+        }
         // Bind to the inode the kernel named, as it is now: it must still exist, and still have
         // the path it was looked up by (renamed away meanwhile, that path names another state
         // now, or none). ESTALE makes the kernel look the path up again and retry once.
         let Some(id) = self.node.replica().tree.id_of(ino).cloned() else {
             return self.logged("open", &id, Err(FsError::Stale));
         };
-        if let Some(looked_up) = self.looked_up.lock().unwrap().get(&ino).filter(|path| **path != id) {
-            tracing::debug!(state = %id, looked_up = %looked_up, "open: renamed since its lookup");
+        if let Some(looked_up) = paired.filter(|l| l.path != id) {
+            tracing::debug!(state = %id, looked_up = %looked_up.path, "open: renamed since its lookup");
             return Err(FsError::Stale);
         }
         self.open_id(ino, &id, flags, caller)

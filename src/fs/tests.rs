@@ -74,11 +74,7 @@ fn path() -> impl Strategy<Value = String> {
 }
 
 fn caller() -> impl Strategy<Value = Caller> {
-    prop::sample::select(vec![
-        Caller::ROOT,
-        Caller { uid: 1000, gid: 1000 },
-        Caller { uid: 65534, gid: 65534 },
-    ])
+    prop::sample::select(vec![Caller::ROOT, Caller::user(1000, 1000), Caller::user(65534, 65534)])
 }
 
 fn id() -> impl Strategy<Value = Option<u32>> {
@@ -298,7 +294,7 @@ fn model_apply(m: &mut BTreeMap<String, Model>, op: &Op) -> Result<(), i32> {
 async fn resolve(fs: &Fs, p: &str) -> Result<u64, FsError> {
     let mut ino = ROOT_INO;
     for part in p.split('/') {
-        ino = fs.lookup(ino, part.as_bytes()).await?.ino;
+        ino = fs.lookup(ino, part.as_bytes(), Caller::ROOT).await?.ino;
     }
     Ok(ino)
 }
@@ -586,7 +582,7 @@ fn committed_states_survive_a_restart_of_the_node() {
     });
 }
 
-const USER: Caller = Caller { uid: 1000, gid: 1000 };
+const USER: Caller = Caller::user(1000, 1000);
 
 #[test]
 fn owners_come_from_the_caller_and_root_alone_gives_states_away() {
@@ -599,7 +595,7 @@ fn owners_come_from_the_caller_and_root_alone_gives_states_away() {
         let root = fs.getattr(ROOT_INO, None).unwrap();
         assert_eq!((root.uid, root.gid), (0, 0), "the root is the mounting user's (root in this test)");
         let chown = |uid, gid| SetAttr { uid, gid, ..Default::default() };
-        let other = Caller { uid: 65534, gid: 65534 };
+        let other = Caller::user(65534, 65534);
         let e = fs.setattr(attr.ino, chown(Some(65534), None), USER).await.unwrap_err();
         assert_eq!(e.errno(), libc::EPERM, "a non-root owner cannot give its file away");
         let e = fs.setattr(attr.ino, chown(None, Some(65534)), other).await.unwrap_err();
@@ -672,7 +668,7 @@ fn symlink_targets_are_checked_and_read_back() {
         let a = fs.symlink(ROOT_INO, b"l", b"../somewhere", USER).await.unwrap();
         assert_eq!((a.kind, a.uid, a.size), (Kind::Symlink, 1000, 12));
         assert_eq!(fs.readlink(a.ino).unwrap(), b"../somewhere");
-        assert_eq!(fs.lookup(ROOT_INO, b"l").await.unwrap().kind, Kind::Symlink);
+        assert_eq!(fs.lookup(ROOT_INO, b"l", Caller::ROOT).await.unwrap().kind, Kind::Symlink);
         assert_eq!(fs.open(a.ino, libc::O_RDONLY, USER).await.unwrap_err().errno(), libc::ELOOP);
         let err = |r: Result<Attr, FsError>| r.unwrap_err().errno();
         assert_eq!(err(fs.symlink(ROOT_INO, b"l", b"x", USER).await), libc::EEXIST);
@@ -799,5 +795,29 @@ fn a_rewrite_through_one_descriptor_is_one_block_and_the_shells_early_flush_comm
         fs.flush(o.fh).await.unwrap();
         fs.release(o.fh);
         assert_eq!(height(), start, "a clean handle commits nothing");
+    });
+}
+
+#[test]
+fn an_open_fails_stale_when_its_path_was_renamed_since_its_lookup_and_binds_anew_after() {
+    with_fs(1 << 20, |fs| async move {
+        let (file, o) = fs.create(ROOT_INO, b"app.log", 0o644, 0, libc::O_WRONLY, USER).await.unwrap();
+        fs.release(o.fh);
+        let looked_up = fs.lookup(ROOT_INO, b"app.log", USER).await.unwrap();
+        assert_eq!(looked_up.ino, file.ino);
+        // Between this thread's lookup and its open, the state is renamed away (here; on a
+        // cluster, anywhere): the path the kernel walked names nothing now.
+        fs.rename(ROOT_INO, b"app.log", ROOT_INO, b"app.log.1", 0).await.unwrap();
+        let err = fs.open(file.ino, libc::O_RDONLY, USER).await.unwrap_err();
+        assert_eq!(err.errno(), libc::ESTALE, "an open bound to a renamed-away inode");
+        // Another thread's lookup is not this open's: the record is per thread.
+        let other = Caller { tid: 7, ..USER };
+        fs.lookup(ROOT_INO, b"app.log.1", other).await.unwrap();
+        let o = fs.open(file.ino, libc::O_RDONLY, USER).await.unwrap();
+        fs.release(o.fh);
+        // The kernel's retry looks the new name up again and then opens.
+        fs.lookup(ROOT_INO, b"app.log.1", USER).await.unwrap();
+        let o = fs.open(file.ino, libc::O_WRONLY | libc::O_TRUNC, USER).await.unwrap();
+        fs.release(o.fh);
     });
 }
