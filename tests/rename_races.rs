@@ -205,3 +205,49 @@ fn a_rewrite_racing_many_renames_elsewhere_is_applied_or_fails() {
         acked.len()
     );
 }
+
+/// Atomic saves on one member (`write tmp; mv tmp conf`) while readers on the two others read
+/// `conf` in a loop (`std::fs::read`: open, fstat, read, close): `conf` exists at every point of
+/// the chain, so no read may miss it. (The open's permission check and the fstat ask for the
+/// attributes of an inode that a save may have replaced a moment ago; ENOENT there reached the
+/// app.)
+#[test]
+fn a_file_replaced_by_atomic_saves_elsewhere_never_goes_missing_for_readers() {
+    let r = Race::start(3, None);
+    put(&r.prompt("conf"), b"saved 0\n");
+    r.wait_lagging_sees("conf");
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = [r.lagging, 3 - r.lagging - r.prompt]
+        .into_iter()
+        .map(|m| {
+            let path = r.c.path(m, "conf");
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let (mut reads, mut missing) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match fs::read(&path) {
+                        Ok(_) => reads += 1,
+                        Err(e) => missing.push(format!("member {m}: {e}")),
+                    }
+                }
+                (reads, missing)
+            })
+        })
+        .collect();
+    for round in 1..=150 {
+        put(&r.prompt("conf.tmp"), format!("saved {round}\n").as_bytes());
+        fs::rename(r.prompt("conf.tmp"), r.prompt("conf")).expect("mv conf.tmp conf");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let (reads, missing) = reader.join().expect("reader thread");
+        assert!(reads > 0, "a reader never read");
+        let shown = &missing[..missing.len().min(5)];
+        assert!(
+            missing.is_empty(),
+            "{} of {} reads failed: {shown:?}",
+            missing.len(),
+            reads + missing.len() as u64
+        );
+    }
+}

@@ -194,6 +194,14 @@ fn openat(dir: i32, name: &str, flags: i32) -> io::Result<i32> {
     check(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) })
 }
 
+fn renameat(dir: i32, from: &str, to: &str) -> io::Result<()> {
+    let (f, t) = (std::ffi::CString::new(from).unwrap(), std::ffi::CString::new(to).unwrap());
+    check(unsafe { libc::renameat(dir, f.as_ptr(), dir, t.as_ptr()) }).map(drop)
+}
+
+/// The note that marks a register write made by an atomic save (a temp file renamed over it).
+const ATOMIC_SAVE: &str = "atomic save";
+
 fn read_fd(fd: i32) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -265,7 +273,55 @@ fn run_client(ctx: ClientCtx) -> ClientLog {
             }
             dead_mount(errno)
         };
-        if roll < 45 {
+        if roll < 12 {
+            // Save a register atomically: write a temp file of its own, then rename it over the
+            // register. The rename is the register's write; an overwrite racing it on any mount
+            // either lands on the state its handle is bound to, or fails (issue 19).
+            let Some(&key) = ctx.writes.choose(&mut rng) else { continue };
+            seq += 1;
+            let value = format!("c{:02}-{seq:06}\n", ctx.id);
+            let tmp = format!("{key}.tmp-c{:02}-{seq:06}", ctx.id);
+            let saved = openat(dir, &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).and_then(|fd| {
+                if let Err(e) = write_all_raw(fd, value.as_bytes()) {
+                    unsafe { libc::close(fd) };
+                    return Err(e);
+                }
+                close_raw(fd)
+            });
+            if let Err(e) = saved {
+                // The register was not touched: its write was never sent.
+                log.counts.writes_not_sent += 1;
+                if failed(&mut log, "write a temp file", &tmp, &e) {
+                    root.reset();
+                }
+                continue;
+            }
+            let invoke = now(ctx.origin);
+            let result = renameat(dir, &tmp, key);
+            let complete = now(ctx.origin);
+            let (outcome, op_note) = match &result {
+                Ok(()) => {
+                    log.counts.writes_acked += 1;
+                    (WriteOutcome::Acked, format!("{note}, {ATOMIC_SAVE}"))
+                }
+                Err(e) => {
+                    log.counts.writes_unknown += 1;
+                    let msg = format!("{note}, {ATOMIC_SAVE}, rename: {}", errno_name(err_no(e)));
+                    if failed(&mut log, "rename", key, e) {
+                        root.reset();
+                    }
+                    (WriteOutcome::Unknown, msg)
+                }
+            };
+            log.ops.push(Operation {
+                key: key.to_string(),
+                op: Op::Write { value, outcome },
+                invoke,
+                complete,
+                client: ctx.id,
+                note: op_note,
+            });
+        } else if roll < 45 {
             // Overwrite a register with a value no one else writes.
             let Some(&key) = ctx.writes.choose(&mut rng) else { continue };
             seq += 1;
@@ -781,11 +837,13 @@ fn check_appends(ops: &[Operation<String>], final_content: Option<&str>) -> Vec<
 
 // ----- checks on the chain -----
 
-/// Per state, the contents of its `put` transactions with outcome ok, in chain order; and per lock, how many
-/// exclusive creates won.
+/// Per state, the contents it was given by `put` transactions with outcome ok and by renames of a
+/// state that held a put's content over it, in chain order; and per lock, how many exclusive creates won.
 fn chain_writes(blocks: &[Value]) -> (HashMap<String, Vec<String>>, HashMap<String, usize>) {
     let mut puts: HashMap<String, Vec<String>> = HashMap::new();
     let mut excl: HashMap<String, usize> = HashMap::new();
+    // What each state holds, as far as puts and renames tell.
+    let mut holds: HashMap<String, String> = HashMap::new();
     for b in blocks {
         for tx in b["txs"].as_array().into_iter().flatten() {
             if tx["outcome"] != Value::String("ok".into()) {
@@ -797,7 +855,21 @@ fn chain_writes(blocks: &[Value]) -> (HashMap<String, Vec<String>>, HashMap<Stri
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
+                holds.insert(id.clone(), content.clone());
                 puts.entry(id).or_default().push(content);
+            }
+            if let Some(r) = tx["op"].get("rename") {
+                let (from, to) =
+                    (r["from"].as_str().unwrap_or_default(), r["to"].as_str().unwrap_or_default());
+                match holds.remove(from) {
+                    Some(content) => {
+                        holds.insert(to.to_string(), content.clone());
+                        puts.entry(to.to_string()).or_default().push(content);
+                    }
+                    None => {
+                        holds.remove(to);
+                    }
+                }
             }
             if let Some(cr) = tx["op"].get("create") {
                 if cr["exclusive"].as_bool() == Some(true) {
@@ -855,7 +927,16 @@ fn check_chain(
             }
         }
         for (v, o) in by_value {
-            if matches!(o.op, Op::Write { outcome: WriteOutcome::Acked, .. }) && !position.contains_key(v) {
+            // An overwrite whose state an atomic save replaced after it was opened went nowhere, as
+            // it would on ext4 (DESIGN §1.3): allowed when such a save ran while it did.
+            let replaced_while_open = !o.note.contains(ATOMIC_SAVE)
+                && by_value.values().any(|save| {
+                    save.note.contains(ATOMIC_SAVE) && save.invoke < o.complete && save.complete > o.invoke
+                });
+            if matches!(o.op, Op::Write { outcome: WriteOutcome::Acked, .. })
+                && !position.contains_key(v)
+                && !replaced_while_open
+            {
                 problems.push(format!(
                     "{key}: the acknowledged write {v:?} (client {}, {:.3}–{:.3} s, {}) is not in the chain",
                     o.client,

@@ -503,19 +503,35 @@ impl Fs {
         Ok(attr)
     }
 
-    /// `getattr`. With a handle open for writing, the size is that of its buffer.
+    /// `getattr`. With a handle open for writing, the size is that of its buffer. A state removed
+    /// (or replaced by a rename) while open stays stat-able through its handles, as an unlinked
+    /// file is (with a link count of 0); an inode that is gone with no handle open is stale:
+    /// `ESTALE` makes the kernel look its path up again (the permission check of an `open`
+    /// asks for attributes before the open itself, and ENOENT there would reach the app).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
         if ino == CONTROL_INO || ino == STATUS_INO {
             return Ok(self.control_attr(ino));
         }
         let current = self.id_of(ino).ok().and_then(|id| self.entry_attr(&id));
-        let Some(open) = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned()) else {
-            return current.ok_or_else(Self::not_found);
+        let open = {
+            let handles = self.handles.lock().unwrap();
+            match (fh, &current) {
+                (Some(fh), _) => handles.get(&fh).cloned(),
+                // `fstat` names no handle: any handle of the removed inode answers.
+                (None, None) => handles.values().find(|h| h.lock().unwrap().attr.ino == ino).cloned(),
+                (None, Some(_)) => None,
+            }
+        };
+        let Some(open) = open else {
+            return current.ok_or(FsError::Stale);
         };
         let open = open.lock().unwrap();
-        // An open file stays stat-able after its state is removed, like an unlinked file, and
-        // its size is that of what the handle reads: the snapshot, or the write buffer.
+        // Its size is that of what the handle reads: the snapshot, or the write buffer.
+        let removed = current.is_none();
         let mut attr = current.unwrap_or_else(|| open.attr.clone());
+        if removed {
+            attr.nlink = 0;
+        }
         attr.size = match &open.handle {
             Handle::Write(w) => w.content_len() as u64,
             Handle::Read(content) => content.len() as u64,
@@ -550,7 +566,12 @@ impl Fs {
             );
             return Ok(Opened { fh, direct_io: true, keep_cache: false, no_flush: true });
         }
-        let id = self.id_of(ino)?;
+        // An inode that is gone (replaced by a rename since the kernel looked it up) is stale, not
+        // missing: ESTALE makes the kernel look the path up again, ENOENT would reach the app.
+        let id = match self.id_of(ino) {
+            Err(FsError::Precondition(crate::chain::Reject::NotFound)) => return Err(FsError::Stale),
+            other => other?,
+        };
         // A diverged node serves nothing (its status above stays readable).
         self.logged("open", &id, self.node.serving().map_err(FsError::from))?;
         if writable && self.node.knows_no_quorum() {
@@ -593,6 +614,8 @@ impl Fs {
             let replica = self.node.replica();
             match replica.tree.get(id) {
                 None => return Err(Self::not_found()),
+                // Replaced between the caller's look at the tree and this one.
+                Some(entry) if entry.ino != ino => return Err(FsError::Stale),
                 Some(Entry { kind: EntryKind::Dir, .. }) => {
                     return Err(FsError::Precondition(crate::chain::Reject::IsADirectory))
                 }
