@@ -121,7 +121,7 @@ pub fn prepare(path: &Path, phase: Phase) -> Result<PathBuf, String> {
                 absolute.join("lightchain").display()
             ));
         }
-        match std::fs::metadata(&absolute) {
+        match ask_the_server(&absolute) {
             Err(e) if is_dead(&e) => {}
             // A live mount: another lightchain, or another FUSE program. Mounting on top would hide it.
             _ => {
@@ -180,6 +180,21 @@ fn mount_guard(path: &Path) -> io::Result<()> {
         libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, options.as_ptr().cast())
     };
     if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `statfs(2)` of `path`: on a FUSE mount a request its server must answer. (A `stat` may be
+/// answered from the kernel's attribute cache: right after a crash it succeeds on a dead mount.)
+fn ask_the_server(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs is plain old data, filled in by the kernel.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and buf a valid statfs to fill.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
