@@ -145,6 +145,10 @@ fn manifests_say_what_the_schema_cannot() {
     let (_, fuse) = mount_of(spec, side, "/dev/fuse");
     assert_eq!(fuse["hostPath"]["path"], "/dev/fuse", "the sidecar gets /dev/fuse");
     assert!(a.iter().any(|x| x == "--allow-other"), "the app is another user: --allow-other");
+    assert!(
+        a.iter().any(|x| x == "--release-guard-on-stop"),
+        "a clean stop (the pod's end) leaves no mount in the emptyDir: --release-guard-on-stop"
+    );
 
     let token = flag(&a, "--cluster-token-file");
     assert_eq!(token.len(), 1, "one --cluster-token-file");
@@ -528,8 +532,9 @@ impl Pod {
         podman.try_run(&["exec", &self.app, "sh", "-c", script])
     }
 
-    /// FUSE mounts at the pod's mountpoint, seen from the host.
-    fn fuse_mounts(&self) -> Vec<String> {
+    /// Every mount at the pod's mountpoint, seen from the host (mountinfo lines, bottom first
+    /// as listed).
+    fn mounts(&self) -> Vec<String> {
         let want = self.host_mount.to_str().unwrap().replace(' ', "\\040");
         fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
@@ -537,6 +542,16 @@ impl Pod {
             .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The FUSE mounts at the pod's mountpoint, seen from the host.
+    fn fuse_mounts(&self) -> Vec<String> {
+        self.mounts().into_iter().filter(|l| l.contains(" - fuse")).collect()
+    }
+
+    /// Whether the host sees the sidecar's read-only guard at the pod's mountpoint.
+    fn guarded(&self) -> bool {
+        self.mounts().iter().any(|l| l.contains(&format!(" - tmpfs {} ", common::GUARD_SOURCE)))
     }
 }
 
@@ -624,6 +639,16 @@ fn sidecar_serves_a_non_root_app_recovers_from_kill9_and_stops_cleanly() {
     });
     assert!(err.contains("Transport endpoint is not connected"), "ENOTCONN in the app: {err}");
     assert_eq!(pod.fuse_mounts().len(), 1, "the dead FUSE mount stays until a sidecar replaces it");
+    assert!(pod.guarded(), "the guard beneath it outlives the sidecar: {:#?}", pod.mounts());
+    // What the restart does first, done here from the host so that the window stays open: the
+    // dead mount is detached, and the app (HostToContainer) sees the guard, never the emptyDir.
+    unsafe { libc::umount2(common::cpath(&pod.host_mount).as_ptr(), libc::MNT_DETACH) };
+    assert!(pod.fuse_mounts().is_empty(), "the dead mount is detached: {:#?}", pod.mounts());
+    let (ok, out, err) = pod.app_sh(&podman, "echo lost > /shared/lightchain/in-the-window");
+    assert!(
+        !ok && err.contains("Read-only file system"),
+        "EROFS in the app while no sidecar serves: {out}{err}"
+    );
     // The kubelet restarts the sidecar: the dead mount is replaced, the same app works again.
     podman.run(&["start", &pod.sidecar]);
     pod.start_like_a_kubelet(&podman);
@@ -660,7 +685,9 @@ fn sidecar_serves_a_non_root_app_recovers_from_kill9_and_stops_cleanly() {
     podman.run(&["pod", "stop", "-t", &grace, &pod.name]);
     assert_eq!(podman.inspect(&pod.sidecar, "{{.State.ExitCode}}"), "0", "lightchain exits 0 on SIGTERM");
     assert_eq!(podman.inspect(&pod.app, "{{.State.ExitCode}}"), "0");
-    assert!(pod.fuse_mounts().is_empty(), "no mount left behind: {:#?}", pod.fuse_mounts());
+    assert!(pod.mounts().is_empty(), "no mount left behind, the guard neither: {:#?}", pod.mounts());
+    let beneath = fs::read_dir(&pod.host_mount).unwrap().count();
+    assert_eq!(beneath, 0, "no write ever landed in the emptyDir beneath the mounts");
     let mut verify = Command::new(BIN);
     verify.arg("verify").arg("--data").arg(&pod.data);
     assert_ok(&run_command(verify, Duration::from_secs(60)), "lightchain verify on the pod's data volume");
@@ -741,6 +768,6 @@ fn three_sidecar_pods_form_one_cluster_and_see_each_others_writes() {
     for pod in &pods {
         podman.run(&["pod", "stop", "-t", "30", &pod.name]);
         assert_eq!(podman.inspect(&pod.sidecar, "{{.State.ExitCode}}"), "0", "{} exits 0", pod.name);
-        assert!(pod.fuse_mounts().is_empty(), "no mount left behind by {}", pod.name);
+        assert!(pod.mounts().is_empty(), "no mount left behind by {}: {:#?}", pod.name, pod.mounts());
     }
 }

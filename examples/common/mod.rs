@@ -56,7 +56,7 @@ impl Mounted {
         self.child = Some(child);
     }
 
-    /// SIGTERM, wait, and a lazy unmount of whatever is left.
+    /// SIGTERM, wait, and a lazy unmount of whatever is left (the guard included).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child.
@@ -64,8 +64,13 @@ impl Mounted {
             let _ = child.wait();
         }
         if let Ok(path) = CString::new(self.mnt.as_os_str().as_bytes()) {
-            // SAFETY: a valid C string; failing (nothing mounted) is fine.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            // The FUSE mount if it is left, and the read-only guard the node keeps beneath it.
+            // SAFETY: a valid C string; failing (nothing left mounted) ends the loop.
+            for _ in 0..4 {
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    break;
+                }
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //!
 //! See `docs/architecture/cli.md`.
 
+mod guard;
 mod history;
 mod member;
 mod mount;
@@ -173,6 +174,11 @@ pub struct MountArgs {
     /// resolved again every round. Needs --bootstrap-expect.
     #[arg(long, env = "LIGHTCHAIN_DISCOVER_DNS", requires = "bootstrap_expect")]
     pub discover_dns: Option<String>,
+    /// On a clean stop, also remove the read-only guard mounted beneath the FUSE mount, leaving
+    /// MOUNTPOINT a plain (writable) directory. Without it the guard stays, so no write lands
+    /// there while no node serves it; `umount MOUNTPOINT` releases it.
+    #[arg(long, env = "LIGHTCHAIN_RELEASE_GUARD_ON_STOP")]
+    pub release_guard_on_stop: bool,
     /// Mutual TLS for peer traffic.
     #[command(flatten)]
     pub tls: PeerTlsArgs,

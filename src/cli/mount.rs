@@ -1,14 +1,15 @@
 //! `lightchain mount`: start a node, serve gRPC and the filesystem, stop cleanly on a signal.
 //!
-//! Start-up order: refuse a mountpoint that is the root of another (non-FUSE) mount, open the
-//! data directory and start consensus, bind and serve gRPC, wait for a leader, replace a dead
-//! FUSE mount left by a crash, mount, log `ready`. Shutdown order
-//! (SIGINT/SIGTERM, or the mount going away): fail every pending commit (`EIO` to the apps
-//! waiting in `close`), stop gRPC and consensus, unmount, exit 0.
+//! Start-up order: refuse a mountpoint that holds a live or a foreign (non-FUSE, non-guard)
+//! mount, touching nothing; open (and lock) the data directory; guard the mountpoint with a
+//! read-only mount if it has none ([`guard`]: from here on no write lands under it); bind and
+//! serve gRPC, start consensus, wait for a leader; detach a dead FUSE mount left by a crash
+//! (the last step before mounting, so the window in which the guard alone answers is a few
+//! milliseconds); mount; log `ready`. Shutdown order (SIGINT/SIGTERM, or the mount going away):
+//! fail every pending commit (`EIO` to the apps waiting in `close`), stop gRPC and consensus,
+//! unmount, and leave the guard (writes keep failing with `EROFS`) unless
+//! `--release-guard-on-stop`; exit 0.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::guard::{self, Phase};
 use super::{data_dir, MountArgs};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{Fs, FsConfig};
@@ -58,8 +60,8 @@ pub(super) fn run(args: MountArgs) -> ExitCode {
 }
 
 async fn serve(args: MountArgs) -> Result<(), String> {
-    // Before anything is created or started: a volume root is refused at once.
-    refuse_volume_root(&args.mountpoint)?;
+    // Before anything is created or started: a volume root or a live mount is refused at once.
+    guard::prepare(&args.mountpoint, Phase::Check)?;
     let peer_tls = args.tls.load().map_err(|e| e.to_string())?;
     if peer_tls.is_some() {
         tracing::info!(
@@ -69,6 +71,11 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     let data_path = data_dir(args.data.clone());
     let data =
         DataDir::create(&data_path).map_err(|e| format!("data directory {}: {e}", data_path.display()))?;
+    // A second process on this data directory must leave the mountpoint alone: try its lock
+    // first (`Node::start` takes it for good a moment later). Then guard the mountpoint: from
+    // here on it refuses every write until the FUSE mount serves it, and after this process ends.
+    drop(data.lock().map_err(|e| format!("cannot start the node: {e}"))?);
+    let mountpoint = guard::prepare(&args.mountpoint, Phase::Start)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -122,7 +129,6 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         return Err(format!("no leader within {READY_TIMEOUT:?}"));
     }
 
-    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let fs = Arc::new(Fs::new(
         node.clone(),
         // SAFETY: getuid/getgid have no preconditions.
@@ -146,6 +152,9 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     // examples/bench.rs; no difference on 3 nodes). An idle one costs a blocked read.
     options.n_threads = Some(8);
     let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
+    // The last step before the mount: a dead FUSE mount left by a crash (answering ENOTCONN
+    // until now) is detached, the guard beneath answers EROFS for the moment until the new mount.
+    guard::prepare(&mountpoint, Phase::Mount)?;
     let session = fuser::Session::new(adapter, &mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", mountpoint.display()))?;
     let session = session.spawn().map_err(|e| format!("cannot start serving the mount: {e}"))?;
@@ -173,8 +182,16 @@ async fn serve(args: MountArgs) -> Result<(), String> {
     if !session.guard.is_finished() {
         if let Err(e) = session.umount_and_join() {
             tracing::warn!(error = %e, "unmount failed; detaching the mount lazily");
-            lazy_unmount(&mountpoint);
+            guard::lazy_unmount(&mountpoint);
         }
+    }
+    if args.release_guard_on_stop {
+        guard::release(&mountpoint);
+    } else {
+        tracing::info!(
+            mountpoint = %mountpoint.display(),
+            "the mountpoint stays guarded (writes fail with EROFS) until the next start; `umount` releases it"
+        );
     }
     tracing::info!("stopped");
     Ok(())
@@ -199,97 +216,6 @@ async fn wait_for_stop(session: &fuser::BackgroundSession) {
                 }
             }
         }
-    }
-}
-
-/// Creates the mountpoint if missing and replaces a dead FUSE mount left by a crash.
-/// Any other mount exactly at the mountpoint — a live one, or one that is not FUSE — is
-/// left alone, with an error. (A mountpoint *inside* another mount, as in a shared volume
-/// in Kubernetes, is the normal case and is fine.)
-fn prepare_mountpoint(path: &Path) -> Result<std::path::PathBuf, String> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            let absolute =
-                std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
-            refuse_volume_root(&absolute)?;
-            if let Some(fstype) = mount_type(&absolute) {
-                // A live mount: another lightchain (fuse) or something that is not ours.
-                // Mounting on top would hide it; leave it alone.
-                return Err(format!(
-                    "mountpoint {} already has a live {fstype} mount; not mounting on top of it \
-                     (stop whatever serves it, or choose another mountpoint)",
-                    absolute.display()
-                ));
-            }
-        }
-        Ok(_) => return Err(format!("mountpoint {} is not a directory", path.display())),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
-            match mount_type(&absolute) {
-                Some(fstype) if fstype.starts_with("fuse") => {
-                    tracing::warn!(mountpoint = %absolute.display(), "replacing a dead FUSE mount left by a crashed node");
-                    lazy_unmount(&absolute);
-                }
-                other => {
-                    return Err(format!(
-                        "mountpoint {} is not connected and is not a FUSE mount ({other:?}); not touching it",
-                        absolute.display()
-                    ))
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path)
-                .map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))?;
-        }
-        Err(e) => return Err(format!("mountpoint {}: {e}", path.display())),
-    }
-    std::fs::canonicalize(path).map_err(|e| format!("mountpoint {}: {e}", path.display()))
-}
-
-/// Refuses a mountpoint that is the root of a mount other than FUSE: in a container that is
-/// a shared volume (an `emptyDir` bind-mounted in), and mounting on it would hide the volume
-/// from the other containers and break mount propagation, so the user is told to use a
-/// subdirectory. A FUSE mount there (dead or live) is [`prepare_mountpoint`]'s business; a
-/// missing or unreadable path is left for it to report too.
-fn refuse_volume_root(path: &Path) -> Result<(), String> {
-    let absolute = match std::fs::canonicalize(path) {
-        Ok(p) => p,
-        Err(_) => match std::path::absolute(path) {
-            Ok(p) => p,
-            Err(_) => return Ok(()),
-        },
-    };
-    match mount_type(&absolute) {
-        Some(fstype) if !fstype.starts_with("fuse") => Err(format!(
-            "mountpoint {} is the root of a {fstype} mount (a shared volume?); lightchain does not \
-             mount on top of it: mount on a subdirectory of the volume instead, e.g. {}",
-            absolute.display(),
-            absolute.join("lightchain").display()
-        )),
-        Some(_) | None => Ok(()),
-    }
-}
-
-/// The filesystem type mounted exactly at `path`, from `/proc/self/mountinfo`.
-fn mount_type(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = path.to_str()?;
-    info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mount_point = fields.get(4)?.replace("\\040", " ");
-        let separator = fields.iter().position(|f| *f == "-")?;
-        (mount_point == wanted).then(|| fields.get(separator + 1).map(|s| s.to_string()))?
-    })
-}
-
-fn lazy_unmount(path: &Path) {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
-        tracing::warn!(mountpoint = %path.display(), error = %std::io::Error::last_os_error(), "lazy unmount failed");
     }
 }
 

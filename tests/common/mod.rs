@@ -6,8 +6,9 @@
 //! global lock or fixed ports.
 //!
 //! Nothing may be left behind, even when a test panics or the filesystem hangs:
-//! - `Drop` kills the child if it is alive, reaps it, and lazily unmounts the mountpoint (`MNT_DETACH`)
-//!   before the `TempDir` is removed (so `remove_dir_all` never walks into a live mount);
+//! - `Drop` kills the child if it is alive, reaps it, and lazily unmounts (`MNT_DETACH`) every mount at
+//!   the mountpoint — the FUSE mount and the read-only guard the node leaves beneath it — before the
+//!   `TempDir` is removed (so `remove_dir_all` never walks into a mount);
 //! - a watchdog thread SIGKILLs the child after [`WATCHDOG`]: the kernel then aborts the FUSE connection and
 //!   every syscall blocked on the mount returns `ENOTCONN`, so a hung filesystem fails the test instead of
 //!   hanging `cargo test`;
@@ -565,14 +566,8 @@ impl Drop for Node {
             }
         }
         self.watchdog_stop = None;
-        // Detach whatever is mounted there (several times, in case mounts were stacked).
-        if let Ok(c) = CString::new(self.mount().as_os_str().as_bytes()) {
-            for _ in 0..4 {
-                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                    break;
-                }
-            }
-        }
+        // Detach whatever is mounted there: the FUSE mount, dead or live, and the guard beneath.
+        detach_all(&self.mount());
         // A panic inside the node is a bug even when the test's own assertions passed.
         if !thread::panicking() && self.log().contains("panicked at") {
             panic!("the lightchain node panicked during this test\n{}", self.log_tail(80));
@@ -616,11 +611,37 @@ fn sweep_leftovers() {
         if Path::new(&format!("/proc/{owner}")).exists() {
             continue;
         }
-        if let Ok(c) = CString::new(path.join("mnt").as_os_str().as_bytes()) {
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        detach_all(&path.join("mnt"));
         let _ = fs::remove_dir_all(&path);
     }
+}
+
+/// Detaches every mount stacked at `path` (`MNT_DETACH`, top first): a FUSE mount, dead or
+/// live, and the read-only guard a node leaves beneath it (DESIGN §1.1). Returns how many.
+pub fn detach_all(path: &Path) -> usize {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return 0 };
+    let mut detached = 0;
+    while detached < 8 && unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        detached += 1;
+    }
+    detached
+}
+
+/// The source name of the read-only guard a node mounts beneath its FUSE mount
+/// (`src/cli/guard.rs`).
+pub const GUARD_SOURCE: &str = "lightchain-guard";
+
+/// Whether a `/proc/mounts` line is a node's guard: a read-only tmpfs named [`GUARD_SOURCE`].
+pub fn is_guard_line(line: &str) -> bool {
+    let fields: Vec<&str> = line.split(' ').collect();
+    fields.first() == Some(&GUARD_SOURCE)
+        && fields.get(2) == Some(&"tmpfs")
+        && fields.get(3).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+}
+
+/// Whether a `/proc/mounts` line is a FUSE mount.
+pub fn is_fuse_line(line: &str) -> bool {
+    line.split(' ').nth(2).is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
 }
 
 pub fn force_unmount(mnt: &Path) {
@@ -800,6 +821,7 @@ pub fn errno_name(e: i32) -> String {
         libc::ENOTEMPTY => "ENOTEMPTY",
         libc::EOPNOTSUPP => "EOPNOTSUPP/ENOTSUP",
         libc::ENOTCONN => "ENOTCONN",
+        libc::ECONNABORTED => "ECONNABORTED",
         libc::ETIMEDOUT => "ETIMEDOUT",
         _ => return format!("errno {e} ({})", io::Error::from_raw_os_error(e)),
     };
