@@ -54,8 +54,9 @@ use common::faults::{self, Partitions};
 use common::*;
 use linearizability::{ExclOutcome, Op, Operation, WriteOutcome};
 
-/// Seconds of fault schedule when `LIGHTCHAIN_ROBUSTNESS_SECS` is not set (keeps the test under 2 minutes).
-const DEFAULT_SECS: u64 = 60;
+/// Seconds of fault schedule when `LIGHTCHAIN_ROBUSTNESS_SECS` is not set: 300, as issue 19 asks (bugs
+/// show at 300 s that 75 s does not reach); the test takes about 5½ minutes.
+const DEFAULT_SECS: u64 = 300;
 
 /// `--snapshot-every` of the members when `LIGHTCHAIN_ROBUSTNESS_SNAPSHOT_EVERY` is not set (a run makes
 /// several thousand blocks).
