@@ -362,6 +362,11 @@ fn encode_op(e: &mut Encoder, op: &TxOp) {
             e.time(*atime);
             e.time(*mtime);
         }
+        TxOp::Limits { max_state_size, initial } => {
+            e.u8(14);
+            e.u64(*max_state_size);
+            e.u8(u8::from(*initial));
+        }
     }
 }
 
@@ -396,6 +401,7 @@ fn encode_outcome(e: &mut Encoder, outcome: Outcome) {
                 Reject::Invalid => 5,
                 Reject::NameTooLong => 6,
                 Reject::Moved => 7,
+                Reject::TooBig => 8,
             });
         }
     }

@@ -10,12 +10,14 @@
 mod block;
 mod build;
 pub mod dedup;
+mod limits;
 mod state_id;
 mod tree;
 mod tx;
 
 pub use block::{Block, BlockHash, BlockTx, Digest, Height, LinkError};
 pub use build::{apply_batch, replay, LogPosition, ReplayError, Tip};
+pub use limits::{admit, Limits, DEFAULT_MAX_STATE_SIZE, MAX_STATE_SIZE_CAP};
 pub use state_id::{StateId, StateIdError, CONTROL_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use tree::{
     mode_after_unprivileged_write, ApplyCtx, Change, Entry, EntryKind, InodeNo, Tree, ROOT_INO, SYMLINK_MODE,

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::block::{Digest, Encoder, Height};
 use super::dedup::{Dedup, Verdict};
 use super::tx::{Content, Outcome, Reject, RenameMode, TimeSpec, Transaction, TxOp, MAX_SYMLINK_TARGET};
-use super::StateId;
+use super::{Limits, StateId};
 
 /// Inode number of a state; the root directory is 1.
 pub type InodeNo = u64;
@@ -222,6 +222,8 @@ pub struct Tree {
     next_ino: InodeNo,
     root: StateRoot,
     dedup: Dedup,
+    /// The cluster's limits, once a `Limits` transaction set them.
+    limits: Option<Limits>,
 }
 
 impl Default for Tree {
@@ -239,6 +241,7 @@ impl Tree {
             next_ino: ROOT_INO + 1,
             root: StateRoot::default(),
             dedup: Dedup::default(),
+            limits: None,
         };
         let root = Entry {
             ino: ROOT_INO,
@@ -279,6 +282,16 @@ impl Tree {
     /// The digest of the whole tree.
     pub fn state_root(&self) -> Digest {
         self.root.digest()
+    }
+
+    /// The limits every transaction is applied under: the chain's, or the caps while it has none.
+    pub fn limits(&self) -> Limits {
+        self.limits.unwrap_or(Limits::CAPS)
+    }
+
+    /// Whether a `Limits` transaction has set the limits.
+    pub fn limits_set(&self) -> bool {
+        self.limits.is_some()
     }
 
     /// All entries in path order (the root first).
@@ -370,7 +383,13 @@ impl Tree {
             Verdict::Expired => return (Outcome::Expired, Vec::new()),
             Verdict::Fresh => {}
         }
-        let (outcome, changes) = match self.apply_op(ctx, &tx.op) {
+        // A membership change comes from consensus itself (node 0), never from a member.
+        let forged_membership = matches!(tx.op, TxOp::Membership { .. }) && tx.request.node != 0;
+        let applied = match forged_membership {
+            true => Err(Reject::Invalid),
+            false => self.apply_op(ctx, &tx.op),
+        };
+        let (outcome, changes) = match applied {
             Ok(changes) => (Outcome::Ok, changes),
             Err(reject) => (Outcome::Rejected(reject), Vec::new()),
         };
@@ -388,10 +407,16 @@ impl Tree {
         match op {
             TxOp::Put { id, content, uid, gid, ino } => {
                 self.check_ino(id, *ino)?;
+                self.check_size(content.len() as u64)?;
                 self.write_file(ctx, id, (*uid, *gid), |_| content.clone())
             }
             TxOp::Append { id, content, uid, gid, ino } => {
                 self.check_ino(id, *ino)?;
+                let old_len = match self.entries.get(id).map(|e| &e.kind) {
+                    Some(EntryKind::File(old)) => old.len() as u64,
+                    _ => 0,
+                };
+                self.check_size(old_len.saturating_add(content.len() as u64))?;
                 self.write_file(ctx, id, (*uid, *gid), |old| match old {
                     Some(old) if !old.is_empty() => {
                         let mut bytes = Vec::with_capacity(old.len() + content.len());
@@ -430,6 +455,8 @@ impl Tree {
                     EntryKind::Symlink(_) => return Err(Reject::Invalid),
                     EntryKind::Dir => unreachable!("non_dir() returns no directories"),
                 };
+                // Checked before anything is allocated: `truncate -s 1T` is a rejection, not an abort.
+                self.check_size(*size)?;
                 let size = usize::try_from(*size).map_err(|_| Reject::Invalid)?;
                 let mut bytes = old.as_bytes().to_vec();
                 bytes.resize(size, 0);
@@ -469,6 +496,17 @@ impl Tree {
                 Ok(vec![Change::ModeChanged(id.clone())])
             }
             TxOp::Membership { .. } => Ok(Vec::new()),
+            TxOp::Limits { max_state_size, initial } => {
+                let limits = Limits { max_state_size: *max_state_size };
+                if !limits.valid() {
+                    return Err(Reject::Invalid);
+                }
+                if *initial && self.limits.is_some() {
+                    return Err(Reject::AlreadyExists);
+                }
+                self.limits = Some(limits);
+                Ok(Vec::new())
+            }
             TxOp::Symlink { id, target, uid, gid } => {
                 let parent = self.check_parent(id)?;
                 if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains('\0') {
@@ -533,6 +571,14 @@ impl Tree {
     /// Sets a file's content to `make(old content)`, creating the file (owned by `owner`) if
     /// it is missing. A symlink is not written through: the kernel follows links before it
     /// asks us, so a write that names one is invalid.
+    /// A state of `len` bytes fits the cluster's limits.
+    fn check_size(&self, len: u64) -> Result<(), Reject> {
+        match len > self.limits().max_state_size {
+            true => Err(Reject::TooBig),
+            false => Ok(()),
+        }
+    }
+
     fn write_file(
         &mut self,
         ctx: &ApplyCtx,
@@ -894,6 +940,64 @@ mod tests {
         h.apply(put("f", "later"));
         assert_eq!(h.tree.apply(&ctx, &tx).0, Outcome::Duplicate);
         assert_eq!(h.content("f").unwrap(), b"later");
+    }
+
+    #[test]
+    fn no_transaction_grows_a_state_past_the_clusters_limit_and_none_allocates_what_it_asks() {
+        let mut h = Harness::new();
+        assert!(!h.tree.limits_set());
+        assert_eq!(h.tree.limits(), Limits::CAPS, "a chain without limits applies the caps");
+        // `truncate -s 1T` (or 16 EiB) is a rejection, before any allocation.
+        h.apply(put("f", "abc"));
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("f"), size: 1 << 40 }), rejected(Reject::TooBig));
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("f"), size: u64::MAX }), rejected(Reject::TooBig));
+        assert_eq!(h.content("f").unwrap(), b"abc", "nothing changed");
+
+        let limits = |max_state_size, initial| TxOp::Limits { max_state_size, initial };
+        assert_eq!(h.apply(limits(8, true)), Outcome::Ok);
+        assert_eq!(h.tree.limits().max_state_size, 8);
+        assert_eq!(h.apply(limits(100, true)), rejected(Reject::AlreadyExists), "one initial limits wins");
+        assert_eq!(h.tree.limits().max_state_size, 8);
+
+        assert_eq!(h.apply(put("g", "12345678")), Outcome::Ok, "exactly the limit fits");
+        assert_eq!(h.apply(put("g", "123456789")), rejected(Reject::TooBig));
+        assert_eq!(h.content("g").unwrap(), b"12345678");
+        let append = |c: &str| TxOp::Append {
+            id: sid("f"),
+            content: Content::from(c.as_bytes()),
+            uid: 0,
+            gid: 0,
+            ino: None,
+        };
+        assert_eq!(h.apply(append("defgh")), Outcome::Ok, "3 + 5 bytes fit");
+        assert_eq!(h.apply(append("i")), rejected(Reject::TooBig), "the append is checked on the sum");
+        assert_eq!(h.content("f").unwrap(), b"abcdefgh");
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("f"), size: 9 }), rejected(Reject::TooBig));
+        assert_eq!(h.apply(TxOp::Truncate { id: sid("f"), size: 2 }), Outcome::Ok);
+
+        // A later change applies to what follows; states already larger stay as they are.
+        assert_eq!(h.apply(limits(4, false)), Outcome::Ok);
+        assert_eq!(h.content("g").unwrap(), b"12345678");
+        assert_eq!(h.apply(put("g", "12345")), rejected(Reject::TooBig));
+        assert_eq!(h.apply(limits(0, false)), rejected(Reject::Invalid));
+        assert_eq!(h.apply(limits(MAX_CAP_PLUS_ONE, false)), rejected(Reject::Invalid));
+        assert_eq!(h.tree.limits().max_state_size, 4, "invalid limits change nothing");
+    }
+
+    const MAX_CAP_PLUS_ONE: u64 = crate::chain::MAX_STATE_SIZE_CAP + 1;
+
+    #[test]
+    fn a_membership_change_from_anyone_but_consensus_is_invalid() {
+        let mut h = Harness::new();
+        let members = crate::chain::Members { configs: vec![], nodes: Default::default() };
+        assert_eq!(h.apply(TxOp::Membership { members: members.clone() }), rejected(Reject::Invalid));
+        let ctx = ApplyCtx { height: 9, timestamp_ms: 9 };
+        let from_consensus = Transaction {
+            request: RequestId { node: 0, incarnation: 0, seq: 9 },
+            acked_below: 9,
+            op: TxOp::Membership { members },
+        };
+        assert_eq!(h.tree.apply(&ctx, &from_consensus).0, Outcome::Ok);
     }
 
     #[test]

@@ -296,8 +296,19 @@ pub enum TxOp {
     Rmdir { id: StateId },
     /// Change permission bits.
     Chmod { id: StateId, mode: u32 },
-    /// A consensus membership change (also the genesis block's only transaction).
+    /// A consensus membership change (also the genesis block's only transaction). Only
+    /// consensus itself (request node 0, alone in its block) makes one; from anyone else it is
+    /// rejected as invalid.
     Membership { members: Members },
+    /// Set the cluster-wide limits ([`Limits`](super::Limits)). With `initial`, only if none
+    /// were set yet (the first limits a new cluster's members propose; one wins).
+    Limits {
+        /// The most bytes a file's content may hold (1 up to [`MAX_STATE_SIZE_CAP`](super::MAX_STATE_SIZE_CAP)).
+        max_state_size: u64,
+        /// Apply only if the chain holds no limits yet (else rejected as `already_exists`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        initial: bool,
+    },
     /// Create a symbolic link holding `target` (at most [`MAX_SYMLINK_TARGET`] bytes).
     Symlink {
         /// The link.
@@ -349,7 +360,7 @@ impl TxOp {
             | TxOp::Chown { id, .. }
             | TxOp::Times { id, .. } => vec![id],
             TxOp::Rename { from, to, .. } => vec![from, to],
-            TxOp::Membership { .. } => vec![],
+            TxOp::Membership { .. } | TxOp::Limits { .. } => vec![],
         }
     }
 
@@ -366,6 +377,7 @@ impl TxOp {
             TxOp::Rmdir { .. } => "rmdir",
             TxOp::Chmod { .. } => "chmod",
             TxOp::Membership { .. } => "membership",
+            TxOp::Limits { .. } => "limits",
             TxOp::Symlink { .. } => "symlink",
             TxOp::Chown { .. } => "chown",
             TxOp::Times { .. } => "times",
@@ -426,6 +438,9 @@ pub enum Reject {
     /// removed after the commit named it).
     #[error("the state moved")]
     Moved,
+    /// The change would make a state larger than the cluster's `max_state_size`.
+    #[error("larger than the cluster's max state size")]
+    TooBig,
 }
 
 /// What applying a transaction did, recorded in the block.

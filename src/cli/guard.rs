@@ -90,7 +90,7 @@ pub fn prepare(path: &Path, phase: Phase) -> Result<PathBuf, String> {
         Err(e) if is_dead(&e) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if phase == Phase::Check {
-                return Ok(std::path::absolute(path).map_err(|e| format!("mountpoint {shown}: {e}"))?);
+                return std::path::absolute(path).map_err(|e| format!("mountpoint {shown}: {e}"));
             }
             std::fs::create_dir_all(path).map_err(|e| format!("cannot create mountpoint {shown}: {e}"))?;
         }

@@ -118,6 +118,9 @@ fn tx_line(block: &Block, tx: &BlockTx) -> String {
             };
             format!("atime {} mtime {}", show(atime), show(mtime))
         }
+        TxOp::Limits { max_state_size, initial } => {
+            format!("max state size {max_state_size}{}", if *initial { " (initial)" } else { "" })
+        }
         TxOp::Delete { .. } | TxOp::Rmdir { .. } | TxOp::Membership { .. } => names(&tx.op),
     };
     format!(

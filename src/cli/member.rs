@@ -1,5 +1,5 @@
 //! `lightchain member list|remove ID|promote ID`: the cluster's membership over gRPC (the admin
-//! service), in the etcdctl style. The token is found as for `status` (`--cluster-token-file`,
+//! service), in the etcdctl style; and `lightchain limits`, the cluster-wide limits. The token is found as for `status` (`--cluster-token-file`,
 //! else the data directory's). A change asked of a follower is forwarded to the leader.
 //!
 //! Exit codes: 0 done; 1 the change was refused (no such member, a voter already, the last
@@ -60,4 +60,40 @@ pub(super) fn run(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `lightchain limits [--max-state-size SIZE]`: prints the cluster's limits as JSON, after
+/// changing them if asked. Exit codes: 0 done; 1 the change was refused; 2 the node could not be
+/// asked.
+pub(super) fn limits(
+    max_state_size: Option<u64>,
+    addr: &str,
+    data: &Path,
+    token_file: Option<&Path>,
+) -> ExitCode {
+    let token = match super::status::find_token(data, token_file) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("lightchain limits: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let call = crate::rpc::admin::limits_call(
+        addr,
+        Duration::from_secs(30),
+        token.as_ref(),
+        max_state_size.unwrap_or(0),
+    );
+    match runtime.block_on(call) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("lightchain limits: {message}");
+            let refused = message.contains("max state size");
+            ExitCode::from(if refused { 1 } else { 2 })
+        }
+    }
 }

@@ -73,6 +73,21 @@ enum Command {
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
         cluster_token_file: Option<PathBuf>,
     },
+    /// Show the cluster-wide limits recorded in the chain, or change them (a transaction).
+    Limits {
+        /// The new largest content of one state (e.g. 4MiB; at most 32MiB).
+        #[arg(long, value_parser = parse_state_size)]
+        max_state_size: Option<u64>,
+        /// A member's gRPC address.
+        #[arg(long, env = "LIGHTCHAIN_ADDR", default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// The node's data directory, where the cluster token is read from.
+        #[arg(long, env = "LIGHTCHAIN_DATA")]
+        data: Option<PathBuf>,
+        /// The cluster token file (instead of the data directory's token).
+        #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
+        cluster_token_file: Option<PathBuf>,
+    },
     /// Print the history of the chain, or of one state.
     Log {
         /// Only transactions that touch this state (a path relative to the mount).
@@ -139,9 +154,11 @@ pub struct MountArgs {
     /// How long a commit or a linearizable read may wait (e.g. 10s, 500ms).
     #[arg(long, env = "LIGHTCHAIN_COMMIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub commit_timeout: Duration,
-    /// Largest content of one state (e.g. 1048576, 1MiB, 64KiB).
-    #[arg(long, env = "LIGHTCHAIN_MAX_STATE_SIZE", default_value = "1MiB", value_parser = parse_size)]
-    pub max_state_size: u64,
+    /// Largest content of one state (e.g. 1048576, 1MiB, 64KiB; at most 32MiB) for a new
+    /// cluster, which records it in its chain (default 1MiB). The limit is the cluster's: a
+    /// member started with another value logs the difference; `lightchain limits` changes it.
+    #[arg(long, env = "LIGHTCHAIN_MAX_STATE_SIZE", value_parser = parse_state_size)]
+    pub max_state_size: Option<u64>,
     /// Let other users than the mounting one use the mount.
     #[arg(long, env = "LIGHTCHAIN_ALLOW_OTHER")]
     pub allow_other: bool,
@@ -250,6 +267,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A `--max-state-size`: a size from 1 byte up to the cap of a cluster's limit.
+fn parse_state_size(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    let cap = crate::chain::MAX_STATE_SIZE_CAP;
+    if !(crate::chain::Limits { max_state_size: size }).valid() {
+        return Err(format!(
+            "{s} is not a state size lightchain allows: from 1 byte up to {} MiB, so that a state and its block always fit in one peer message",
+            cap >> 20
+        ));
+    }
+    Ok(size)
+}
+
 /// The data directory: the flag (or `$LIGHTCHAIN_DATA`), else `$XDG_DATA_HOME/lightchain`,
 /// else `~/.local/share/lightchain`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
@@ -285,6 +315,9 @@ pub fn main() -> ExitCode {
         }
         Command::Member { action, addr, json, data, cluster_token_file } => {
             member::run(action, &addr, json, &data_dir(data), cluster_token_file.as_deref())
+        }
+        Command::Limits { max_state_size, addr, data, cluster_token_file } => {
+            member::limits(max_state_size, &addr, &data_dir(data), cluster_token_file.as_deref())
         }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),

@@ -129,14 +129,33 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         return Err(format!("no leader within {READY_TIMEOUT:?}"));
     }
 
+    // The cluster's limits live in the chain; a new cluster records them now (in the
+    // background: a node that is still catching up must not hold up its mount).
+    let limits = {
+        let (node, wanted) = (node.clone(), args.max_state_size);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match node.adopt_limits(wanted).await {
+                    Ok(_) => break,
+                    Err(crate::node::Error::ShuttingDown) => break,
+                    Err(e) => tracing::warn!(error = %e, "cannot check the cluster's limits yet; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        })
+    };
+    // Usually recorded within milliseconds; a node that cannot check them in a commit timeout
+    // (catching up) mounts anyway, and the caps apply until its replica holds them.
+    let mut limits = limits;
+    if tokio::time::timeout(args.commit_timeout, &mut limits).await.is_err() {
+        tracing::warn!("the cluster's limits are not known here yet: the caps apply until they are");
+    }
     let fs = Arc::new(Fs::new(
         node.clone(),
         // SAFETY: getuid/getgid have no preconditions.
-        FsConfig {
-            max_state_size: args.max_state_size,
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
-        },
+        FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } },
     ));
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -178,6 +197,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
 
     wait_for_stop(&session).await;
     tracing::info!("stopping: failing pending commits, then unmounting");
+    limits.abort();
     node.shutdown().await;
     if !session.guard.is_finished() {
         if let Err(e) = session.umount_and_join() {

@@ -114,8 +114,11 @@ fn replay_block(
     block: &Block,
 ) -> Result<Vec<(NodeId, Change)>, String> {
     let changes = replay(tree, prev, block).map_err(|e| e.to_string())?;
+    // Exactly what live apply adopts: consensus's own entry (node 0, alone in its block, which
+    // the tree applied). A member's forged membership transaction was rejected when applied.
     if let [tx] = block.txs.as_slice() {
-        if let TxOp::Membership { members } = &tx.op {
+        let from_consensus = tx.request.node == 0 && tx.outcome == Outcome::Ok;
+        if let (true, TxOp::Membership { members }) = (from_consensus, &tx.op) {
             let config = membership_of(members).map_err(|e| format!("bad membership: {e}"))?;
             *membership = StoredMembership::new(Some(log_id_of(block)), config);
         }

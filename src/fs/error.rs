@@ -137,6 +137,7 @@ fn reject_errno(reject: Reject) -> i32 {
         Reject::Invalid => libc::EINVAL,
         Reject::NameTooLong => libc::ENAMETOOLONG,
         Reject::Moved => libc::ESTALE,
+        Reject::TooBig => libc::EFBIG,
     }
 }
 

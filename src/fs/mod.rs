@@ -235,8 +235,6 @@ pub enum Invalidation {
 /// Settings of the filesystem layer.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
-    /// Largest content a state may have (`--max-state-size`).
-    pub max_state_size: u64,
     /// Owner shown for the root directory (until a `chown` gives it away) and `.lightchain/`.
     pub uid: u32,
     /// Group shown for the root directory (until a `chown` gives it away) and `.lightchain/`.
@@ -372,6 +370,12 @@ impl Fs {
     /// The node below.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// The cluster's limit on a state's content (from the chain: `chain::Limits`). Checked here
+    /// so a `write` past it fails at once with `EFBIG`; the apply step enforces it too.
+    fn max_state_size(&self) -> u64 {
+        self.node.replica().tree.limits().max_state_size
     }
 
     fn local_reads(&self) -> bool {
@@ -715,8 +719,9 @@ impl Fs {
         } else {
             w.buffer.len().max(offset as usize + data.len()) as u64
         };
-        if new_len > self.config.max_state_size {
-            let e = FsError::TooBig(self.config.max_state_size);
+        let max_state_size = self.max_state_size();
+        if new_len > max_state_size {
+            let e = FsError::TooBig(max_state_size);
             w.spoiled = Some(e.clone());
             let state = self.node.replica().tree.id_of(w.ino).cloned();
             return self.logged("write", &format!("{state:?}"), Err(e));
@@ -911,8 +916,9 @@ impl Fs {
             }
         }
         if let Some(size) = set.size {
-            if size > self.config.max_state_size {
-                return self.logged("truncate", &id, Err(FsError::TooBig(self.config.max_state_size)));
+            let max_state_size = self.max_state_size();
+            if size > max_state_size {
+                return self.logged("truncate", &id, Err(FsError::TooBig(max_state_size)));
             }
             match set.fh.map(|fh| self.handle(fh)).transpose()? {
                 Some(handle) => self.truncate_handle(&handle, size)?,

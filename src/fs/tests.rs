@@ -448,7 +448,8 @@ async fn start_fs(dir: &std::path::Path, max_state_size: u64) -> Arc<Fs> {
     let config = Config::single_node_for_tests(listen);
     let node = Node::start(&data, config, listener).await.unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)).await, "single node never became ready");
-    Arc::new(Fs::new(node, FsConfig { max_state_size, uid: 0, gid: 0 }))
+    node.adopt_limits(Some(max_state_size)).await.unwrap();
+    Arc::new(Fs::new(node, FsConfig { uid: 0, gid: 0 }))
 }
 
 /// Runs `body` against a fresh single-node filesystem, then stops the node.

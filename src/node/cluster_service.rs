@@ -57,10 +57,22 @@ fn unavailable(e: super::Error) -> Status {
 impl Cluster for ClusterService {
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let node = self.node()?;
-        peer::admit_request(&request, node.guard.as_ref())?;
+        let sender = peer::admit_request(&request, node.guard.as_ref())?;
         let body = request.into_inner();
         let txs: Vec<Transaction> = crate::consensus::codec::decode_message(body.encoding, &body.txs)
             .map_err(|e| Status::invalid_argument(format!("bad transactions: {e}")))?;
+        // A member forwards its own transactions only: their ids name it as their origin.
+        if let Some(tx) = txs.iter().find(|tx| tx.request.node != sender.node_id) {
+            tracing::warn!(
+                peer = sender.node_id,
+                origin = tx.request.node,
+                "refusing a Forward of transactions another node issued"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {} forwarded a transaction of node {}",
+                sender.node_id, tx.request.node
+            )));
+        }
         let applied = node.propose_forwarded(txs).await.map_err(unavailable)?;
         let outcomes: Vec<_> = applied.iter().map(|a| a.outcome).collect();
         let last = applied.iter().max_by_key(|a| a.index).copied();

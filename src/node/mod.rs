@@ -42,7 +42,9 @@ pub use readiness::NotReady;
 pub use status::{MemberStatus, Status};
 
 use crate::chain::dedup::{new_incarnation, Issuer};
-use crate::chain::{Change, Height, NodeId, Outcome, Reject, Transaction, TxOp};
+use crate::chain::{
+    Change, Height, Limits, NodeId, Outcome, Reject, Transaction, TxOp, DEFAULT_MAX_STATE_SIZE,
+};
 use crate::consensus::log_store::LogStore;
 use crate::consensus::network::Network;
 use crate::consensus::state_machine::{Replica, Shared, StateMachineStore};
@@ -505,6 +507,8 @@ impl Node {
         if let Some(why) = self.removed.get() {
             return Err(Error::Removed(why.clone()));
         }
+        // Checked before an id is issued: nothing that could never fit enters the log.
+        crate::chain::admit(&op, self.replica().tree.limits()).map_err(Error::Rejected)?;
         let issued = self.requests.lock().unwrap().issue();
         // However this call ends (an answer, a timeout, or the caller dropping it), the id is
         // answered from then on: later transactions may tell the state machine to forget it.
@@ -518,6 +522,33 @@ impl Node {
             // reads `duplicate` (or an expired id) has no outcome that can be told.
             Outcome::Duplicate | Outcome::Expired => Err(Error::OutcomeUnknown),
         }
+    }
+
+    /// Makes sure the chain holds the cluster's limits (`chain::Limits`), and answers them. A
+    /// chain without any (a new cluster, or one made before limits were recorded) gets
+    /// `wanted` (`--max-state-size`, else [`DEFAULT_MAX_STATE_SIZE`]) as an `initial` proposal:
+    /// when several members propose at once, the first applied wins and the others are
+    /// rejected as `already_exists`. A `wanted` that differs from the chain's is only logged:
+    /// the limits are the cluster's, changed by `lightchain limits`.
+    pub async fn adopt_limits(self: &Arc<Self>, wanted: Option<u64>) -> Result<Limits, Error> {
+        self.catch_up().await?;
+        if !self.replica().tree.limits_set() {
+            let max_state_size = wanted.unwrap_or(DEFAULT_MAX_STATE_SIZE);
+            match self.propose(TxOp::Limits { max_state_size, initial: true }).await {
+                Ok(_) => tracing::info!(max_state_size, "the cluster's limits are recorded in the chain"),
+                Err(Error::Rejected(Reject::AlreadyExists)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let limits = self.replica().tree.limits();
+        if let Some(wanted) = wanted.filter(|w| *w != limits.max_state_size) {
+            tracing::warn!(
+                wanted,
+                cluster = limits.max_state_size,
+                "--max-state-size differs from the cluster's, which applies (change it with `lightchain limits --max-state-size`)"
+            );
+        }
+        Ok(limits)
     }
 
     /// Queues one transaction for the next group commit and waits for its outcome.
@@ -545,10 +576,22 @@ impl Node {
 
     /// Proposes transactions forwarded by a follower (their request ids kept); the leader only.
     pub async fn propose_forwarded(&self, txs: Vec<Transaction>) -> Result<Vec<Applied>, Error> {
+        // A diverged leader answers for nobody (it has stepped down or is about to).
+        self.serving()?;
         if !self.is_leader() {
             return Err(Error::NotLeader);
         }
-        let waits = txs.into_iter().map(|tx| self.submit(tx));
+        let limits = self.replica().tree.limits();
+        let waits = txs.into_iter().map(|tx| async move {
+            match crate::chain::admit(&tx.op, limits) {
+                // Refused before proposing, as the sender would have (its limits may lag).
+                Err(reject) => {
+                    tracing::warn!(origin = tx.request.node, kind = tx.op.kind(), %reject, "refusing a forwarded transaction");
+                    Ok(Applied { height: 0, index: 0, outcome: Outcome::Rejected(reject) })
+                }
+                Ok(()) => self.submit(tx).await,
+            }
+        });
         futures_util::future::try_join_all(waits).await
     }
 
@@ -827,6 +870,28 @@ impl crate::rpc::admin::AdminHandler for Node {
             ) => Err(tonic::Status::failed_precondition(e.to_string())),
             Err(MemberError::Forwarded(e)) => Err(tonic::Status::unavailable(e)),
         }
+    }
+
+    async fn limits(&self, max_state_size: u64) -> Result<String, tonic::Status> {
+        if max_state_size != 0 {
+            let op = TxOp::Limits { max_state_size, initial: false };
+            match self.propose(op).await {
+                Ok(committed) => {
+                    tracing::info!(max_state_size, height = committed.height, "the cluster's limits changed")
+                }
+                Err(Error::Rejected(reject)) => {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "max state size {max_state_size}: {reject} (from 1 byte up to {} MiB)",
+                        crate::chain::MAX_STATE_SIZE_CAP >> 20
+                    )))
+                }
+                Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
+            }
+        }
+        let tree = &self.replica().tree;
+        let limits = tree.limits();
+        Ok(serde_json::json!({ "max_state_size": limits.max_state_size, "recorded": tree.limits_set() })
+            .to_string())
     }
 }
 

@@ -67,4 +67,9 @@ impl AdminHandler for NodeCell {
         let node = self.node.get().ok_or_else(|| tonic::Status::unavailable("the node is starting"))?;
         AdminHandler::member(node.as_ref(), op, id).await
     }
+
+    async fn limits(&self, max_state_size: u64) -> Result<String, tonic::Status> {
+        let node = self.node.get().ok_or_else(|| tonic::Status::unavailable("the node is starting"))?;
+        AdminHandler::limits(node.as_ref(), max_state_size).await
+    }
 }

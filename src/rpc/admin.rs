@@ -1,6 +1,7 @@
 //! The admin service: a node's status and its membership for operators. It answers holders of
 //! the cluster token only (the CLI reads it from the data directory). `Status` changes nothing;
-//! `Member` lists, removes or promotes members (`lightchain member`).
+//! `Member` lists, removes or promotes members (`lightchain member`); `Limits` shows or changes
+//! the cluster-wide limits (`lightchain limits`).
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub trait AdminHandler: Send + Sync + 'static {
     /// Lists (`id` unused), removes or promotes a member; the members afterwards as JSON, or
     /// why not (`UNAVAILABLE` when there is no leader, `FAILED_PRECONDITION` for a refused change).
     async fn member(&self, op: pb::MemberOp, id: u64) -> Result<String, Status>;
+    /// The cluster's limits as JSON, after setting `max_state_size` if it is not 0.
+    async fn limits(&self, max_state_size: u64) -> Result<String, Status>;
 }
 
 /// Serves `Admin`.
@@ -49,6 +52,34 @@ impl pb::admin_server::Admin for AdminService {
         let json = self.handler.member(op, body.id).await?;
         Ok(Response::new(pb::MemberReply { json }))
     }
+
+    async fn limits(&self, request: Request<pb::LimitsRequest>) -> Result<Response<pb::LimitsReply>, Status> {
+        super::peer::check_token(request.metadata(), &self.token)?;
+        let json = self.handler.limits(request.into_inner().max_state_size).await?;
+        Ok(Response::new(pb::LimitsReply { json }))
+    }
+}
+
+/// Asks the node at `addr` for the cluster's limits, setting `max_state_size` first unless it
+/// is 0, presenting `token`; the limits afterwards (JSON).
+pub async fn limits_call(
+    addr: &str,
+    timeout: std::time::Duration,
+    token: Option<&ClusterToken>,
+    max_state_size: u64,
+) -> Result<String, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(timeout);
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let mut request = Request::new(pb::LimitsRequest { max_state_size });
+    if let Some(token) = token {
+        super::peer::attach_token(request.metadata_mut(), token);
+    }
+    let reply = client.limits(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
+    Ok(reply.into_inner().json)
 }
 
 /// Asks the node at `addr` to list, remove or promote a member, presenting `token`; the

@@ -434,6 +434,11 @@ impl Node {
         self.opts.env.push((key.to_string(), value.to_string()));
     }
 
+    /// Changes `--max-state-size` for the next start.
+    pub fn set_max_state_size(&mut self, bytes: u64) {
+        self.opts.max_state_size = Some(bytes);
+    }
+
     /// Starts the node again on the same data directory and mountpoint, without unmounting anything first:
     /// after a `kill9` the binary must replace the dead FUSE mount itself (DESIGN §1.1).
     pub fn restart(&mut self) {
