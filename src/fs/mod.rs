@@ -516,6 +516,11 @@ impl Fs {
         if ino == CONTROL_INO || ino == STATUS_INO {
             return Ok(self.control_attr(ino));
         }
+        // A diverged node serves nothing of its tree, except the root (which the path to
+        // `.lightchain/status` crosses).
+        if ino != ROOT_INO {
+            self.node.serving()?;
+        }
         let current = self.id_of(ino).ok().and_then(|id| self.entry_attr(&id));
         let open = {
             let handles = self.handles.lock().unwrap();
@@ -1057,6 +1062,8 @@ impl Fs {
         if ino == CONTROL_INO || ino == STATUS_INO {
             return Err(FsError::InvalidArgument);
         }
+        // A diverged node serves nothing of its tree.
+        self.node.serving()?;
         let id = self.id_of(ino)?;
         match self.node.replica().tree.get(&id).map(|e| &e.kind) {
             None => Err(Self::not_found()),

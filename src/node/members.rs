@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::divergence::{self, Divergence, Probe};
 use crate::chain::{BlockHash, Digest};
 use crate::consensus::state_machine::Shared;
-use crate::consensus::typ::{MetricsRx, RaftMetrics};
+use crate::consensus::typ::{MetricsRx, Raft, RaftMetrics};
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::HelloRequest;
 use crate::rpc::peer::{self, Channels, PeerGuard};
@@ -62,6 +62,9 @@ pub struct Poller {
     pub self_id: u64,
     /// Consensus metrics (membership, leader).
     pub metrics: MetricsRx,
+    /// Consensus, which a diverged node leaves: it stops campaigning and, as a leader, hands
+    /// leadership over.
+    pub raft: Raft,
     /// The replica (this node's head) and its hash index.
     pub shared: Arc<Shared>,
     /// Set once when this node finds its chain is the wrong one.
@@ -244,6 +247,37 @@ pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
                  with EIO) until an operator replaces its data directory"
             );
             let _ = p.diverged.set(own);
+            step_down(&p).await;
+        }
+    }
+}
+
+/// A diverged node answers for nobody: it never campaigns again, and if it leads, it hands
+/// leadership to a voter that agrees with the cluster (and stops its heartbeats, so that the
+/// others elect one even if the handover fails).
+async fn step_down(p: &Poller) {
+    p.raft.runtime_config().elect(false);
+    let (leads, voters) = {
+        let metrics = p.metrics.borrow_watched();
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        (metrics.current_leader == Some(p.self_id), voters)
+    };
+    if !leads {
+        tracing::warn!("diverged: this node will not campaign for leadership");
+        return;
+    }
+    p.raft.runtime_config().heartbeat(false);
+    let heir = {
+        let views = p.views.lock().unwrap();
+        voters
+            .into_iter()
+            .filter(|v| *v != p.self_id)
+            .find(|v| views.get(v).is_some_and(|view| view.probe.is_some_and(|probe| !probe.agrees())))
+    };
+    tracing::warn!(heir, "diverged: this node steps down as leader and will not campaign again");
+    if let Some(heir) = heir {
+        if let Err(e) = p.raft.trigger().transfer_leader(heir).await {
+            tracing::warn!(error = %e, heir, "leadership handover failed; the others elect a leader once heartbeats stop");
         }
     }
 }

@@ -454,6 +454,7 @@ impl Node {
             views: node.views.clone(),
             self_id: node.id(),
             metrics: raft.metrics(),
+            raft: raft.clone(),
             shared: shared.clone(),
             diverged: node.diverged.clone(),
             removed: node.removed.clone(),
