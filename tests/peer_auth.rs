@@ -18,8 +18,8 @@ use lightchain::rpc::pb::admin_client::AdminClient;
 use lightchain::rpc::pb::cluster_client::ClusterClient;
 use lightchain::rpc::pb::raft_client::RaftClient;
 use lightchain::rpc::pb::{
-    ForwardRequest, HelloRequest, JoinRequest, MemberOp, MemberRequest, RaftMessage, ReadIndexRequest,
-    SnapshotChunk, StatusRequest,
+    ForwardRequest, HelloRequest, JoinRequest, LimitsRequest, MemberOp, MemberRequest, RaftMessage,
+    ReadIndexRequest, SnapshotChunk, StatusRequest,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
@@ -155,6 +155,9 @@ async fn call_every_rpc(
     out.push(("Admin.Status", code(admin.status(who.request(StatusRequest {})).await.map(drop))));
     let list = MemberRequest { op: MemberOp::List as i32, id: 0 };
     out.push(("Admin.Member", code(admin.member(who.request(list)).await.map(drop))));
+    // A read of the limits (0 changes nothing), so an admitted call leaves the chain as it was.
+    let read_limits = LimitsRequest { max_state_size: 0 };
+    out.push(("Admin.Limits", code(admin.limits(who.request(read_limits)).await.map(drop))));
     out
 }
 
@@ -247,12 +250,13 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
             let names: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
             assert_eq!(names, expected_rpcs, "the test must call every RPC of the protocol");
             for (rpc, code) in answers {
-                // The operator's status and member list need the token only (the CLI is not a member);
+                // The operator's status, member list and limits need the token only (the CLI is not a member);
                 // so does a `Hello` from a node without a cluster (one discovering its cluster, or
                 // replacing a member that lost its data): it reads no more than the status, and
                 // leaves no trace.
                 let operator = rpc == "Admin.Status"
                     || rpc == "Admin.Member"
+                    || rpc == "Admin.Limits"
                     || (rpc == "Cluster.Hello" && who.cluster.is_empty());
                 let allowed: &[Code] =
                     if operator && who.token.as_deref() == Some(&token) { &[Code::Ok] } else { codes };
