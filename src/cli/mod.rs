@@ -15,7 +15,7 @@ mod history;
 mod member;
 mod mount;
 mod status;
-mod verify;
+pub(crate) mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

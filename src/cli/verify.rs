@@ -75,6 +75,20 @@ pub(super) fn run(data: &Path) -> ExitCode {
     }
 }
 
+/// What `verify` finds wrong with the data directory at `data`, or `None` when it passes.
+#[cfg(test)]
+pub(crate) fn problems(data: &Path) -> Option<String> {
+    let dir = match DataDir::open_existing(data) {
+        Ok(dir) => dir,
+        Err(e) => return Some(e.to_string()),
+    };
+    match check(&dir) {
+        Finding::Intact { .. } => None,
+        Finding::BadChain(message) => Some(format!("chain broken: {message}")),
+        Finding::BadStates(mismatches) => Some(format!("states/ differs from the chain: {mismatches:?}")),
+    }
+}
+
 fn check(dir: &DataDir) -> Finding {
     let mut tree = Tree::new();
     let mut prev: Option<Tip> = None;

@@ -3,7 +3,7 @@
 //! `append` writes the entries at once and hands the fsync to a flusher thread, which fsyncs
 //! once for every append that queued up meanwhile and only then reports them flushed: an entry
 //! counts (is acknowledged to the leader, or committed on a single node) only after fsync.
-//! The vote is saved durably before `save_vote` returns.
+//! The vote is saved durably before `save_vote` returns, after everything appended before it.
 //!
 //! Entries are stored in the binary encoding of [`codec`](super::codec) (records of earlier
 //! versions, JSON, are still read). The newest are also kept decoded in memory
@@ -13,7 +13,6 @@
 //! states, not `max_payload_entries` of them.
 
 use std::fmt::Debug;
-use std::fs::File;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::mpsc;
@@ -26,7 +25,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::recent::{Recent, RECENT_BYTES};
 use super::typ::{Entry, LogId, Vote};
 use super::{storage_error, TypeConfig};
-use crate::store::raft_log::RaftLog;
+use crate::store::raft_log::{RaftLog, SyncHandle};
 
 const VOTE: &str = "vote.json";
 const COMMITTED: &str = "committed.json";
@@ -77,11 +76,9 @@ pub struct LogStore {
     flusher: mpsc::Sender<Flush>,
 }
 
-/// An append handed to the flusher: the segment it went to, the segment's length after it,
-/// and whom to tell once it is durable.
+/// An append handed to the flusher: the segment it went to and whom to tell once it is durable.
 struct Flush {
-    segment: File,
-    len: u64,
+    segment: SyncHandle,
     callback: IOFlushed<TypeConfig>,
 }
 
@@ -163,19 +160,19 @@ fn flush_loop(rx: mpsc::Receiver<Flush>) {
         // Segments roll rarely; when they do, the old one was fsynced at the roll, so
         // syncing the newest handle covers every write in the batch.
         let last = batch.pop().unwrap();
-        let result = last.segment.sync_data();
+        let result = last.segment.sync();
         tracing::debug!(appends = batch.len() + 1, "log fsynced");
         for callback in batch.into_iter().map(|f| f.callback).chain([last.callback]) {
             let result = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             callback.io_completed(result);
         }
         if result.is_ok() {
             // What was appended is read back from memory (`recent`), or rarely: the kernel may
             // drop it from its cache (store::drop_cached), once the appends are reported.
-            crate::store::drop_cached(&last.segment, last.len);
+            last.segment.drop_cached();
         }
     }
 }
@@ -233,6 +230,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
+        // What was appended before the vote becomes durable before it: a durable vote then
+        // implies a durable log up to it. Otherwise a power cut could keep a new cluster's
+        // vote and lose its first entry, and the node could neither initialize (openraft sees
+        // a vote) nor be replicated to (nobody else has the cluster). Votes are rare; the
+        // extra fsync usually finds nothing to write.
+        inner.log.sync().map_err(|e| storage_error("sync the log before a vote", e))?;
         inner.log.save_meta(VOTE, &bytes).map_err(|e| storage_error(format_args!("save vote {vote}"), e))?;
         inner.vote = Some(*vote);
         Ok(())
@@ -253,7 +256,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let bytes =
             inner.log.load_meta(COMMITTED).map_err(|e| storage_error("read raft/committed.json", e))?;
-        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).flatten())
+        let Some(committed) = bytes.and_then(|b| serde_json::from_slice::<Option<LogId>>(&b).ok()).flatten()
+        else {
+            return Ok(None);
+        };
+        // The file is written behind openraft, which may count as committed entries this node
+        // had not yet made durable: after a power cut it can name an entry the log lost (or one
+        // another entry replaced). Trust it only if the log holds exactly that entry; otherwise
+        // start from what the state machine applied, which only ever holds committed entries.
+        match inner.entry(committed.index)? {
+            Some(entry) if entry.log_id() == committed => Ok(Some(committed)),
+            held => {
+                tracing::warn!(
+                    %committed,
+                    held = ?held.map(|e| e.log_id()),
+                    "raft/committed.json names an entry the log does not hold (lost in a power cut?); \
+                     starting from the applied state"
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
@@ -261,7 +283,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (segment, len) = {
+        let segment = {
             let mut inner = self.inner.lock().unwrap();
             for entry in entries {
                 let log_id = entry.log_id();
@@ -275,9 +297,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.log.sync_handle().map_err(|e| storage_error("open the log segment for fsync", e))?
         };
         tracing::debug!("log appended");
-        self.flusher
-            .send(Flush { segment, len, callback })
-            .expect("flusher thread lives as long as the store");
+        self.flusher.send(Flush { segment, callback }).expect("flusher thread lives as long as the store");
         Ok(())
     }
 
@@ -409,6 +429,31 @@ mod tests {
         let (tx, rx) = TypeConfig::oneshot();
         store.append(entries, IOFlushed::signal(tx)).await.unwrap();
         rx.await.expect("the flusher reports every append").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_committed_hint_naming_an_entry_the_log_lost_is_not_trusted_at_start() {
+        // committed.json is written behind openraft, which may count entries this node had not
+        // made durable yet; after a power cut the hint can name an entry the log no longer holds
+        // (openraft would then fail every start re-applying it), or one another leader's entry
+        // replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        append_flushed(&mut store, (1..=3).map(blank).collect()).await;
+        drop(store);
+        let hint =
+            |id: LogId| std::fs::write(dir.path().join(COMMITTED), serde_json::to_vec(&Some(id)).unwrap());
+        for (committed, trusted) in [
+            (log_id(1, 1, 3), true),
+            (log_id(1, 1, 2), true),
+            (log_id(1, 1, 9), false),
+            (log_id(2, 1, 3), false),
+        ] {
+            hint(committed).unwrap();
+            let mut store = LogStore::open(dir.path()).unwrap();
+            let read = store.read_committed().await.unwrap();
+            assert_eq!(read, trusted.then_some(committed), "committed.json naming {committed}");
+        }
     }
 
     #[tokio::test]

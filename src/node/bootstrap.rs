@@ -27,6 +27,7 @@ use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::pb::{HelloReply, HelloRequest};
 use crate::rpc::peer::{self, Channels, PeerGuard};
 use crate::store::identity::{node_id_for, ClusterToken};
+use crate::store::raft_log::RaftLog;
 use crate::store::DataDir;
 
 /// How long a new node waits for a majority of its peers.
@@ -123,16 +124,25 @@ pub fn resolve_token(
     Ok(token)
 }
 
-/// Whether the directory holds anything of consensus or the chain (a non-empty file under
-/// `raft/` or `chain/`): then it initialized or was replicated to, and is not deciding again.
-pub fn has_consensus_state(data: &DataDir) -> bool {
-    [data.raft(), data.chain()].iter().any(|dir| {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
-    })
+/// Whether the directory holds anything of consensus or the chain (a log record, a vote, a
+/// purge point or a block): then it initialized or was replicated to, and is not deciding
+/// again. What a crash or a power cut left unwritten (a torn or zero-filled tail, which the
+/// log and the chain cut when they open) does not count: a node whose initialization never
+/// became durable initializes again.
+pub fn has_consensus_state(data: &DataDir) -> Result<bool, crate::store::Error> {
+    let log = RaftLog::open(&data.raft())?;
+    if log.bounds().is_some()
+        || log.load_meta("vote.json")?.is_some()
+        || log.load_meta("purged.json")?.is_some()
+    {
+        return Ok(true);
+    }
+    let mut blocks = 0u64;
+    crate::store::chain_file::read_all(&data.chain(), |_| {
+        blocks += 1;
+        Ok(())
+    })?;
+    Ok(blocks > 0)
 }
 
 async fn hello(channels: &Channels, guard: &dyn PeerGuard, addr: &str) -> Result<HelloReply, String> {

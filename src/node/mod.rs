@@ -24,6 +24,8 @@ pub mod divergence;
 mod guard;
 mod members;
 pub mod membership;
+#[cfg(test)]
+mod power_loss;
 mod read_index;
 mod readiness;
 mod services;
@@ -304,7 +306,7 @@ impl Node {
         let channels = Channels::new(config.peer_tls.clone());
         // A directory with no cluster id and no consensus state yet may have crashed between
         // writing its identity and initializing: it decides again (bootstrap).
-        let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data);
+        let undecided = identity.cluster_id.is_none() && !bootstrap::has_consensus_state(data)?;
         let joining = !config.join.is_empty() && (fresh || undecided);
         if !config.join.is_empty() && !joining {
             tracing::info!("this data directory holds a member's data: --join is ignored");

@@ -3,12 +3,15 @@
 //! Appends go to the newest segment and become durable at [`ChainFile::sync`], which the
 //! [`ChainWriter`] thread calls once for whatever blocks queued up while it was busy (the
 //! commit path never waits for it; a snapshot does, before it lets the consensus log be
-//! purged). A crash can leave a torn last line; it was never synced, its
-//! entry is still in the consensus log, and [`ChainFile::open`] cuts it off (logged) so the
-//! entry is applied again. A bad line anywhere else is corruption and stops the start-up.
+//! purged). A crash or a power cut can leave a torn last line, or bytes the disk never wrote
+//! (zeros, possibly followed by later lines it did write) in the last segment; none of that
+//! was synced, its entries are still in the consensus log, and [`ChainFile::open`] cuts it off
+//! (logged) so the entries are applied again. JSON never holds a NUL byte, so a line with one
+//! is unwritten space, not a damaged block. A bad line anywhere else is corruption and stops
+//! the start-up. Every change goes through [`super::disk`].
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,13 +19,17 @@ use std::sync::{mpsc, Mutex};
 
 use tokio::sync::watch;
 
+use super::disk::{self, Open};
 use super::hash_index::HashIndex;
 use super::pace::Pace;
-use super::{sync_dir, Error, IoContext, Result};
+use super::{Error, IoContext, Result};
 use crate::chain::{Block, Height};
 
-/// Blocks per segment file.
+/// Blocks per segment file (fewer in unit tests, so they roll segments).
+#[cfg(not(test))]
 const BLOCKS_PER_SEGMENT: u64 = 10_000;
+#[cfg(test)]
+const BLOCKS_PER_SEGMENT: u64 = 64;
 
 /// The head of the chain: the last block's position.
 pub use crate::chain::Tip as Head;
@@ -33,7 +40,6 @@ pub struct ChainFile {
     segment: Option<(Height, File)>,
     pending: Vec<u8>,
     head: Option<Head>,
-    synced_dir: bool,
     /// Heights and hashes of the blocks appended (shared with whoever compares chains).
     hashes: Arc<HashIndex>,
 }
@@ -70,8 +76,9 @@ pub struct ReadBlock {
 }
 
 /// Reads every block in order, calling `f` on each. A line that does not parse is an error
-/// unless it is the torn last line of the last segment: then `Ok(Some(offset))` tells where
-/// the good part of that file ends.
+/// unless it is the torn last line of the last segment, or a line of it holding a NUL byte
+/// (space the disk never wrote): then `Ok(Some(offset))` tells where the good part of that
+/// file ends.
 pub fn read_all(dir: &Path, f: impl FnMut(ReadBlock) -> Result<()>) -> Result<Option<(PathBuf, u64)>> {
     read_from(dir, 0, f)
 }
@@ -103,7 +110,8 @@ pub fn read_from(
                 Ok(block) if complete && block.height < from => {}
                 Ok(block) if complete => f(ReadBlock { block, path: path.clone() })?,
                 result => {
-                    let at_tail = i == last && reader.fill_buf().ctx("read", path)?.is_empty();
+                    let at_tail =
+                        i == last && (line.contains(&0) || reader.fill_buf().ctx("read", path)?.is_empty());
                     if at_tail {
                         return Ok(Some((path.clone(), offset)));
                     }
@@ -132,18 +140,16 @@ impl ChainFile {
             Ok(())
         })?;
         if let Some((path, offset)) = torn {
-            tracing::warn!(file = %path.display(), offset, "cutting a torn block left by a crash; its entry is applied again");
-            let file = OpenOptions::new().write(true).open(&path).ctx("open", &path)?;
-            file.set_len(offset).ctx("truncate", &path)?;
-            file.sync_all().ctx("fsync", &path)?;
+            tracing::warn!(file = %path.display(), offset, "cutting a torn chain tail left by a crash or a power cut; its entries are applied again");
+            let file = disk::open(&path, Open::Existing, false, 0)?;
+            disk::set_len(&file, &path, offset)?;
+            disk::sync(&file, &path)?;
         }
         let segment = match segments(dir)?.pop() {
-            Some((first, path)) => {
-                Some((first, OpenOptions::new().append(true).open(&path).ctx("open", &path)?))
-            }
+            Some((first, path)) => Some((first, disk::open(&path, Open::Existing, true, 0)?)),
             None => None,
         };
-        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, synced_dir: true, hashes })
+        Ok(ChainFile { dir: dir.to_owned(), segment, pending: Vec::new(), head, hashes })
     }
 
     /// The index of the heights and hashes of this chain's blocks (appended ones included).
@@ -170,14 +176,15 @@ impl ChainFile {
 
     fn roll(&mut self, first: Height) -> Result<()> {
         self.flush_pending()?;
-        if let Some((_, file)) = &self.segment {
-            let path = self.dir.join("current segment");
-            file.sync_data().ctx("fsync", &path)?;
+        if let Some((old, file)) = &self.segment {
+            disk::sync(file, &self.dir.join(segment_name(*old)))?;
         }
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new().create(true).append(true).open(&path).ctx("create", &path)?;
+        let file = disk::open(&path, Open::Create, true, 0o644)?;
+        // The name is durable before anything is written to it: a power cut must not keep a
+        // later segment and lose this one (a hole in the chain stops the start-up).
+        disk::sync_dir(&self.dir)?;
         self.segment = Some((first, file));
-        self.synced_dir = false;
         Ok(())
     }
 
@@ -187,22 +194,18 @@ impl ChainFile {
         }
         let (first, file) = self.segment.as_mut().expect("append rolls a segment first");
         let path = self.dir.join(segment_name(*first));
-        file.write_all(&self.pending).ctx("write", &path)?;
+        disk::append(file, &path, &self.pending)?;
         self.pending.clear();
         Ok(())
     }
 
-    /// Writes queued blocks and fsyncs them (and a new segment's name).
+    /// Writes queued blocks and fsyncs them.
     pub fn sync(&mut self) -> Result<()> {
         self.flush_pending()?;
         if let Some((first, file)) = &self.segment {
             let path = self.dir.join(segment_name(*first));
-            file.sync_data().ctx("fsync", &path)?;
+            disk::sync(file, &path)?;
             super::drop_cached(file, file.metadata().ctx("stat", &path)?.len());
-        }
-        if !self.synced_dir {
-            sync_dir(&self.dir)?;
-            self.synced_dir = true;
         }
         Ok(())
     }
@@ -378,8 +381,8 @@ mod tests {
         file.sync().unwrap();
         drop(file);
         let seg = tmp.path().join(segment_name(0));
-        let mut raw = OpenOptions::new().append(true).open(&seg).unwrap();
-        raw.write_all(b"{\"height\":5,\"prev").unwrap();
+        let mut raw = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        std::io::Write::write_all(&mut raw, b"{\"height\":5,\"prev").unwrap();
         let mut seen = Vec::new();
         let file = ChainFile::open(tmp.path(), |b| {
             seen.push(b.clone());
@@ -425,6 +428,41 @@ mod tests {
         let mut lines: Vec<&str> = text.lines().collect();
         lines[1] = "garbage";
         std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
+        assert!(matches!(ChainFile::open(tmp.path(), |_| Ok(())), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn space_the_disk_never_wrote_ends_the_last_segment_and_is_corruption_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut file = ChainFile::open(tmp.path(), |_| Ok(())).unwrap();
+        let blocks = chain(5);
+        for b in &blocks[..3] {
+            file.append(b).unwrap();
+        }
+        file.sync().unwrap();
+        drop(file);
+        // After a power cut: a page of zeros where block 3 should be, then block 4 (written
+        // back, but never synced either).
+        let seg = tmp.path().join(segment_name(0));
+        let good = std::fs::read(&seg).unwrap();
+        let mut damaged = good.clone();
+        damaged.extend_from_slice(&[0u8; 100]);
+        damaged.extend_from_slice(&serde_json::to_vec(&blocks[4]).unwrap());
+        damaged.push(b'\n');
+        std::fs::write(&seg, &damaged).unwrap();
+        let mut heights = Vec::new();
+        let file = ChainFile::open(tmp.path(), |b| {
+            heights.push(b.height);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(heights, vec![0, 1, 2]);
+        assert_eq!(file.head().map(|h| h.height), Some(2));
+        assert_eq!(std::fs::read(&seg).unwrap(), good, "the unwritten tail is cut");
+        drop(file);
+        // In a segment that is not the last, the same bytes are corruption.
+        std::fs::write(&seg, &damaged).unwrap();
+        std::fs::write(tmp.path().join(segment_name(64)), serde_json::to_vec(&blocks[4]).unwrap()).unwrap();
         assert!(matches!(ChainFile::open(tmp.path(), |_| Ok(())), Err(Error::Corrupt { .. })));
     }
 }

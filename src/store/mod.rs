@@ -20,6 +20,9 @@
 //! See `docs/architecture/store.md`.
 
 pub mod chain_file;
+#[cfg(test)]
+pub mod crashsim;
+pub mod disk;
 pub mod hash_index;
 pub mod identity;
 pub mod mirror;
@@ -28,7 +31,6 @@ pub mod raft_log;
 pub mod states;
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A failure of the backing directory. Never deterministic: another node may not have it.
@@ -168,28 +170,24 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    let mut file = File::create(&tmp).ctx("create", &tmp)?;
-    file.write_all(bytes).ctx("write", &tmp)?;
-    file.sync_all().ctx("fsync", &tmp)?;
-    std::fs::rename(&tmp, path).ctx("rename", path)?;
-    sync_dir(path.parent().expect("a file has a directory"))
+    replace_with(&tmp, path, bytes, 0o666)
+}
+
+/// Writes `bytes` into a new file `tmp` (mode `mode`), fsyncs it, renames it over `path` and
+/// fsyncs the directory.
+fn replace_with(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let file = disk::open(tmp, disk::Open::New, false, mode)?;
+    disk::write_at(&file, tmp, 0, &[bytes])?;
+    disk::sync(&file, tmp)?;
+    disk::rename(tmp, path)?;
+    disk::sync_dir(path.parent().expect("a file has a directory"))
 }
 
 /// [`write_durable`] for a secret: the file is created readable by its owner only (0600).
 pub fn write_durable_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx("create", &tmp)?;
-    file.write_all(bytes).ctx("write", &tmp)?;
-    file.sync_all().ctx("fsync", &tmp)?;
-    std::fs::rename(&tmp, path).ctx("rename", path)?;
-    sync_dir(path.parent().expect("a file has a directory"))
+    let _ = disk::remove(&tmp);
+    replace_with(&tmp, path, bytes, 0o600)
 }
 
 /// Lets the kernel forget the cached pages of `file` below `len`, once they are on disk
@@ -211,10 +209,7 @@ pub fn drop_cached(file: &File, len: u64) {
     }
 }
 
-/// Fsyncs a directory, making names created or removed in it durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
-}
+pub use disk::sync_dir;
 
 #[cfg(test)]
 mod tests {

@@ -4,23 +4,36 @@
 //! `[index u64][len u32][crc32 u32][payload]` (big-endian). Payloads are opaque bytes here —
 //! consensus encodes its entries. Appends are written at once and made durable by an fsync
 //! that the caller runs (often one fsync for many appends); nothing counts as appended until
-//! that fsync returned. A crash can leave a torn or half-written last record: [`RaftLog::open`]
-//! cuts it off, and since it was never acknowledged nothing is lost. A bad record anywhere
-//! else is corruption and stops the start-up.
+//! that fsync returned. A crash or a power cut can leave a torn, half-written or zero-filled
+//! tail on the last segment: [`RaftLog::open`] cuts it off at the first record that is not
+//! whole, and since that was never acknowledged nothing is lost. A record is whole when its
+//! payload is not empty (so a zero-filled header is not a record: the CRC-32 of nothing is 0),
+//! its CRC matches and its index is above every index before it. A bad record anywhere else is
+//! corruption and stops the start-up.
+//!
+//! Every change goes through [`super::disk`]; names are made durable (a directory fsync) before
+//! anything that depends on them: a new segment before its first record, a removed one before
+//! the log is cut or extended after it, so an old segment can never come back after a power
+//! cut and override newer entries.
 //!
 //! Small metadata files (vote, committed index, purge point, snapshot manifest) are replaced
 //! whole with [`write_durable`](super::write_durable).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{sync_dir, write_durable, Error, IoContext, Result};
+use super::disk::{self, Open};
+use super::{write_durable, Error, IoContext, Result};
 
-/// A segment is closed once it grows past this many bytes.
+/// A segment is closed once it grows past this many bytes (fewer in unit tests, so they roll
+/// and purge segments).
+#[cfg(not(test))]
 const SEGMENT_BYTES: u64 = 64 << 20;
+#[cfg(test)]
+const SEGMENT_BYTES: u64 = 64 << 10;
 const HEADER: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
@@ -72,21 +85,22 @@ impl RaftLog {
 
     fn load_segment(&mut self, first: u64, is_last: bool) -> Result<()> {
         let path = segment_path(&self.dir, first);
-        let mut file = OpenOptions::new().read(true).write(true).open(&path).ctx("open", &path)?;
+        let mut file = disk::open(&path, Open::Existing, false, 0)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).ctx("read", &path)?;
         let mut offset = 0usize;
         while offset < bytes.len() {
-            match decode_record(&bytes[offset..]) {
+            let after = self.index.keys().next_back().copied();
+            match decode_record(&bytes[offset..], after) {
                 Some((index, payload_len)) => {
                     self.index
                         .insert(index, Location { segment: first, offset: offset as u64, len: payload_len });
                     offset += HEADER + payload_len as usize;
                 }
                 None if is_last => {
-                    tracing::warn!(file = %path.display(), offset, "cutting a torn log record left by a crash (it was never acknowledged)");
-                    file.set_len(offset as u64).ctx("truncate", &path)?;
-                    file.sync_all().ctx("fsync", &path)?;
+                    tracing::warn!(file = %path.display(), offset, "cutting a torn log tail left by a crash or a power cut (it was never acknowledged)");
+                    disk::set_len(&file, &path, offset as u64)?;
+                    disk::sync(&file, &path)?;
                     break;
                 }
                 None => {
@@ -112,17 +126,11 @@ impl RaftLog {
         };
         if needs_segment {
             if let Some(seg) = self.segments.values().next_back() {
-                seg.file.sync_data().ctx("fsync", &seg.path)?;
+                disk::sync(&seg.file, &seg.path)?;
             }
             let path = segment_path(&self.dir, index);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .ctx("create", &path)?;
-            sync_dir(&self.dir)?;
+            let file = disk::open(&path, Open::Truncate, false, 0o644)?;
+            disk::sync_dir(&self.dir)?;
             self.segments.insert(index, Segment { path, file, len: 0 });
         }
         let (&first, seg) = self.segments.iter_mut().next_back().expect("a segment exists");
@@ -130,17 +138,29 @@ impl RaftLog {
         header[..8].copy_from_slice(&index.to_be_bytes());
         header[8..12].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         header[12..].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
-        write_all_at(&seg.file, &header, payload, seg.len).ctx("write", &seg.path)?;
+        disk::write_at(&seg.file, &seg.path, seg.len, &[&header, payload])?;
         self.index.insert(index, Location { segment: first, offset: seg.len, len: payload.len() as u32 });
         seg.len += (HEADER + payload.len()) as u64;
         Ok(())
     }
 
-    /// A handle on the segment that takes appends, to fsync (possibly from another thread),
-    /// and the bytes written to it so far.
-    pub fn sync_handle(&self) -> Result<(File, u64)> {
+    /// A handle on the segment that takes appends, to fsync (possibly from another thread).
+    pub fn sync_handle(&self) -> Result<SyncHandle> {
         let seg = self.segments.values().next_back().expect("sync after an append");
-        Ok((seg.file.try_clone().ctx("dup", &seg.path)?, seg.len))
+        Ok(SyncHandle {
+            file: seg.file.try_clone().ctx("dup", &seg.path)?,
+            path: seg.path.clone(),
+            len: seg.len,
+        })
+    }
+
+    /// Makes everything appended so far durable (the newest segment; older ones were synced
+    /// when the next one began).
+    pub fn sync(&self) -> Result<()> {
+        match self.segments.values().next_back() {
+            Some(seg) => disk::sync(&seg.file, &seg.path),
+            None => Ok(()),
+        }
     }
 
     /// The length of the payload at `index`, without reading it.
@@ -166,13 +186,18 @@ impl RaftLog {
         };
         self.index.split_off(&index);
         let later: Vec<u64> = self.segments.range(loc.segment + 1..).map(|(k, _)| *k).collect();
-        for first in later {
-            let seg = self.segments.remove(&first).unwrap();
-            std::fs::remove_file(&seg.path).ctx("remove", &seg.path)?;
+        for first in &later {
+            let seg = self.segments.remove(first).unwrap();
+            disk::remove(&seg.path)?;
+        }
+        // The removals are durable before the log is cut: otherwise a power cut could bring an
+        // old segment back behind entries appended after this.
+        if !later.is_empty() {
+            disk::sync_dir(&self.dir)?;
         }
         let seg = self.segments.get_mut(&loc.segment).unwrap();
-        seg.file.set_len(loc.offset).ctx("truncate", &seg.path)?;
-        seg.file.sync_all().ctx("fsync", &seg.path)?;
+        disk::set_len(&seg.file, &seg.path, loc.offset)?;
+        disk::sync(&seg.file, &seg.path)?;
         seg.len = loc.offset;
         Ok(())
     }
@@ -181,12 +206,19 @@ impl RaftLog {
     pub fn purge_upto(&mut self, index: u64) -> Result<()> {
         self.index = self.index.split_off(&(index + 1));
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut removed = false;
         for pair in firsts.windows(2) {
             // A segment is droppable when the next one starts at or below index + 1.
             if pair[1] <= index + 1 {
                 let seg = self.segments.remove(&pair[0]).unwrap();
-                std::fs::remove_file(&seg.path).ctx("remove", &seg.path)?;
+                disk::remove(&seg.path)?;
+                removed = true;
             }
+        }
+        // Not needed for safety (a purged segment that came back is below the purge point the
+        // caller keeps), but it keeps the directory what it looks like.
+        if removed {
+            disk::sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -210,44 +242,52 @@ impl RaftLog {
     pub fn save_meta_lazy(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         let tmp = path.with_extension("tmp");
-        File::create(&tmp).and_then(|mut f| f.write_all(bytes)).ctx("write", &tmp)?;
-        std::fs::rename(&tmp, &path).ctx("rename", &path)
+        let file = disk::open(&tmp, Open::Truncate, false, 0o644)?;
+        disk::write_at(&file, &tmp, 0, &[bytes])?;
+        disk::rename(&tmp, &path)
     }
 }
 
-/// Decodes a record header and checks its payload; `None` if torn or damaged.
-/// Writes `header` then `payload` at `offset` in one system call (`pwritev`), without copying
-/// the payload into a record first; a short write is finished piece by piece.
-fn write_all_at(file: &File, header: &[u8], payload: &[u8], offset: u64) -> std::io::Result<()> {
-    let written = loop {
-        match rustix::io::pwritev(
-            file,
-            &[std::io::IoSlice::new(header), std::io::IoSlice::new(payload)],
-            offset,
-        ) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let (head, rest) = (header.len().min(written), written.saturating_sub(header.len()));
-    file.write_all_at(&header[head..], offset + head as u64)?;
-    file.write_all_at(&payload[rest..], offset + (header.len() + rest) as u64)
+/// The segment taking appends, to fsync from another thread than the one appending.
+pub struct SyncHandle {
+    file: File,
+    path: PathBuf,
+    /// The bytes written to it when the handle was taken.
+    pub len: u64,
 }
 
-fn decode_record(bytes: &[u8]) -> Option<(u64, u32)> {
+impl SyncHandle {
+    /// Makes everything written to the segment so far durable.
+    pub fn sync(&self) -> Result<()> {
+        disk::sync(&self.file, &self.path)
+    }
+
+    /// Lets the kernel drop the synced pages ([`super::drop_cached`]).
+    pub fn drop_cached(&self) {
+        super::drop_cached(&self.file, self.len);
+    }
+}
+
+/// Decodes the record at the start of `bytes`, whose index must be above `after`: its index
+/// and payload length, or `None` if it is torn, damaged, zero-filled or out of order.
+fn decode_record(bytes: &[u8], after: Option<u64>) -> Option<(u64, u32)> {
     if bytes.len() < HEADER {
         return None;
     }
     let index = u64::from_be_bytes(bytes[0..8].try_into().unwrap());
     let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
     let crc = u32::from_be_bytes(bytes[12..16].try_into().unwrap());
+    if len == 0 || after.is_some_and(|a| index <= a) {
+        return None;
+    }
     let payload = bytes.get(HEADER..HEADER + len as usize)?;
     (crc32fast::hash(payload) == crc).then_some((index, len))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     #[test]
@@ -257,7 +297,7 @@ mod tests {
         for i in 1..=10u64 {
             log.append(i, format!("entry {i}").as_bytes()).unwrap();
         }
-        log.sync_handle().unwrap().0.sync_data().unwrap();
+        log.sync_handle().unwrap().sync().unwrap();
         assert_eq!(log.bounds(), Some((1, 10)));
         assert_eq!(log.read(4).unwrap().unwrap(), b"entry 4");
         log.truncate_from(8).unwrap();
@@ -285,5 +325,52 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 1).unwrap();
         let log = RaftLog::open(tmp.path()).unwrap();
         assert_eq!(log.bounds(), Some((1, 1)));
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_not_a_record_and_is_cut() {
+        // A power cut on a disk without a journal can leave the unsynced end of a file as
+        // zeros: 16 zero bytes would be a record of index 0 with an empty payload (CRC-32 of
+        // nothing is 0) and shadow the real entry 0.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = RaftLog::open(tmp.path()).unwrap();
+        log.append(0, b"zero").unwrap();
+        log.append(1, b"one").unwrap();
+        drop(log);
+        let seg = segment_path(tmp.path(), 0);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len + 4096).unwrap();
+        let log = RaftLog::open(tmp.path()).unwrap();
+        assert_eq!(log.bounds(), Some((0, 1)));
+        assert_eq!(log.read(0).unwrap().unwrap(), b"zero");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len, "the zeros are cut");
+    }
+
+    #[test]
+    fn a_record_that_does_not_follow_is_a_torn_tail_in_the_last_segment_and_corruption_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = RaftLog::open(tmp.path()).unwrap();
+        log.append(1, b"one").unwrap();
+        log.append(2, b"two").unwrap();
+        drop(log);
+        // A well-formed record whose index is not above the one before it (what stale bytes
+        // of an older version of the file could hold).
+        let seg = segment_path(tmp.path(), 1);
+        let mut stale = Vec::new();
+        stale.extend_from_slice(&2u64.to_be_bytes());
+        stale.extend_from_slice(&3u32.to_be_bytes());
+        stale.extend_from_slice(&crc32fast::hash(b"old").to_be_bytes());
+        stale.extend_from_slice(b"old");
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend_from_slice(&stale);
+        std::fs::write(&seg, &bytes).unwrap();
+        let log = RaftLog::open(tmp.path()).unwrap();
+        assert_eq!(log.bounds(), Some((1, 2)));
+        assert_eq!(log.read(2).unwrap().unwrap(), b"two");
+        drop(log);
+        // The same in a segment that is not the last: the log cannot be trusted.
+        std::fs::write(&seg, &bytes).unwrap();
+        std::fs::write(segment_path(tmp.path(), 3), []).unwrap();
+        assert!(matches!(RaftLog::open(tmp.path()), Err(Error::Corrupt { .. })));
     }
 }
