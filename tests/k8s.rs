@@ -104,10 +104,7 @@ fn mount_of<'a>(spec: &'a Value, container: &'a Value, path: &str) -> (&'a Value
 
 #[test]
 fn manifests_pass_the_kubernetes_1_29_schema_strictly() {
-    assert!(
-        which("kubernetes-validate").is_some(),
-        "kubernetes-validate is missing: `pip install kubernetes-validate` (.ci/run installs it)"
-    );
+    common::prereq::ensure(common::prereq::Need::KubernetesValidate);
     let mut cmd = Command::new("kubernetes-validate");
     cmd.args(["--strict", "-k", "1.29.0", "statefulset.yaml", "service.yaml"]).current_dir(k8s_dir());
     let run = run_command(cmd, Duration::from_secs(120));
@@ -203,10 +200,6 @@ fn manifests_say_what_the_schema_cannot() {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
-}
-
 // ----- real containers -----
 
 /// A private podman: its own store, state and config in a temp dir, cleaned up on drop.
@@ -219,12 +212,7 @@ struct Podman {
 
 impl Podman {
     fn new() -> Podman {
-        for tool in ["podman", "runc"] {
-            assert!(
-                which(tool).is_some(),
-                "{tool} is missing: apt-get install -y podman runc busybox-static (.ci/run installs them)"
-            );
-        }
+        common::prereq::ensure(common::prereq::Need::Containers);
         let tmp = tempfile::Builder::new().prefix("lightchain-k8s-").tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         // crun refuses this kind of host's hybrid cgroups; no CAP_SYS_RESOURCE for podman's default

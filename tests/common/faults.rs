@@ -104,11 +104,9 @@ impl Partitions {
                     .unwrap_or_else(|| panic!("no port in {a:?}"))
             })
             .collect();
+        super::prereq::ensure(super::prereq::Need::Iptables);
         if let Err(e) = iptables(&["-S".to_string(), "OUTPUT".to_string()]) {
-            panic!(
-                "the partition tests need iptables (as root, with the owner match): {e}\n\
-                 install it with `apt-get install -y iptables` (.ci/run does)"
-            );
+            panic!("the partition tests need iptables (as root, with the owner match): {e}");
         }
         Partitions { groups, ports, active: Vec::new(), added_total: 0 }
     }

@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod prereq;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
