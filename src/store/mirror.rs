@@ -4,13 +4,17 @@
 //! commit never waits for `states/`. One thread, the only writer of `states/`, takes whatever
 //! batches have queued up, replays their moves and removals on disk in chain order, and then
 //! writes each touched state once, as the tree has it *now* — many versions of a busy state
-//! coalesce into the last. Renames move whole directories on disk (cheap) and then settle
-//! both ends against the tree.
+//! coalesce into the last. Renames move whole directories on disk (cheap); what moved is
+//! trusted, and only the paths the round still holds below it follow it, so a round's work is
+//! in proportion to the states that changed. A round that wrote anything ends with one
+//! `syncfs` of `states/`, and only then is its height reported: [`Mirror::wait_for`] (what
+//! `fsync` on a handle waits for) means written and durable, and never covers a state whose
+//! writes keep failing.
 //!
 //! Derived data never stops a node: a failure here (disk full, a hand-edited or hand-deleted
 //! file, a directory made unwritable, a path the host refuses) is logged with the state and the
-//! reason, counted in [`MirrorStatus`], and the state is retried every [`RETRY`] until it
-//! succeeds. The first job after start is a full repair: `states/` is compared with the tree
+//! reason, counted in [`MirrorStatus`], and the state (that one alone) is retried every
+//! [`RETRY`] until it succeeds. The first job after start is a full repair: `states/` is compared with the tree
 //! rebuilt from the chain and every difference fixed (logged).
 //!
 //! Must not: touch anything but `states/`, hold the tree's lock while doing disk I/O (it

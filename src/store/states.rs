@@ -20,6 +20,10 @@
 //! it allocates one, a scan that grows with the churn of the last minutes
 //! (`docs/architecture/write-path.md`).
 //!
+//! Any mode, as any user: a process without `CAP_DAC_OVERRIDE` gives its own copies the owner's
+//! bits while it works in them (a directory of 0555 or 0000, a file of 0000 it compares) and
+//! sets their final modes last ([`StatesDir::finish`]).
+//!
 //! Must not: decide what the tree holds (the chain does), or let a failure here reach
 //! consensus — callers log, count and retry.
 
