@@ -166,6 +166,33 @@ impl StatesDir {
         rustix::fs::open(&self.root, DIR_FLAGS, Mode::empty()).map_err(|e| io_err("open", &self.root, e))
     }
 
+    /// Opens `states/` itself, giving it the owner's `rwx` first if this process cannot open it
+    /// (the root state's mode can be 0000 too).
+    fn open_root_dir(&self, dirs: &mut Dirs) -> Result<OwnedFd> {
+        match self.open_root() {
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(Errno::ACCESS.raw_os_error())
+                    && !self.overrides_permissions =>
+            {
+                let failed = |op, e| io_err(op, &self.root, e);
+                let st = rustix::fs::stat(&self.root).map_err(|e| failed("stat", e))?;
+                let mode = st.st_mode & 0o7777;
+                rustix::fs::chmod(&self.root, Mode::from_raw_mode(mode | OWNER_RWX))
+                    .map_err(|e| failed("chmod", e))?;
+                let fd = self.open_root()?;
+                let dup = fd.try_clone().map_err(|source| Error::Io {
+                    op: "dup",
+                    path: self.root.clone(),
+                    source,
+                })?;
+                dirs.opened_up.push((dup, mode));
+                dirs.opened_up_inodes.insert((st.st_dev, st.st_ino), dirs.opened_up.len() - 1);
+                Ok(fd)
+            }
+            other => other,
+        }
+    }
+
     /// Opens directory `name` of `parent`. A process that is not root cannot open a directory
     /// of mode 0000, nor search one of 0600: it gives its own copy the owner's `rwx` first.
     fn open_dir_at(
@@ -279,7 +306,7 @@ impl StatesDir {
     ) -> Result<&'a OwnedFd> {
         if !dirs.open.contains_key(id) {
             let fd = match id.parent() {
-                None => self.open_root()?,
+                None => self.open_root_dir(dirs)?,
                 Some(parent) => {
                     self.dir(dirs, &parent, create, made)?;
                     let parent_fd = dirs.open[&parent].try_clone().map_err(|source| Error::Io {
@@ -1194,6 +1221,7 @@ pub(crate) mod tests {
             op(&mut tree, put("shut/c", "c"));
             op(&mut tree, TxOp::Chmod { id: sid("shut/c"), mode: 0o444 });
             op(&mut tree, TxOp::Chmod { id: sid("shut"), mode: 0o000 });
+            op(&mut tree, TxOp::Chmod { id: StateId::root(), mode: 0o500 });
             let root = StateId::root();
             let check = |states: &StatesDir, dirs: &mut Dirs, tree: &Tree| {
                 assert!(states.compare(dirs, &root, &entries(tree)).unwrap().is_empty());
@@ -1209,8 +1237,8 @@ pub(crate) mod tests {
                     }
                     true
                 };
-                for (id, entry) in tree.iter().filter(|(id, _)| !id.is_root() && reachable(id)) {
-                    assert_eq!(mode_of(&dir.states().join(id.as_str())), entry.mode, "{id}");
+                for (id, entry) in tree.iter().filter(|(id, _)| reachable(id)) {
+                    assert_eq!(mode_of(&dir.states().join(id.as_str())), entry.mode, "{id:?}");
                 }
                 assert!(states.compare_tree(tree).unwrap().is_empty());
             };
@@ -1254,6 +1282,17 @@ pub(crate) mod tests {
             states.write(&mut dirs, &sid("shut/sub"), None).unwrap();
             states.finish(&mut dirs).unwrap();
             check(&states, &mut dirs, &tree);
+
+            // Even `states/` itself may be closed.
+            op(&mut tree, TxOp::Chmod { id: StateId::root(), mode: 0o000 });
+            states.write(&mut dirs, &root, tree.get(&root)).unwrap();
+            states.finish(&mut dirs).unwrap();
+            assert_eq!(mode_of(&dir.states()), 0o000);
+            op(&mut tree, put("after", "the root closed"));
+            states.write(&mut dirs, &sid("after"), tree.get(&sid("after"))).unwrap();
+            states.finish(&mut dirs).unwrap();
+            assert!(states.compare_tree(&tree).unwrap().is_empty());
+            assert_eq!(mode_of(&dir.states()), 0o000);
             open_everything(tmp.path());
         });
     }
