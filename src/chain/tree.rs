@@ -299,6 +299,12 @@ impl Tree {
         self.entries.iter()
     }
 
+    /// `top` and everything below it, in path order (nothing if `top` is not in the tree).
+    pub fn subtree<'a>(&'a self, top: &'a StateId) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
+        let here = self.entries.get_key_value(top);
+        here.into_iter().chain(here.into_iter().flat_map(move |_| self.descendants(top)))
+    }
+
     /// The direct children of directory `dir`, in name order.
     pub fn children<'a>(&'a self, dir: &'a StateId) -> impl Iterator<Item = (&'a StateId, &'a Entry)> + 'a {
         self.descendants(dir).filter(move |(id, _)| id.parent().as_ref() == Some(dir))

@@ -335,46 +335,94 @@ impl StateMachineStore {
     /// The synchronous part of [`install`](Self::install): checks and appends the staged
     /// blocks, adopts the snapshot's position, and announces the changes.
     fn install_blocks(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
+        self.install_blocks_observed(meta, data, &mut |_| {})
+    }
+
+    /// [`install_blocks`](Self::install_blocks), calling `observe` after each staged block is
+    /// replayed (`None`) and after each is appended to the chain (`Some`: the bytes the chain
+    /// holds in memory then) — for tests of the lock and of the memory it takes.
+    ///
+    /// Readers are never held up for the work: the staged blocks are checked and replayed onto
+    /// a copy of the replica taken under its read lock (the tree's contents are shared, not
+    /// copied; openraft never applies while it installs, so nothing else changes the replica
+    /// meanwhile), appended to `chain/` and synced, and only then swapped in under the write
+    /// lock, which is O(1). Memory: the staged blocks are read one at a time, twice (replay,
+    /// then append), and the chain writes and syncs whenever [`INSTALL_SYNC_BYTES`] of them are
+    /// queued, so the blocks in memory at once are at most that much plus one block, besides
+    /// the copy of the tree (its index, and the contents the staged blocks replace, until the
+    /// swap).
+    fn install_blocks_observed(
+        &self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+        observe: &mut dyn FnMut(Option<usize>),
+    ) -> Result<(), StoreError> {
         let mut changes = Vec::new();
+        let (mut tree, have, mut membership) = {
+            let replica = self.shared.replica.read().unwrap();
+            (replica.tree.clone(), replica.head, replica.membership.clone())
+        };
+        let mut head = have;
+        if let Some(dir) = &data.staged_blocks {
+            check_staged(dir, have, data.manifest.head)?;
+            crate::store::chain_file::read_all(dir, |read| {
+                let block = &read.block;
+                if have.is_some_and(|h| block.height <= h.height) {
+                    return Ok(()); // already here (the sender started early)
+                }
+                let applied = replay_block(&mut tree, head, &mut membership, block).map_err(|e| {
+                    StoreError::Corrupt {
+                        path: read.path.clone(),
+                        detail: format!("received block {}: {e}", block.height),
+                    }
+                })?;
+                changes.extend(applied);
+                head = Some(Tip::of(block));
+                observe(None);
+                Ok(())
+            })?;
+        }
+        let wanted = data.manifest.head.map(|h| (h.height, h.hash));
+        if wanted.is_some() && wanted != head.map(|h| (h.height, h.hash)) {
+            return Err(StoreError::Corrupt {
+                path: self.data.chain(),
+                detail: format!(
+                    "after installing the snapshot the chain head is {head:?}, the snapshot's is {:?}",
+                    data.manifest.head
+                ),
+            });
+        }
+        // Every staged block replays: append them all to the chain, durably.
         self.shared.chain.with_file(|chain| {
-            let mut replica = self.shared.replica.write().unwrap();
             if let Some(dir) = &data.staged_blocks {
-                check_staged(dir, replica.head, data.manifest.head)?;
-                let Replica { tree, head, membership, .. } = &mut *replica;
                 crate::store::chain_file::read_all(dir, |read| {
                     let block = &read.block;
-                    if head.is_some_and(|h| block.height <= h.height) {
-                        return Ok(()); // already here (the sender started early)
+                    if have.is_some_and(|h| block.height <= h.height) {
+                        return Ok(());
                     }
-                    let applied =
-                        replay_block(tree, *head, membership, block).map_err(|e| StoreError::Corrupt {
-                            path: read.path.clone(),
-                            detail: format!("received block {}: {e}", block.height),
-                        })?;
-                    changes.extend(applied);
                     chain.append(block)?;
-                    *head = Some(Tip::of(block));
+                    if chain.pending_bytes() >= INSTALL_SYNC_BYTES {
+                        chain.sync()?;
+                    }
                     if block.height == 0 {
                         self.record_cluster_id(block)?;
                     }
+                    observe(Some(chain.pending_bytes()));
                     Ok(())
                 })?;
             }
-            let wanted = data.manifest.head.map(|h| (h.height, h.hash));
-            if wanted.is_some() && wanted != replica.head.map(|h| (h.height, h.hash)) {
-                return Err(StoreError::Corrupt {
-                    path: self.data.chain(),
-                    detail: format!(
-                        "after installing the snapshot the chain head is {:?}, the snapshot's is {:?}",
-                        replica.head, data.manifest.head
-                    ),
-                });
-            }
-            replica.last_applied = meta.last_log_id;
-            replica.membership = meta.last_membership.clone();
-            drop(replica);
             chain.sync()
         })?;
+        // The swap: O(1) under the write lock; the old tree is dropped after it.
+        let old = {
+            let mut replica = self.shared.replica.write().unwrap();
+            replica.head = head;
+            replica.last_applied = meta.last_log_id;
+            replica.membership = meta.last_membership.clone();
+            std::mem::replace(&mut replica.tree, tree)
+        };
+        drop(old);
+        drop(membership);
         let bytes = serde_json::to_vec(&data.manifest).expect("manifest serializes");
         crate::store::write_durable(&self.data.raft().join(SNAPSHOT), &bytes)?;
         if let Some(dir) = &data.staged_blocks {
@@ -390,6 +438,10 @@ impl StateMachineStore {
         Ok(())
     }
 }
+
+/// While a snapshot's blocks are appended to the chain, it writes and syncs whenever this many
+/// bytes of them are queued: the bound on the chain's JSON in memory during a catch-up.
+pub const INSTALL_SYNC_BYTES: usize = 8 << 20;
 
 /// Checks, before anything changes, that the staged blocks are whole: consecutive, each
 /// hashing to itself and linking to the one before, from this node's head up to the
@@ -535,6 +587,83 @@ mod tests {
         let mut sent = Vec::new();
         answer(responders, results, |r, v| sent.push((r, v)));
         assert_eq!(sent, vec![("a", 1), ("c", 3), ("d", 4)]);
+    }
+
+    /// A snapshot of 40 blocks, each a 1 MiB state, from another member: installing it never
+    /// holds the replica's lock while blocks are read, checked, replayed or written (readers
+    /// and writers get it at every step), the chain holds at most [`INSTALL_SYNC_BYTES`] and a
+    /// block of them in memory, and afterwards replica and chain are those of the sender.
+    #[test]
+    fn a_snapshot_installs_without_holding_the_lock_and_with_bounded_memory() {
+        use crate::chain::{Content, StateId};
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::create(tmp.path()).unwrap();
+        let identity = Identity { node_id: 2, incarnation: 1, cluster_id: None };
+        let sm = StateMachineStore::open(&data, Arc::new(Mutex::new(identity))).unwrap();
+
+        // The sender's chain: 1 MiB states, rewritten in turn.
+        let (mut tree, mut head, mut blocks) = (Tree::new(), None, Vec::new());
+        for i in 0..40u64 {
+            let id = StateId::parse(&format!("s{}", i % 8)).unwrap();
+            let content = Content::from(vec![b'a' + (i % 26) as u8; 1 << 20]);
+            let op = TxOp::Put { id, content, uid: 0, gid: 0, ino: None };
+            let tx = Transaction {
+                request: RequestId { node: 1, incarnation: 1, seq: i + 1 },
+                acked_below: 0,
+                op,
+            };
+            let pos = LogPosition { term: 1, index: i + 1, proposer: 1 };
+            let (block, _) = apply_batch(&mut tree, head, pos, 1_000 + i, vec![tx]);
+            assert!(block.txs[0].outcome == Outcome::Ok, "{:?}", block.txs[0].outcome);
+            head = Some(Tip::of(&block));
+            blocks.push(block);
+        }
+        let staged = tmp.path().join("staged");
+        std::fs::create_dir(&staged).unwrap();
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(staged.join(format!("{:020}.jsonl", 0))).unwrap());
+        for block in &blocks {
+            serde_json::to_writer(&mut file, block).unwrap();
+            std::io::Write::write_all(&mut file, b"\n").unwrap();
+        }
+        drop(file);
+        let one_block = serde_json::to_vec(&blocks[0]).unwrap().len();
+        let last = blocks.last().unwrap();
+        let meta = SnapshotMeta { last_log_id: Some(log_id_of(last)), last_membership: Stored::default() };
+        let manifest = Manifest { meta: meta.clone(), head };
+        let snapshot = SnapshotData { manifest, staged_blocks: Some(staged) };
+
+        let shared = sm.shared();
+        let (mut replayed, mut appended, mut most_pending) = (0, 0, 0);
+        sm.install_blocks_observed(&meta, snapshot, &mut |pending| {
+            assert!(shared.replica.try_write().is_ok(), "the replica is not locked while installing");
+            match pending {
+                None => replayed += 1,
+                Some(bytes) => {
+                    appended += 1;
+                    most_pending = most_pending.max(bytes);
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!((replayed, appended), (40, 40));
+        assert!(
+            most_pending <= INSTALL_SYNC_BYTES + one_block,
+            "{most_pending} bytes of chain in memory (blocks of {one_block})"
+        );
+        assert!(40 * one_block > 4 * INSTALL_SYNC_BYTES, "the test installs more than the bound");
+        let replica = shared.replica.read().unwrap();
+        assert_eq!(replica.head.map(|h| (h.height, h.hash)), head.map(|h| (h.height, h.hash)));
+        assert_eq!(replica.tree.state_root(), tree.state_root());
+        assert_eq!(replica.last_applied, meta.last_log_id);
+        drop(replica);
+        let mut on_disk = 0;
+        crate::store::chain_file::read_all(&data.chain(), |_| {
+            on_disk += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(on_disk, 40, "every block is in chain/");
     }
 
     #[test]

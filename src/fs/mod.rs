@@ -876,14 +876,20 @@ impl Fs {
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
         self.flush(fh).await?;
         let committed_at = match &self.handle(fh)?.lock().unwrap().handle {
-            Handle::Write(w) => w.committed_at,
+            Handle::Write(w) => w.committed_at.map(|height| (height, w.ino)),
             Handle::Read(_) => None,
         };
         match committed_at {
-            Some(height) if !self.node.wait_mirrored(height).await => {
+            Some((height, ino)) => {
+                // The path that names it now: a state whose writes to `states/` keep failing
+                // fails its `fsync`.
+                let id = self.node.replica().tree.id_of(ino).cloned();
+                if self.node.wait_mirrored(height, id.as_ref()).await {
+                    return Ok(());
+                }
                 self.logged("fsync", &format!("block {height}"), Err(FsError::MirrorBehind))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 

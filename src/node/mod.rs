@@ -790,10 +790,10 @@ impl Node {
         serde_json::to_string(&self.status()).expect("status serializes")
     }
 
-    /// Waits until `states/` holds the block at `height` (for `fsync`); false after the
-    /// commit timeout.
-    pub async fn wait_mirrored(&self, height: Height) -> bool {
-        self.shared.mirror.wait_for(height, self.config.commit_timeout).await
+    /// Waits until `states/` holds the block at `height` durably, state `state` included (for
+    /// `fsync`); false after the commit timeout, and while that state's writes keep failing.
+    pub async fn wait_mirrored(&self, height: Height, state: Option<&crate::chain::StateId>) -> bool {
+        self.shared.mirror.wait_for(height, state, self.config.commit_timeout).await
     }
 
     /// Fails every pending and future proposal with [`Error::ShuttingDown`], stops consensus,
@@ -806,7 +806,7 @@ impl Node {
         self.shared.chain.stop();
         let head = self.replica().head.map(|h| h.height);
         if let Some(head) = head {
-            if !self.shared.mirror.wait_for(head, Duration::from_secs(5)).await {
+            if !self.shared.mirror.wait_for(head, None, Duration::from_secs(5)).await {
                 tracing::warn!(
                     head,
                     "states/ did not catch up before shutdown; it is repaired at the next start"

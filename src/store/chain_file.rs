@@ -162,6 +162,11 @@ impl ChainFile {
         self.head
     }
 
+    /// Bytes of queued blocks not yet written (what [`sync`](Self::sync) would write).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Queues a block for the next [`sync`](Self::sync). Blocks must come in height order.
     pub fn append(&mut self, block: &Block) -> Result<()> {
         if block.height.is_multiple_of(BLOCKS_PER_SEGMENT) || self.segment.is_none() {

@@ -20,6 +20,10 @@
 //! it allocates one, a scan that grows with the churn of the last minutes
 //! (`docs/architecture/write-path.md`).
 //!
+//! Any mode, as any user: a process without `CAP_DAC_OVERRIDE` gives its own copies the owner's
+//! bits while it works in them (a directory of 0555 or 0000, a file of 0000 it compares) and
+//! sets their final modes last ([`StatesDir::finish`]).
+//!
 //! Must not: decide what the tree holds (the chain does), or let a failure here reach
 //! consensus — callers log, count and retry.
 
@@ -52,6 +56,17 @@ pub enum Mismatch {
     },
 }
 
+/// What [`StatesDir::settle`] did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// The differences it fixed.
+    pub fixed: Vec<Mismatch>,
+    /// The states it could not compare or fix, with why.
+    pub failed: Vec<(StateId, Error)>,
+    /// Directories it made on the way (mode 0755), whose own modes are still to be written.
+    pub made: Vec<StateId>,
+}
+
 /// Writer of `states/`.
 pub struct StatesDir {
     root: PathBuf,
@@ -62,8 +77,15 @@ pub struct StatesDir {
     umask: u32,
     /// Whether this process may give files away (owners are mirrored only then).
     is_root: bool,
+    /// Whether file permissions do not apply to this process (`CAP_DAC_OVERRIDE`, which root
+    /// usually has). Without it, the mirror gives its own copies the owner's bits while it
+    /// works in them (a file of mode 0000, a directory of 0555) and sets their modes last.
+    overrides_permissions: bool,
     /// Set once the filesystem refused `RENAME_EXCHANGE`: files are renamed over from then on.
     no_exchange: AtomicBool,
+    /// A test's fault hook: writes of these states fail (`EIO`) while they are listed.
+    #[cfg(test)]
+    pub(crate) refuse: std::sync::Arc<std::sync::Mutex<BTreeSet<StateId>>>,
 }
 
 /// How many emptied files the scratch directory keeps for versions to come. A round takes
@@ -81,15 +103,32 @@ pub struct Dirs {
     /// Names of empty files in the scratch directory that nothing else opens or links to: the
     /// files of replaced versions, kept to hold the next ones.
     spares: Vec<String>,
+    /// Directories opened up for this pass (a process that is not root gave them the owner's
+    /// `rwx` to work inside them), each with the mode it gets back at
+    /// [`StatesDir::finish`]. A descriptor follows its directory through renames.
+    opened_up: Vec<(OwnedFd, u32)>,
+    /// Which of `opened_up` each directory of the tree is, while `open` is valid.
+    opened_up_ids: HashMap<StateId, usize>,
+    /// Which of `opened_up` each directory is, by device and inode.
+    opened_up_inodes: HashMap<(u64, u64), usize>,
 }
 
 impl Dirs {
     /// Forgets the descriptors of the tree's directories (the scratch one and the spares stay
-    /// valid).
+    /// valid, and opened-up directories still get their modes back at the end of the pass).
     pub fn clear(&mut self) {
         self.open.clear();
+        self.opened_up_ids.clear();
+    }
+
+    /// The mode directory `id` gets back at the end of the pass, if it was opened up.
+    fn final_mode(&self, id: &StateId) -> Option<u32> {
+        self.opened_up_ids.get(id).map(|&i| self.opened_up[i].1)
     }
 }
+
+/// The owner's read, write and search bits: what the mirror needs in a directory it works in.
+const OWNER_RWX: u32 = 0o700;
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>, e: Errno) -> Error {
     Error::Io { op, path: path.into(), source: std::io::Error::from(e) }
@@ -111,7 +150,10 @@ impl StatesDir {
             pid: std::process::id(),
             umask: process_umask(),
             is_root: rustix::process::geteuid().is_root(),
+            overrides_permissions: overrides_permissions(),
             no_exchange: AtomicBool::new(false),
+            #[cfg(test)]
+            refuse: Default::default(),
         }
     }
 
@@ -122,6 +164,134 @@ impl StatesDir {
 
     fn open_root(&self) -> Result<OwnedFd> {
         rustix::fs::open(&self.root, DIR_FLAGS, Mode::empty()).map_err(|e| io_err("open", &self.root, e))
+    }
+
+    /// Opens `states/` itself, giving it the owner's `rwx` first if this process cannot open it
+    /// (the root state's mode can be 0000 too).
+    fn open_root_dir(&self, dirs: &mut Dirs) -> Result<OwnedFd> {
+        match self.open_root() {
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(Errno::ACCESS.raw_os_error())
+                    && !self.overrides_permissions =>
+            {
+                let failed = |op, e| io_err(op, &self.root, e);
+                let st = rustix::fs::stat(&self.root).map_err(|e| failed("stat", e))?;
+                let mode = st.st_mode & 0o7777;
+                rustix::fs::chmod(&self.root, Mode::from_raw_mode(mode | OWNER_RWX))
+                    .map_err(|e| failed("chmod", e))?;
+                let fd = self.open_root()?;
+                let dup = fd.try_clone().map_err(|source| Error::Io {
+                    op: "dup",
+                    path: self.root.clone(),
+                    source,
+                })?;
+                dirs.opened_up.push((dup, mode));
+                dirs.opened_up_inodes.insert((st.st_dev, st.st_ino), dirs.opened_up.len() - 1);
+                Ok(fd)
+            }
+            other => other,
+        }
+    }
+
+    /// Opens directory `name` of `parent`. A process that is not root cannot open a directory
+    /// of mode 0000, nor search one of 0600: it gives its own copy the owner's `rwx` first.
+    fn open_dir_at(
+        &self,
+        dirs: &mut Dirs,
+        parent: &OwnedFd,
+        name: &str,
+    ) -> std::result::Result<OwnedFd, Errno> {
+        match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+            Err(Errno::ACCESS) if !self.overrides_permissions => {
+                let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                let mode = st.st_mode & 0o7777;
+                rustix::fs::chmodat(parent, name, Mode::from_raw_mode(mode | OWNER_RWX), AtFlags::empty())?;
+                let fd = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
+                let dup = fd.try_clone().map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+                dirs.opened_up.push((dup, mode));
+                dirs.opened_up_inodes.insert((st.st_dev, st.st_ino), dirs.opened_up.len() - 1);
+                Ok(fd)
+            }
+            other => other,
+        }
+    }
+
+    /// Makes directory `fd` (state `id`) one the mirror can work in: a process that is not
+    /// root gives it the owner's `rwx` for this pass, and [`finish`](Self::finish) sets its mode
+    /// back. Nothing to do as root, or when it has them.
+    fn open_up(&self, dirs: &mut Dirs, id: &StateId, fd: &OwnedFd) -> Result<()> {
+        if self.overrides_permissions || dirs.opened_up_ids.contains_key(id) {
+            return Ok(());
+        }
+        let st = rustix::fs::fstat(fd).map_err(|e| io_err("stat", display(id), e))?;
+        let mode = st.st_mode & 0o7777;
+        // A directory opened up on the way (mode 0000) is already among them.
+        let inode = (st.st_dev, st.st_ino);
+        let index = match dirs.opened_up_inodes.get(&inode).copied() {
+            Some(i) => i,
+            None if mode & OWNER_RWX == OWNER_RWX => return Ok(()),
+            None => {
+                rustix::fs::fchmod(fd, Mode::from_raw_mode(mode | OWNER_RWX))
+                    .map_err(|e| io_err("chmod", display(id), e))?;
+                let dup =
+                    fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
+                dirs.opened_up.push((dup, mode));
+                dirs.opened_up_inodes.insert(inode, dirs.opened_up.len() - 1);
+                dirs.opened_up.len() - 1
+            }
+        };
+        dirs.opened_up_ids.insert(id.clone(), index);
+        Ok(())
+    }
+
+    /// Sets directory `fd` (state `id`) to `mode`; one the mirror opened up keeps the owner's
+    /// `rwx` until [`finish`](Self::finish), which sets `mode` last.
+    fn set_dir_mode(&self, dirs: &mut Dirs, id: &StateId, fd: &OwnedFd, mode: u32) -> Result<()> {
+        let chmod = |mode: u32| {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| io_err("chmod", display(id), e))
+        };
+        if self.overrides_permissions {
+            return chmod(mode);
+        }
+        let st = rustix::fs::fstat(fd).map_err(|e| io_err("stat", display(id), e))?;
+        let inode = (st.st_dev, st.st_ino);
+        let known = dirs.opened_up_ids.get(id).or_else(|| dirs.opened_up_inodes.get(&inode)).copied();
+        match known {
+            // Opened up already: it stays open until the end of the pass, which sets `mode`.
+            Some(i) => {
+                dirs.opened_up[i].1 = mode;
+                dirs.opened_up_ids.insert(id.clone(), i);
+                chmod(mode | OWNER_RWX)
+            }
+            None if mode & OWNER_RWX != OWNER_RWX => {
+                chmod(mode | OWNER_RWX)?;
+                let dup =
+                    fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
+                dirs.opened_up.push((dup, mode));
+                let index = dirs.opened_up.len() - 1;
+                dirs.opened_up_ids.insert(id.clone(), index);
+                dirs.opened_up_inodes.insert(inode, index);
+                Ok(())
+            }
+            None => chmod(mode),
+        }
+    }
+
+    /// Ends a pass: every directory opened up gets its mode back (the last thing written to
+    /// it), and the descriptors are forgotten. Returns the first failure.
+    pub fn finish(&self, dirs: &mut Dirs) -> Result<()> {
+        dirs.clear();
+        dirs.opened_up_inodes.clear();
+        let mut result = Ok(());
+        for (fd, mode) in dirs.opened_up.drain(..) {
+            if let Err(e) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)) {
+                // Removed meanwhile is fine; anything else is a failure of the pass.
+                if result.is_ok() {
+                    result = Err(io_err("chmod", &self.root, e));
+                }
+            }
+        }
+        result
     }
 
     /// The descriptor of directory `id`, walking from the root one component at a time.
@@ -136,23 +306,29 @@ impl StatesDir {
     ) -> Result<&'a OwnedFd> {
         if !dirs.open.contains_key(id) {
             let fd = match id.parent() {
-                None => self.open_root()?,
+                None => self.open_root_dir(dirs)?,
                 Some(parent) => {
-                    let parent_fd = self.dir(dirs, &parent, create, made)?;
+                    self.dir(dirs, &parent, create, made)?;
+                    let parent_fd = dirs.open[&parent].try_clone().map_err(|source| Error::Io {
+                        op: "dup",
+                        path: display(&parent),
+                        source,
+                    })?;
                     let name = id.name();
-                    match rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty()) {
+                    match self.open_dir_at(dirs, &parent_fd, name) {
                         Ok(fd) => fd,
                         Err(Errno::NOENT) if create => {
-                            rustix::fs::mkdirat(parent_fd, name, Mode::from_raw_mode(0o755))
+                            rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755))
                                 .map_err(|e| io_err("mkdir", display(id), e))?;
                             made.push(id.clone());
-                            rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty())
+                            rustix::fs::openat(&parent_fd, name, DIR_FLAGS, Mode::empty())
                                 .map_err(|e| io_err("open", display(id), e))?
                         }
                         Err(e) => return Err(io_err("open", display(id), e)),
                     }
                 }
             };
+            self.open_up(dirs, id, &fd)?;
             dirs.open.insert(id.clone(), fd);
         }
         Ok(&dirs.open[id])
@@ -186,13 +362,18 @@ impl StatesDir {
     /// Makes path `id` match `entry` (`None`: nothing is there). Directories missing on the
     /// way are created; their IDs are returned so their own modes get written too.
     pub fn write(&self, dirs: &mut Dirs, id: &StateId, entry: Option<&Entry>) -> Result<Vec<StateId>> {
+        #[cfg(test)]
+        if self.refuse.lock().unwrap().contains(id) {
+            return Err(io_err("write", display(id), Errno::IO));
+        }
         let mut made = Vec::new();
         let Some(parent) = id.parent() else {
             // The root: only its mode is mirrored.
             if let Some(entry) = entry {
                 let root = self.dir(dirs, id, false, &mut made)?;
-                rustix::fs::fchmod(root, Mode::from_raw_mode(entry.mode))
-                    .map_err(|e| io_err("chmod", &self.root, e))?;
+                let root =
+                    root.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
+                self.set_dir_mode(dirs, id, &root, entry.mode)?;
             }
             return Ok(made);
         };
@@ -223,12 +404,14 @@ impl StatesDir {
                     Err(e) => return Err(io_err("stat", display(id), e)),
                 }
                 let fd = self.dir(dirs, id, false, &mut made)?;
-                rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
-                    .map_err(|e| io_err("chmod", display(id), e))?;
-                self.own(fd, entry).map_err(|e| io_err("chown", display(id), e))?;
+                let fd =
+                    fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
+                self.own(&fd, entry).map_err(|e| io_err("chown", display(id), e))?;
+                // After the owner: a change of owner clears the set-group-ID bit.
+                self.set_dir_mode(dirs, id, &fd, entry.mode)?;
                 // A directory's mtime moves again as its children are written; it is mirrored
                 // as of this write only.
-                rustix::fs::futimens(fd, &timestamps(entry))
+                rustix::fs::futimens(&fd, &timestamps(entry))
                     .map_err(|e| io_err("utimens", display(id), e))?;
             }
             EntryKind::Symlink(target) => {
@@ -337,6 +520,10 @@ impl StatesDir {
     /// nothing else has it open or links to it; removed otherwise.
     fn keep_spare(&self, dirs: &mut Dirs, tmp: &str) {
         let Some(scratch) = dirs.scratch.as_ref() else { return };
+        if !self.overrides_permissions {
+            // The replaced version may have had no write bit for its owner (mode 0444, 0000).
+            let _ = rustix::fs::chmodat(scratch, tmp, Mode::from_raw_mode(0o600), AtFlags::empty());
+        }
         let emptied = dirs.spares.len() < SPARES_KEPT && empty_if_unshared(scratch, tmp);
         if emptied {
             dirs.spares.push(tmp.to_owned());
@@ -391,8 +578,7 @@ impl StatesDir {
         match rustix::fs::unlinkat(parent_fd, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(Errno::ISDIR | Errno::PERM) => {
-                let fd = rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty())
-                    .map_err(|e| io_err("open", shown(), e))?;
+                let fd = open_to_empty(parent_fd, name).map_err(|e| io_err("open", shown(), e))?;
                 empty_dir(&fd).map_err(|e| io_err("empty", shown(), e))?;
                 let parent_fd = self.dir(dirs, dir, false, &mut Vec::new())?;
                 rustix::fs::unlinkat(parent_fd, name, AtFlags::REMOVEDIR)
@@ -427,6 +613,10 @@ impl StatesDir {
                 Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) if attempt == 0 => {
                     self.remove(dirs, &to_dir, to.name().as_bytes())?;
                 }
+                // A directory moved to another parent needs its own write bit (for `..`).
+                Err(Errno::ACCESS) if attempt == 0 && !self.overrides_permissions => {
+                    self.dir(dirs, from, false, &mut Vec::new())?;
+                }
                 Err(e) => return Err(io_err("rename", display(from), e)),
             }
         }
@@ -443,18 +633,30 @@ impl StatesDir {
             Err(_) => return Ok(false),
         };
         let Ok(b_fd) = self.dir(dirs, &b_dir, false, &mut Vec::new()) else { return Ok(false) };
-        match rustix::fs::renameat_with(&a_fd, a.name(), b_fd, b.name(), RenameFlags::EXCHANGE) {
-            Ok(()) => {
-                dirs.clear();
-                Ok(true)
+        let b_fd =
+            b_fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(&b_dir), source })?;
+        for attempt in 0..2 {
+            match rustix::fs::renameat_with(&a_fd, a.name(), &b_fd, b.name(), RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    dirs.clear();
+                    return Ok(true);
+                }
+                Err(Errno::NOENT) => return Ok(false),
+                // Directories swapped between parents need their own write bits (for `..`).
+                Err(Errno::ACCESS) if attempt == 0 && !self.overrides_permissions => {
+                    for id in [a, b] {
+                        // Fails (harmlessly) for what is not a directory.
+                        let _ = self.dir(dirs, id, false, &mut Vec::new());
+                    }
+                }
+                Err(e) => return Err(io_err("exchange", display(a), e)),
             }
-            Err(Errno::NOENT) => Ok(false),
-            Err(e) => Err(io_err("exchange", display(a), e)),
         }
+        Err(io_err("exchange", display(a), Errno::ACCESS))
     }
 
     /// Every difference between `states/` at `top` (and below) and `entries`, which must be
-    /// the tree's entries at and below `top`, in path order.
+    /// the tree's entries at and below `top`, in path order. Stops at the first failure.
     pub fn compare(
         &self,
         dirs: &mut Dirs,
@@ -462,10 +664,26 @@ impl StatesDir {
         entries: &[(StateId, Entry)],
     ) -> Result<Vec<Mismatch>> {
         let mut out = Vec::new();
+        self.compare_into(dirs, top, entries, &mut out, &mut |_, e| Err(e))?;
+        Ok(out)
+    }
+
+    /// [`compare`](Self::compare), handing each failure to `failed`, which decides whether to
+    /// go on (`Ok`) or stop.
+    fn compare_into(
+        &self,
+        dirs: &mut Dirs,
+        top: &StateId,
+        entries: &[(StateId, Entry)],
+        out: &mut Vec<Mismatch>,
+        failed: &mut dyn FnMut(&StateId, Error) -> Result<()>,
+    ) -> Result<()> {
         let known: BTreeSet<&StateId> = entries.iter().map(|(id, _)| id).collect();
         for (id, entry) in entries {
-            if !self.is_fresh(dirs, id, entry)? {
-                out.push(Mismatch::Stale(id.clone()));
+            match self.is_fresh(dirs, id, entry) {
+                Ok(true) => {}
+                Ok(false) => out.push(Mismatch::Stale(id.clone())),
+                Err(e) => failed(id, e)?,
             }
         }
         // Extras: walk the directories the tree has, below `top`.
@@ -474,8 +692,18 @@ impl StatesDir {
                 continue;
             }
             let Ok(fd) = self.dir(dirs, id, false, &mut Vec::new()) else { continue };
-            let fd = fd.try_clone().map_err(|source| Error::Io { op: "dup", path: display(id), source })?;
-            for name in list(&fd).map_err(|e| io_err("list", display(id), e))? {
+            let listed = match fd.try_clone() {
+                Ok(fd) => list(&fd).map_err(|e| io_err("list", display(id), e)),
+                Err(source) => Err(Error::Io { op: "dup", path: display(id), source }),
+            };
+            let names = match listed {
+                Ok(names) => names,
+                Err(e) => {
+                    failed(id, e)?;
+                    continue;
+                }
+            };
+            for name in names {
                 if id.is_root() && name == CONTROL_DIR.as_bytes() {
                     continue; // the scratch directory
                 }
@@ -495,15 +723,17 @@ impl StatesDir {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn is_fresh(&self, dirs: &mut Dirs, id: &StateId, entry: &Entry) -> Result<bool> {
         let Some(parent) = id.parent() else {
             let root = self.dir(dirs, id, false, &mut Vec::new())?;
             let st = rustix::fs::fstat(root).map_err(|e| io_err("stat", &self.root, e))?;
-            return Ok(st.st_mode & 0o7777 == entry.mode);
+            let mode = dirs.final_mode(id).unwrap_or(st.st_mode & 0o7777);
+            return Ok(mode == entry.mode);
         };
+        let final_mode = dirs.final_mode(id);
         let Ok(parent_fd) = self.dir(dirs, &parent, false, &mut Vec::new()) else { return Ok(false) };
         let st = match rustix::fs::statat(parent_fd, id.name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -523,7 +753,12 @@ impl StatesDir {
                 .map_err(|e| io_err("readlink", display(id), e))?;
             return Ok(on_disk.as_bytes() == target.as_bytes());
         }
-        if st.st_mode & 0o7777 != entry.mode {
+        let mode = match kind {
+            // A directory opened up for this pass: the mode it gets back.
+            FileType::Directory => final_mode.unwrap_or(st.st_mode & 0o7777),
+            _ => st.st_mode & 0o7777,
+        };
+        if mode != entry.mode {
             return Ok(false);
         }
         Ok(match &entry.kind {
@@ -536,13 +771,9 @@ impl StatesDir {
                 {
                     return Ok(false);
                 }
-                let fd = rustix::fs::openat(
-                    parent_fd,
-                    id.name(),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| io_err("open", display(id), e))?;
+                let Some(fd) = self.open_to_read(parent_fd, id, st.st_mode & 0o7777)? else {
+                    return Ok(false);
+                };
                 let mut bytes = Vec::with_capacity(content.len());
                 std::fs::File::from(fd).read_to_end(&mut bytes).map_err(|source| Error::Io {
                     op: "read",
@@ -554,26 +785,67 @@ impl StatesDir {
         })
     }
 
+    /// Opens file `id` (of mode `mode`, in directory `parent_fd`) to read it. A process that is
+    /// not root cannot read its own file of mode 0000: it adds the owner's read bit for the
+    /// open and sets the mode back. `None`: it cannot be read even so (someone else's file),
+    /// which makes it stale.
+    fn open_to_read(&self, parent_fd: &OwnedFd, id: &StateId, mode: u32) -> Result<Option<OwnedFd>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        match rustix::fs::openat(parent_fd, id.name(), flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ACCESS) if !self.overrides_permissions => {
+                let readable = Mode::from_raw_mode(mode | 0o400);
+                if rustix::fs::chmodat(parent_fd, id.name(), readable, AtFlags::empty()).is_err() {
+                    return Ok(None);
+                }
+                let opened = rustix::fs::openat(parent_fd, id.name(), flags, Mode::empty());
+                let restored = match &opened {
+                    Ok(fd) => rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)),
+                    Err(_) => {
+                        rustix::fs::chmodat(parent_fd, id.name(), Mode::from_raw_mode(mode), AtFlags::empty())
+                    }
+                };
+                restored.map_err(|e| io_err("chmod", display(id), e))?;
+                Ok(opened.ok())
+            }
+            Err(e) => Err(io_err("open", display(id), e)),
+        }
+    }
+
     /// Makes `top` and everything below it match `entries` (see [`compare`](Self::compare)).
-    /// Returns the mismatches it fixed; stops at the first failure.
-    pub fn settle(
-        &self,
-        dirs: &mut Dirs,
-        top: &StateId,
-        entries: &[(StateId, Entry)],
-    ) -> Result<Vec<Mismatch>> {
-        let mismatches = self.compare(dirs, top, entries)?;
+    /// A state that cannot be compared or fixed does not stop the others: the result lists
+    /// what was fixed and what failed, by state.
+    pub fn settle(&self, dirs: &mut Dirs, top: &StateId, entries: &[(StateId, Entry)]) -> Settled {
+        let mut settled = Settled::default();
+        let mut mismatches = Vec::new();
+        let mut compare_failed = |id: &StateId, e: Error| {
+            settled.failed.push((id.clone(), e));
+            Ok(())
+        };
+        let _ = self.compare_into(dirs, top, entries, &mut mismatches, &mut compare_failed);
         let by_id: HashMap<&StateId, &Entry> = entries.iter().map(|(id, e)| (id, e)).collect();
-        for m in &mismatches {
-            match m {
-                Mismatch::Extra { dir, name } => self.remove(dirs, dir, name)?,
-                // Parents come first in path order, so they exist by now.
-                Mismatch::Stale(id) => {
-                    self.write(dirs, id, by_id.get(id).copied())?;
+        for m in mismatches {
+            let done = match &m {
+                Mismatch::Extra { dir, name } => self.remove(dirs, dir, name).map_err(|e| (dir.clone(), e)),
+                // Parents come first in path order, so they exist by now (or failed).
+                Mismatch::Stale(id) => match self.write(dirs, id, by_id.get(id).copied()) {
+                    Ok(made) => {
+                        settled.made.extend(made);
+                        Ok(())
+                    }
+                    Err(e) => Err((id.clone(), e)),
+                },
+            };
+            match done {
+                Ok(()) => settled.fixed.push(m),
+                Err((id, e)) => {
+                    settled.failed.push((id, e));
+                    // A descriptor may point at a directory that failed half-way.
+                    dirs.clear();
                 }
             }
         }
-        Ok(mismatches)
+        settled
     }
 
     /// Removes what interrupted writes left in the scratch directory, and the spares.
@@ -586,7 +858,18 @@ impl StatesDir {
     /// Every difference between all of `states/` and `tree` (for `lightchain verify`).
     pub fn compare_tree(&self, tree: &Tree) -> Result<Vec<Mismatch>> {
         let entries: Vec<(StateId, Entry)> = tree.iter().map(|(id, e)| (id.clone(), e.clone())).collect();
-        self.compare(&mut Dirs::default(), &StateId::root(), &entries)
+        let mut dirs = Dirs::default();
+        let compared = self.compare(&mut dirs, &StateId::root(), &entries);
+        let restored = self.finish(&mut dirs);
+        let compared = compared?;
+        restored?;
+        Ok(compared)
+    }
+
+    /// Makes what this process wrote to `states/` durable: one `syncfs` of its filesystem.
+    pub fn sync(&self, dirs: &mut Dirs) -> Result<()> {
+        let root = self.dir(dirs, &StateId::root(), false, &mut Vec::new())?;
+        rustix::fs::syncfs(root).map_err(|e| io_err("syncfs", &self.root, e))
     }
 }
 
@@ -626,7 +909,7 @@ fn empty_dir(fd: &OwnedFd) -> std::result::Result<(), Errno> {
         match rustix::fs::unlinkat(fd, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(Errno::ISDIR | Errno::PERM) => {
-                let child = rustix::fs::openat(fd, name, DIR_FLAGS, Mode::empty())?;
+                let child = open_to_empty(fd, name)?;
                 empty_dir(&child)?;
                 rustix::fs::unlinkat(fd, name, AtFlags::REMOVEDIR)?;
             }
@@ -634,6 +917,14 @@ fn empty_dir(fd: &OwnedFd) -> std::result::Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+/// Opens directory `name` of `dir` to remove everything in it. It is about to go, so it first
+/// gets mode 0700 (a process that is not root could neither list a directory of mode 0000 nor
+/// remove anything from one of 0555; refused for a directory someone else owns).
+fn open_to_empty(dir: &OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(OWNER_RWX), AtFlags::empty());
+    rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
 }
 
 /// Empties file `name` of directory `dir` if it is a regular file that nothing else has open
@@ -659,6 +950,20 @@ fn empty_if_unshared(dir: &OwnedFd, name: &str) -> bool {
     alone && rustix::fs::ftruncate(&fd, 0).is_ok()
 }
 
+/// Whether this process has `CAP_DAC_OVERRIDE` in effect (from `/proc/self/status`; assumed
+/// so for root if unreadable).
+fn overrides_permissions() -> bool {
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .map_or(rustix::process::geteuid().is_root(), |caps| caps & (1 << CAP_DAC_OVERRIDE) != 0)
+}
+
 /// The umask of this process, from `/proc/self/status` (assumed the common 022 if unreadable).
 fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -672,7 +977,7 @@ fn process_umask() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::{ApplyCtx, Content, RenameMode, RequestId, Transaction, TxOp};
 
@@ -683,6 +988,12 @@ mod tests {
     fn apply(tree: &mut Tree, seq: u64, op: TxOp) {
         let tx = Transaction { request: RequestId { node: 1, incarnation: 1, seq }, acked_below: 0, op };
         tree.apply(&ApplyCtx { height: seq, timestamp_ms: seq }, &tx);
+    }
+
+    /// What a settle that must not fail fixed.
+    fn settled(settled: Settled) -> Vec<Mismatch> {
+        assert!(settled.failed.is_empty(), "{:?}", settled.failed);
+        settled.fixed
     }
 
     fn entries(tree: &Tree) -> Vec<(StateId, Entry)> {
@@ -708,7 +1019,7 @@ mod tests {
             TxOp::Put { id: sid("g"), content: Content::from(&b"g"[..]), uid: 0, gid: 0, ino: None },
         );
         let root = StateId::root();
-        states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
+        settled(states.settle(&mut dirs, &root, &entries(&tree)));
         assert_eq!(std::fs::read(dir.states().join("d/f")).unwrap(), b"hi");
         assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
 
@@ -725,7 +1036,7 @@ mod tests {
         std::fs::write(dir.states().join("stray"), b"x").unwrap();
         std::fs::remove_file(dir.states().join("e/f")).unwrap();
         std::fs::create_dir_all(dir.states().join("e/junk/deeper")).unwrap();
-        let fixed = states.settle(&mut dirs, &root, &entries(&tree)).unwrap();
+        let fixed = settled(states.settle(&mut dirs, &root, &entries(&tree)));
         assert_eq!(fixed.len(), 4, "{fixed:?}");
         assert!(states.compare(&mut dirs, &root, &entries(&tree)).unwrap().is_empty());
         assert_eq!(std::fs::read(dir.states().join("g")).unwrap(), b"hi");
@@ -845,6 +1156,159 @@ mod tests {
         }
     }
 
+    /// Runs `body` as a user that is not root: in a child process (this test binary, run for
+    /// `test` alone as `nobody`) when this one is root, directly otherwise.
+    pub(crate) fn as_non_root(test: &str, body: impl FnOnce()) {
+        const CHILD: &str = "LIGHTCHAIN_TEST_NON_ROOT_CHILD";
+        if std::env::var_os(CHILD).is_some() || !rustix::process::geteuid().is_root() {
+            assert!(!rustix::process::geteuid().is_root(), "the child runs as root");
+            return body();
+        }
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("TMPDIR", "/tmp")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the non-root child failed:\n{text}");
+        assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// A daemon that is not root mirrors any mode: a file of mode 0000, a directory of 0555 with
+    /// files written into it, one of 0000, later versions, a rename of such a directory to
+    /// another parent and its removal — its own copy gets the owner's bits while it works and
+    /// its final mode last.
+    #[test]
+    fn any_mode_is_mirrored_by_a_user_that_is_not_root() {
+        as_non_root("store::states::tests::any_mode_is_mirrored_by_a_user_that_is_not_root", || {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = DataDir::create(tmp.path()).unwrap();
+            let states = StatesDir::new(&dir);
+            let mut dirs = Dirs::default();
+            let mut tree = Tree::new();
+            let mut seq = 0;
+            let mut op = |tree: &mut Tree, op: TxOp| {
+                seq += 1;
+                apply(tree, seq, op);
+            };
+            let put = |id: &str, content: &str| TxOp::Put {
+                id: sid(id),
+                content: Content::from(content.as_bytes()),
+                uid: 0,
+                gid: 0,
+                ino: None,
+            };
+            let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+            op(&mut tree, put("locked", "nobody may read this"));
+            op(&mut tree, TxOp::Chmod { id: sid("locked"), mode: 0o000 });
+            op(&mut tree, TxOp::Mkdir { id: sid("ro"), mode: 0o755, uid, gid });
+            op(&mut tree, put("ro/a", "a"));
+            op(&mut tree, TxOp::Mkdir { id: sid("ro/sub"), mode: 0o755, uid, gid });
+            op(&mut tree, put("ro/sub/b", "b"));
+            op(&mut tree, TxOp::Chmod { id: sid("ro/sub"), mode: 0o555 });
+            op(&mut tree, TxOp::Chmod { id: sid("ro"), mode: 0o555 });
+            op(&mut tree, TxOp::Mkdir { id: sid("shut"), mode: 0o755, uid, gid });
+            op(&mut tree, put("shut/c", "c"));
+            op(&mut tree, TxOp::Chmod { id: sid("shut/c"), mode: 0o444 });
+            op(&mut tree, TxOp::Chmod { id: sid("shut"), mode: 0o000 });
+            op(&mut tree, TxOp::Chmod { id: StateId::root(), mode: 0o500 });
+            let root = StateId::root();
+            let check = |states: &StatesDir, dirs: &mut Dirs, tree: &Tree| {
+                assert!(states.compare(dirs, &root, &entries(tree)).unwrap().is_empty());
+                states.finish(dirs).unwrap();
+                // What the owner can reach by path (the compares above open the rest up).
+                let reachable = |id: &StateId| {
+                    let mut at = id.parent();
+                    while let Some(d) = at {
+                        if tree.get(&d).is_some_and(|e| e.mode & 0o100 == 0) {
+                            return false;
+                        }
+                        at = d.parent();
+                    }
+                    true
+                };
+                for (id, entry) in tree.iter().filter(|(id, _)| reachable(id)) {
+                    assert_eq!(mode_of(&dir.states().join(id.as_str())), entry.mode, "{id:?}");
+                }
+                assert!(states.compare_tree(tree).unwrap().is_empty());
+            };
+            settled(states.settle(&mut dirs, &root, &entries(&tree)));
+            states.finish(&mut dirs).unwrap();
+            check(&states, &mut dirs, &tree);
+
+            // Hand damage under the closed directories is found and repaired.
+            let shut = dir.states().join("shut");
+            std::fs::set_permissions(&shut, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+            std::fs::set_permissions(shut.join("c"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            std::fs::write(shut.join("c"), "torn").unwrap();
+            std::fs::set_permissions(shut.join("c"), std::os::unix::fs::PermissionsExt::from_mode(0o444))
+                .unwrap();
+            std::fs::write(shut.join("stray"), "x").unwrap();
+            std::fs::set_permissions(&shut, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+            let fixed = settled(states.settle(&mut dirs, &root, &entries(&tree)));
+            states.finish(&mut dirs).unwrap();
+            assert_eq!(fixed.len(), 2, "{fixed:?}");
+            check(&states, &mut dirs, &tree);
+
+            // New versions inside them, one by one as the mirror writes them.
+            for (id, content) in [("ro/a", "a2"), ("ro/sub/b", "b2"), ("shut/c", "c2"), ("locked", "l2")] {
+                op(&mut tree, put(id, content));
+                states.write(&mut dirs, &sid(id), tree.get(&sid(id))).unwrap();
+            }
+            states.finish(&mut dirs).unwrap();
+            check(&states, &mut dirs, &tree);
+
+            // A closed directory moves to another parent, and one is removed.
+            op(
+                &mut tree,
+                TxOp::Rename { from: sid("ro/sub"), to: sid("shut/sub"), mode: RenameMode::Replace },
+            );
+            assert!(states.rename(&mut dirs, &sid("ro/sub"), &sid("shut/sub")).unwrap());
+            states.finish(&mut dirs).unwrap();
+            check(&states, &mut dirs, &tree);
+            op(&mut tree, TxOp::Delete { id: sid("shut/sub/b") });
+            op(&mut tree, TxOp::Rmdir { id: sid("shut/sub") });
+            states.write(&mut dirs, &sid("shut/sub"), None).unwrap();
+            states.finish(&mut dirs).unwrap();
+            check(&states, &mut dirs, &tree);
+
+            // Even `states/` itself may be closed.
+            op(&mut tree, TxOp::Chmod { id: StateId::root(), mode: 0o000 });
+            states.write(&mut dirs, &root, tree.get(&root)).unwrap();
+            states.finish(&mut dirs).unwrap();
+            assert_eq!(mode_of(&dir.states()), 0o000);
+            op(&mut tree, put("after", "the root closed"));
+            states.write(&mut dirs, &sid("after"), tree.get(&sid("after"))).unwrap();
+            states.finish(&mut dirs).unwrap();
+            assert!(states.compare_tree(&tree).unwrap().is_empty());
+            assert_eq!(mode_of(&dir.states()), 0o000);
+            open_everything(tmp.path());
+        });
+    }
+
+    /// Gives every directory below `path` mode 0700, so that a test's temporary directory can
+    /// be removed by the user that made it.
+    pub(crate) fn open_everything(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                open_everything(&entry.path());
+            }
+        }
+    }
+
     #[test]
     fn the_longest_legal_path_is_mirrored_under_a_deep_data_directory() {
         // The data directory itself sits deep, so states/ + the ID is far past PATH_MAX.
@@ -870,7 +1334,7 @@ mod tests {
             TxOp::Put { id: sid(&file), content: Content::from(&b"deep"[..]), uid: 0, gid: 0, ino: None },
         );
         let mut dirs = Dirs::default();
-        states.settle(&mut dirs, &StateId::root(), &entries(&tree)).unwrap();
+        settled(states.settle(&mut dirs, &StateId::root(), &entries(&tree)));
         assert!(states.compare(&mut dirs, &StateId::root(), &entries(&tree)).unwrap().is_empty());
         // Removing it again works too.
         states.remove(&mut dirs, &StateId::root(), component.as_bytes()).unwrap();

@@ -71,6 +71,9 @@ pub struct Opts {
     pub watchdog: Option<Duration>,
     /// Environment variables for the child (set after the test's own `LIGHTCHAIN_*` are removed).
     pub env: Vec<(String, String)>,
+    /// Run the child without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (dropped from its bounding
+    /// set): file permissions then apply to it as to a user that is not root, while it can still mount.
+    pub without_permission_override: bool,
 }
 
 impl Opts {
@@ -251,10 +254,19 @@ impl Node {
         // If the test process dies without running `Drop` (e.g. killed by a timeout), take the node with it.
         // (The signal fires when the spawning thread exits; nodes live and die within one test thread.)
         let group = self.opts.supplementary_group;
+        let no_override = self.opts.without_permission_override;
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if no_override {
+                    // CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2): gone for good at exec.
+                    for cap in [1, 2] {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                }
                 // Same effect as `setpriv --groups G`: replaces the supplementary groups.
                 if let Some(g) = group {
                     let groups = [g as libc::gid_t];
