@@ -178,7 +178,7 @@ fn after_a_power_cut_anywhere_the_node_starts_keeps_every_acknowledged_write_and
                 .propose(put(&after, b"still writable\n".to_vec()))
                 .await
                 .unwrap_or_else(|e| panic!("{context}: a write after the restart: {e}"));
-            assert!(node.wait_mirrored(committed.height).await, "{context}: states/ never caught up");
+            assert!(node.wait_mirrored(committed.height, None).await, "{context}: states/ never caught up");
             node.shutdown().await;
         });
         if let Some(problem) = crate::cli::verify::problems(&image) {
