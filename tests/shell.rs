@@ -31,6 +31,8 @@ fn readme_tour() {
         "w\n",
         "mkdir -p, echo, mv, ls"
     );
+    // states/ is written behind the acknowledgement (and made durable before it is reported).
+    n.wait_written_behind();
     assert_eq!(
         ok(&n, "cat \"$DATA/states/greeting\""),
         "hello\n",
