@@ -28,6 +28,9 @@ pub struct NodeGuard {
     configured: BTreeSet<u64>,
     /// Consensus metrics, once consensus runs: the membership senders are checked against.
     metrics: OnceLock<MetricsRx>,
+    /// The member poll's latest answers, once the node runs: they vouch for a leader this
+    /// node's (lagging) membership does not list as a voter yet.
+    views: OnceLock<super::members::Views>,
     /// Set on a joining node: while it knows no membership, any holder of the token is admitted
     /// (it cannot know the leader's id before the leader replicates to it).
     joining: std::sync::atomic::AtomicBool,
@@ -48,6 +51,7 @@ impl NodeGuard {
             token,
             configured,
             metrics: OnceLock::new(),
+            views: OnceLock::new(),
             joining: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -55,6 +59,11 @@ impl NodeGuard {
     /// From now on, senders are checked against consensus's membership (once it has one).
     pub fn watch_membership(&self, metrics: MetricsRx) {
         let _ = self.metrics.set(metrics);
+    }
+
+    /// From now on, the member poll's answers may vouch for a voter this node does not know yet.
+    pub fn watch_views(&self, views: super::members::Views) {
+        let _ = self.views.set(views);
     }
 
     /// This node is joining: until it knows a membership, admit any holder of the token.
@@ -68,6 +77,15 @@ impl NodeGuard {
         let m = metrics.borrow_watched();
         let ids: BTreeSet<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         (!ids.is_empty()).then_some(ids)
+    }
+
+    /// The voters and the members (voters and learners) of consensus's membership, if it knows one.
+    fn voters_and_members(&self) -> Option<(BTreeSet<u64>, BTreeSet<u64>)> {
+        let metrics = self.metrics.get()?;
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        (!members.is_empty()).then(|| (membership.voter_ids().collect(), members))
     }
 
     /// The incarnation recorded for `node`, if it was ever heard from.
@@ -106,6 +124,25 @@ impl PeerGuard for NodeGuard {
         }
     }
 
+    fn authorize_voter(&self, node: u64) -> Result<(), String> {
+        self.authorize(node)?;
+        // Before consensus knows a membership, `authorize` decided (configured peers, a joiner).
+        let Some((voters, members)) = self.voters_and_members() else { return Ok(()) };
+        if voters.contains(&node) {
+            return Ok(());
+        }
+        let me = self.identity.lock().unwrap().node_id;
+        if let Some(views) = self.views.get() {
+            if vouched(node, me, &members, &views.lock().unwrap(), VOUCH_FRESH) {
+                tracing::info!(peer = node, "a node this node's membership lists as a learner is a voter by the other members' answers (this node lags)");
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "node {node} is not a voter (voters: {voters:?}): only a voter may ask for votes or send entries"
+        ))
+    }
+
     fn admit(&self, remote: &PeerMeta) -> Result<(), String> {
         let local = self.local();
         if !remote.cluster_id.is_empty()
@@ -139,6 +176,31 @@ impl PeerGuard for NodeGuard {
     }
 }
 
+/// How recent a member's answer must be to vouch for a voter.
+const VOUCH_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the other members vouch for `node` as a voter while this node (`me`) lags: of the
+/// `members` of this node's membership other than `me` and `node` itself, those that answered
+/// within `fresh`, at least one, and more than half of them, list it among their voters. A
+/// claimant cannot vouch for itself, and it cannot forge another member's answer.
+fn vouched(
+    node: u64,
+    me: u64,
+    members: &BTreeSet<u64>,
+    views: &std::collections::HashMap<u64, super::members::MemberView>,
+    fresh: std::time::Duration,
+) -> bool {
+    let answers: Vec<bool> = members
+        .iter()
+        .filter(|m| **m != me && **m != node)
+        .filter_map(|m| views.get(m))
+        .filter(|v| v.at.elapsed() < fresh)
+        .map(|v| v.voters.contains(&node))
+        .collect();
+    let yes = answers.iter().filter(|y| **y).count();
+    yes > 0 && yes * 2 > answers.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +218,39 @@ mod tests {
         // A stranger with an empty cluster id and an unused node id is not admitted any more: it
         // fails `authorize` before `admit` is asked.
         assert!(guard.authorize(999).is_err());
+    }
+
+    fn view(voters: &[u64], age: std::time::Duration) -> super::super::members::MemberView {
+        super::super::members::MemberView {
+            head_height: None,
+            head_hash: None,
+            ready: true,
+            voters: voters.iter().copied().collect(),
+            at: std::time::Instant::now() - age,
+            probe: None,
+        }
+    }
+
+    #[test]
+    fn only_a_majority_of_fresh_answers_of_other_members_vouch_for_a_voter() {
+        let fresh = std::time::Duration::from_secs(5);
+        let recent = std::time::Duration::ZERO;
+        let members: BTreeSet<u64> = [1, 2, 3, 4].into();
+        // This node is 1, the claimant 4 (a learner here).
+        let views = |v: Vec<(u64, super::super::members::MemberView)>| v.into_iter().collect();
+        assert!(!vouched(4, 1, &members, &views(vec![]), fresh), "nobody answered");
+        assert!(vouched(4, 1, &members, &views(vec![(2, view(&[2, 3, 4], recent))]), fresh));
+        assert!(
+            !vouched(4, 1, &members, &views(vec![(4, view(&[1, 2, 3, 4], recent))]), fresh),
+            "the claimant vouches for itself"
+        );
+        assert!(
+            !vouched(4, 1, &members, &views(vec![(2, view(&[2, 3, 4], fresh * 2))]), fresh),
+            "an old answer"
+        );
+        let split = views(vec![(2, view(&[2, 3, 4], recent)), (3, view(&[1, 2, 3], recent))]);
+        assert!(!vouched(4, 1, &members, &split, fresh), "half is no majority");
+        // A stranger is not a member: no answer names it.
+        assert!(!vouched(9, 1, &members, &views(vec![(2, view(&[1, 2, 3], recent))]), fresh));
     }
 }

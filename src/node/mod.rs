@@ -416,6 +416,8 @@ impl Node {
             }
         }
 
+        let views = members::Views::default();
+        guard.watch_views(views.clone());
         let (proposals, queue) = mpsc::unbounded_channel();
         // Request ids of this process: a new incarnation for every start, seqs from 1, so
         // they never repeat or go backwards, whatever the clock does (`chain::dedup`).
@@ -430,7 +432,7 @@ impl Node {
             requests,
             proposals,
             reads: Arc::default(),
-            views: Arc::default(),
+            views,
             diverged: Arc::default(),
             removed: Arc::default(),
             leaderless_since: Arc::default(),
@@ -653,7 +655,7 @@ impl Node {
             };
             let attempt = match leader {
                 Some((l, _)) if l == self.id() => self.leader_read_index().await,
-                Some((_, addr)) => self.remote_read_index(&addr).await,
+                Some((l, addr)) => self.remote_read_index(l, &addr).await,
                 None => Err(Error::NotLeader),
             };
             match attempt {
@@ -668,13 +670,14 @@ impl Node {
         }
     }
 
-    async fn remote_read_index(&self, addr: &str) -> Result<u64, Error> {
+    async fn remote_read_index(&self, leader: u64, addr: &str) -> Result<u64, Error> {
         use crate::rpc::pb::cluster_client::ClusterClient;
         let channel = self.channels.get(addr).map_err(|_| Error::NotLeader)?;
-        let request = crate::rpc::peer::request(
+        let request = crate::rpc::peer::request_to(
             crate::rpc::pb::ReadIndexRequest {},
             self.guard.as_ref(),
             self.config.commit_timeout,
+            leader,
         );
         let response = ClusterClient::new(channel).read_index(request).await.map_err(|_| Error::NotLeader)?;
         crate::rpc::peer::admit_response(&response, self.guard.as_ref()).map_err(|_| Error::NotLeader)?;

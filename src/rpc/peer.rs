@@ -98,6 +98,81 @@ pub trait PeerGuard: Send + Sync + 'static {
     /// Checks a peer's cluster and incarnation (and remembers the incarnation); `Err` says why
     /// it is refused.
     fn admit(&self, remote: &PeerMeta) -> Result<(), String>;
+    /// Whether `node` may ask for votes or lead (send append-entries or a snapshot): a voter of
+    /// the current membership (or, before one is known, whoever [`PeerGuard::authorize`] lets in).
+    fn authorize_voter(&self, node: u64) -> Result<(), String> {
+        self.authorize(node)
+    }
+}
+
+/// Why a peer message was refused, each with the gRPC code it is answered with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No `lc-token` (`UNAUTHENTICATED`).
+    #[error(
+        "no cluster token: peers and the CLI must present the cluster's token (see --cluster-token-file)"
+    )]
+    NoToken,
+    /// A token that is not the cluster's (`UNAUTHENTICATED`).
+    #[error("wrong cluster token")]
+    WrongToken,
+    /// A member's message that does not name the node it is for (`PERMISSION_DENIED`).
+    #[error(
+        "peer message without valid 'lc-to' metadata: every message between members names the node it is for"
+    )]
+    NoTarget,
+    /// A message for another node id (`PERMISSION_DENIED`).
+    #[error("this message is for node {to}; this is node {me} (a new node at that node's address)")]
+    WrongTarget {
+        /// The node it names.
+        to: u64,
+        /// This node.
+        me: u64,
+    },
+    /// Missing or malformed `lc-from`/`lc-incarnation` (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    BadMetadata(String),
+    /// The sender may not talk to this node at all (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    NotAuthorized(String),
+    /// The sender may talk, but not ask for votes or lead: it is no voter (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    NotAVoter(String),
+    /// The sender's cluster or incarnation is refused (`FAILED_PRECONDITION`).
+    #[error("{0}")]
+    NotAdmitted(String),
+    /// The payload speaks for another node than its sender (`PERMISSION_DENIED`).
+    #[error("node {sender} sent a {what} naming node {named:?}")]
+    SpeaksForAnother {
+        /// The sender (`lc-from`).
+        sender: u64,
+        /// The node the payload names.
+        named: Option<u64>,
+        /// What the payload is.
+        what: &'static str,
+    },
+}
+
+impl Refusal {
+    /// The gRPC code this refusal is answered with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Refusal::NoToken | Refusal::WrongToken => tonic::Code::Unauthenticated,
+            Refusal::NotAdmitted(_) => tonic::Code::FailedPrecondition,
+            Refusal::NoTarget
+            | Refusal::WrongTarget { .. }
+            | Refusal::BadMetadata(_)
+            | Refusal::NotAuthorized(_)
+            | Refusal::NotAVoter(_)
+            | Refusal::SpeaksForAnother { .. } => tonic::Code::PermissionDenied,
+        }
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        Status::new(r.code(), r.to_string())
+    }
 }
 
 /// Puts `token` into outgoing metadata.
@@ -108,12 +183,14 @@ pub fn attach_token(md: &mut MetadataMap, token: &ClusterToken) {
 
 /// Checks the token of an incoming message: `UNAUTHENTICATED` when missing or wrong.
 pub fn check_token(md: &MetadataMap, token: &ClusterToken) -> Result<(), Status> {
+    token_refusal(md, token).map_err(Status::from)
+}
+
+fn token_refusal(md: &MetadataMap, token: &ClusterToken) -> Result<(), Refusal> {
     match md.get(TOKEN).and_then(|v| v.to_str().ok()) {
         Some(offered) if token.matches(offered) => Ok(()),
-        Some(_) => Err(Status::unauthenticated("wrong cluster token")),
-        None => Err(Status::unauthenticated(
-            "no cluster token: peers and the CLI must present the cluster's token (see --cluster-token-file)",
-        )),
+        Some(_) => Err(Refusal::WrongToken),
+        None => Err(Refusal::NoToken),
     }
 }
 
@@ -149,10 +226,24 @@ pub fn stream_request_to<T>(message: T, guard: &dyn PeerGuard, target: u64) -> R
 /// cluster, which reads and records nothing).
 pub fn authenticate_token_holder<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
-    check_token(md, guard.token()).inspect_err(|e| {
-        tracing::warn!(reason = %e.message(), "refusing an unauthenticated request from a new node");
+    token_refusal(md, guard.token()).inspect_err(|e| {
+        tracing::warn!(reason = %e, "refusing an unauthenticated request from a new node");
     })?;
-    PeerMeta::read(md).map_err(Status::permission_denied)
+    let meta = PeerMeta::read(md).map_err(Refusal::BadMetadata)?;
+    // A new node usually does not know whom it asks; when it says, it must be this node.
+    if let Some(to) = md.get(TO).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        let me = guard.local().node_id;
+        if to != me {
+            return Err(Refusal::WrongTarget { to, me }.into());
+        }
+    }
+    Ok(meta)
+}
+
+/// Whether `request` names the node it is for (`lc-to`): a member's message does, a new node's
+/// `Hello` (discovery, start-up checks) or `Join` may not.
+pub fn names_target<T>(request: &Request<T>) -> bool {
+    request.metadata().get(TO).is_some()
 }
 
 /// [`request`] for the node `target` (`lc-to`): a receiver with another id refuses it.
@@ -160,23 +251,27 @@ pub fn request_to<T>(message: T, guard: &dyn PeerGuard, timeout: Duration, targe
     addressed(request(message, guard, timeout), target)
 }
 
-/// Steps 1 and 2 of admission: the token, then the sender's id against the membership (and a
-/// message meant for another node id is refused).
+/// Steps 1 and 2 of admission: the token, the target (`lc-to`, required: a member always knows
+/// whom it writes to, and a message for another node id is refused), then the sender's id
+/// against the membership.
 pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
-    check_token(md, guard.token()).inspect_err(|e| {
-        tracing::warn!(reason = %e.message(), "refusing an unauthenticated peer message");
+    token_refusal(md, guard.token()).inspect_err(|e| {
+        tracing::warn!(reason = %e, "refusing an unauthenticated peer message");
     })?;
-    if let Some(to) = md.get(TO).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        let me = guard.local().node_id;
-        if to != me {
-            tracing::debug!(to, me, "refusing a peer message meant for another node id");
-            return Err(Status::permission_denied(format!(
-                "this message is for node {to}; this is node {me} (a new node at that node's address)"
-            )));
+    let meta = PeerMeta::read(md).map_err(Refusal::BadMetadata)?;
+    let me = guard.local().node_id;
+    match md.get(TO).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        Some(to) if to == me => {}
+        Some(to) => {
+            tracing::debug!(peer = meta.node_id, to, me, "refusing a peer message meant for another node id");
+            return Err(Refusal::WrongTarget { to, me }.into());
+        }
+        None => {
+            tracing::warn!(peer = meta.node_id, "refusing a peer message that names no target (no lc-to)");
+            return Err(Refusal::NoTarget.into());
         }
     }
-    let meta = PeerMeta::read(md).map_err(Status::permission_denied)?;
     authorize(&meta, guard)?;
     Ok(meta)
 }
@@ -185,7 +280,17 @@ pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> R
 fn authorize(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
     guard.authorize(sender.node_id).map_err(|why| {
         tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message");
-        Status::permission_denied(why)
+        Refusal::NotAuthorized(why).into()
+    })
+}
+
+/// For a vote request, append-entries and a snapshot: the sender must be a voter of this node's
+/// current membership (`PERMISSION_DENIED`, logged, when not). A learner or a removed member
+/// that claims leadership changes nothing.
+pub fn check_voter(sender: &PeerMeta, guard: &dyn PeerGuard, what: &str) -> Result<(), Status> {
+    guard.authorize_voter(sender.node_id).map_err(|why| {
+        tracing::warn!(peer = sender.node_id, what, reason = %why, "refusing a consensus message from a non-voter");
+        Refusal::NotAVoter(why).into()
     })
 }
 
@@ -193,7 +298,7 @@ fn authorize(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
 fn admit(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
     guard.admit(sender).map_err(|why| {
         tracing::warn!(peer = sender.node_id, reason = %why, "refusing a peer message");
-        Status::failed_precondition(why)
+        Refusal::NotAdmitted(why).into()
     })
 }
 
@@ -213,7 +318,7 @@ pub fn readmit(sender: &PeerMeta, guard: &dyn PeerGuard) -> Result<(), Status> {
 
 /// Refuses a payload that names another node than its sender (`PERMISSION_DENIED`): a member
 /// may only speak for itself (as a candidate, or as the leader).
-pub fn check_sender(sender: &PeerMeta, named: Option<u64>, what: &str) -> Result<(), Status> {
+pub fn check_sender(sender: &PeerMeta, named: Option<u64>, what: &'static str) -> Result<(), Status> {
     if named == Some(sender.node_id) {
         return Ok(());
     }
@@ -223,7 +328,7 @@ pub fn check_sender(sender: &PeerMeta, named: Option<u64>, what: &str) -> Result
         what,
         "refusing a peer message that speaks for another node"
     );
-    Err(Status::permission_denied(format!("node {} sent a {what} naming node {named:?}", sender.node_id)))
+    Err(Refusal::SpeaksForAnother { sender: sender.node_id, named, what }.into())
 }
 
 /// Wraps `message` as an answer carrying the token and this node's metadata.
@@ -342,8 +447,13 @@ mod tests {
             authenticate_request(&to_other, &guard).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
-        // Without `lc-to` (an older sender) the message is not refused for it.
-        authenticate_request(&request((), &guard, Duration::from_secs(1)), &guard).unwrap();
+        // Without `lc-to` a member's message is refused; a new node's (a token holder's) is not.
+        let untargeted = request((), &guard, Duration::from_secs(1));
+        let refused = authenticate_request(&untargeted, &guard).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("lc-to"), "{}", refused.message());
+        authenticate_token_holder(&untargeted, &guard).unwrap();
+        assert!(authenticate_token_holder(&to_other, &guard).is_err());
         let answer = response((), &guard);
         admit_response_from(&answer, &guard, 2).unwrap();
         assert!(admit_response_from(&answer, &guard, 7).is_err(), "node 2 answered for node 7");
