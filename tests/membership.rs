@@ -373,3 +373,48 @@ fn a_restarted_member_says_ready_only_once_it_has_caught_up_with_what_it_missed(
     assert_caught_up(&c.nodes[slow], &reasons);
     assert_eq!(c.status(slow)["role"], "follower");
 }
+
+/// Issue 20 §3: a join never evicts a live member. A node that joins with `--advertise` naming a live
+/// follower's address (a wrong flag, or any holder of the token) is not admitted — it is told to run
+/// `lightchain member remove` — and the follower stays a voter well past the eviction grace period. (A
+/// member that is really gone is still replaced: `a_wiped_node_is_replaced_and_member_remove_takes_a_voter_out`.)
+#[test]
+fn a_joiner_at_a_live_members_address_evicts_nobody() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let victim = a_follower(&c, &c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    let mut joiner = Node::prepare(c.join_opts(&[leader], &["--advertise", &c.addrs[victim]]));
+    joiner.spawn();
+    let started = std::time::Instant::now();
+    // Well past the grace period (5 s) while the victim keeps answering.
+    let deadline = started + Duration::from_secs(12);
+    while std::time::Instant::now() < deadline {
+        let members = c.status(leader)["members"].as_array().cloned().unwrap_or_default();
+        let ids: HashSet<u64> = members.iter().filter_map(|m| m["id"].as_u64()).collect();
+        assert!(
+            ids.contains(&c.ids[victim]),
+            "the live member at the joiner's address was evicted: {members:?}"
+        );
+        assert_eq!(ids.len(), 3, "the joiner was admitted at a live member's address: {members:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = joiner.log();
+    assert!(
+        log.contains("a join never evicts a live member")
+            && log.contains(&format!("member remove {}", c.ids[victim])),
+        "the joiner should say why and what to do:\n{}",
+        joiner.log_tail(30)
+    );
+    assert!(
+        c.node(leader).log().contains("refusing a join at a live member's address"),
+        "{}",
+        c.node(leader).log_tail(30)
+    );
+    drop(joiner);
+    // The victim is still a voter that serves writes.
+    let list = member_json(&c, leader, &["list"]);
+    assert!(ids_with_role(&list, "voter").contains(&c.ids[victim]), "{list}");
+    put(&c.path(victim, "after"), b"2\n");
+    assert_eq!(read_string(&c.path(leader, "after")), "2\n");
+}

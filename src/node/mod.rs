@@ -200,6 +200,8 @@ pub struct Node {
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
+    /// When this node started (its member poll knows nothing of the others before a few rounds).
+    started: std::time::Instant,
     /// Set once this node finds its chain diverged from the cluster's: it then stops serving.
     diverged: Arc<OnceLock<divergence::Divergence>>,
     /// Set once this node finds it was removed from the membership (why, for logs and status).
@@ -433,6 +435,7 @@ impl Node {
             proposals,
             reads: Arc::default(),
             views,
+            started: std::time::Instant::now(),
             diverged: Arc::default(),
             removed: Arc::default(),
             leaderless_since: Arc::default(),
@@ -870,7 +873,10 @@ impl crate::rpc::admin::AdminHandler for Node {
                 Err(tonic::Status::unavailable(e.to_string()))
             }
             Err(
-                e @ (MemberError::NoSuchMember(_) | MemberError::AlreadyVoter(_) | MemberError::LastVoter(_)),
+                e @ (MemberError::NoSuchMember(_)
+                | MemberError::AlreadyVoter(_)
+                | MemberError::LastVoter(_)
+                | MemberError::LiveMemberAtAddress { .. }),
             ) => Err(tonic::Status::failed_precondition(e.to_string())),
             Err(MemberError::Forwarded(e)) => Err(tonic::Status::unavailable(e)),
         }
