@@ -106,6 +106,11 @@ impl Cluster for ClusterService {
             return Err(Status::permission_denied("a join request's metadata and body name different lives"));
         }
         let addr = super::bootstrap::normalize(&body.addr);
+        if sender.node_id == body.node_id && peer::PeerGuard::binds_certificates(guard) {
+            // The joiner itself: with mutual TLS its certificate must name the address it claims,
+            // so it cannot take another member's place (a forwarding member checked it already).
+            peer::check_certificate(&request, body.node_id, &addr)?;
+        }
         if body.node_id != crate::store::identity::node_id_for_joiner(&addr, body.incarnation) {
             tracing::warn!(node = body.node_id, %addr, "refusing a join under an id not derived from the joiner's address and incarnation");
             return Err(Status::permission_denied(format!(

@@ -6,7 +6,7 @@
 //! it learns a membership it admits any holder of the token ([`NodeGuard::open_for_join`]).
 
 use openraft::async_runtime::WatchReceiver as _;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::consensus::typ::MetricsRx;
@@ -24,8 +24,11 @@ pub struct NodeGuard {
     data: DataDir,
     /// The cluster's shared secret.
     token: ClusterToken,
-    /// Node ids of the configured peers (`--peer`), admitted while no membership is known.
-    configured: BTreeSet<u64>,
+    /// Node ids of the configured peers (`--peer`) and their addresses, admitted while no
+    /// membership is known.
+    configured: BTreeMap<u64, String>,
+    /// Mutual TLS is on: every member's certificate must name the host of its address.
+    certificates: bool,
     /// Consensus metrics, once consensus runs: the membership senders are checked against.
     metrics: OnceLock<MetricsRx>,
     /// The member poll's latest answers, once the node runs: they vouch for a leader this
@@ -42,7 +45,7 @@ impl NodeGuard {
         identity: Arc<Mutex<Identity>>,
         data: &DataDir,
         token: ClusterToken,
-        configured: BTreeSet<u64>,
+        configured: BTreeMap<u64, String>,
     ) -> crate::store::Result<NodeGuard> {
         Ok(NodeGuard {
             identity,
@@ -50,10 +53,18 @@ impl NodeGuard {
             data: data.clone(),
             token,
             configured,
+            certificates: false,
             metrics: OnceLock::new(),
             views: OnceLock::new(),
             joining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// With mutual TLS: a sender's certificate must name the host of its address, on every
+    /// message (see `rpc::peer::check_certificate`).
+    pub fn bind_certificates(mut self, on: bool) -> NodeGuard {
+        self.certificates = on;
+        self
     }
 
     /// From now on, senders are checked against consensus's membership (once it has one).
@@ -115,13 +126,28 @@ impl PeerGuard for NodeGuard {
         match self.members() {
             Some(members) if members.contains(&node) => Ok(()),
             Some(members) => Err(format!("node {node} is not a member (members: {members:?})")),
-            None if self.configured.contains(&node) => Ok(()),
+            None if self.configured.contains_key(&node) => Ok(()),
             None if self.joining.load(std::sync::atomic::Ordering::SeqCst) => Ok(()),
             None => Err(format!(
                 "node {node} is not one of the configured peers {:?}, and this node knows no membership yet",
-                self.configured
+                self.configured.keys().collect::<Vec<_>>()
             )),
         }
+    }
+
+    fn binds_certificates(&self) -> bool {
+        self.certificates
+    }
+
+    fn address_of(&self, node: u64) -> Option<String> {
+        if let Some(metrics) = self.metrics.get() {
+            let m = metrics.borrow_watched();
+            let membership = m.membership_config.membership();
+            if membership.nodes().next().is_some() {
+                return membership.get_node(&node).map(|n| n.addr.clone());
+            }
+        }
+        self.configured.get(&node).cloned()
     }
 
     fn authorize_voter(&self, node: u64) -> Result<(), String> {
@@ -210,7 +236,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let data = DataDir::create(tmp.path()).unwrap();
         let identity = Arc::new(Mutex::new(Identity::generate(1)));
-        let guard = NodeGuard::new(identity, &data, ClusterToken::generate(), [1, 2, 3].into()).unwrap();
+        let configured = [1, 2, 3].map(|i| (i, format!("127.0.0.{i}:7070"))).into();
+        let guard = NodeGuard::new(identity, &data, ClusterToken::generate(), configured).unwrap();
         guard.authorize(2).unwrap();
         guard.authorize(3).unwrap();
         assert!(guard.authorize(4).is_err(), "not a configured peer");

@@ -255,9 +255,10 @@ impl Node {
             }
         });
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
-        let configured = members.keys().copied().collect();
-        let guard =
-            Arc::new(guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), configured)?);
+        let guard = Arc::new(
+            guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), members.clone())?
+                .bind_certificates(config.peer_tls.is_some()),
+        );
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone(), advertised.clone());
         let mut stop = shutdown.subscribe();

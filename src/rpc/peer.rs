@@ -103,6 +103,16 @@ pub trait PeerGuard: Send + Sync + 'static {
     fn authorize_voter(&self, node: u64) -> Result<(), String> {
         self.authorize(node)
     }
+    /// Whether peers must prove who they are with their certificate (mutual TLS is on).
+    fn binds_certificates(&self) -> bool {
+        false
+    }
+    /// The address `node` is known at (its membership entry, or before a membership its
+    /// configured `--peer` address), whose host its certificate must name; `None` when none
+    /// is known yet (a joining node before it learns the membership).
+    fn address_of(&self, _node: u64) -> Option<String> {
+        None
+    }
 }
 
 /// Why a peer message was refused, each with the gRPC code it is answered with.
@@ -141,6 +151,15 @@ pub enum Refusal {
     /// The sender's cluster or incarnation is refused (`FAILED_PRECONDITION`).
     #[error("{0}")]
     NotAdmitted(String),
+    /// With mutual TLS, the sender's certificate does not name the host of its address
+    /// (`PERMISSION_DENIED`): a certificate of one member cannot speak for another.
+    #[error("node {peer}'s certificate does not prove its identity: {reason}")]
+    Certificate {
+        /// The sender (`lc-from`).
+        peer: u64,
+        /// Why (no certificate, no SAN for the host).
+        reason: String,
+    },
     /// The payload speaks for another node than its sender (`PERMISSION_DENIED`).
     #[error("node {sender} sent a {what} naming node {named:?}")]
     SpeaksForAnother {
@@ -164,6 +183,7 @@ impl Refusal {
             | Refusal::BadMetadata(_)
             | Refusal::NotAuthorized(_)
             | Refusal::NotAVoter(_)
+            | Refusal::Certificate { .. }
             | Refusal::SpeaksForAnother { .. } => tonic::Code::PermissionDenied,
         }
     }
@@ -273,7 +293,29 @@ pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> R
         }
     }
     authorize(&meta, guard)?;
+    if guard.binds_certificates() {
+        if let Some(addr) = guard.address_of(meta.node_id) {
+            check_certificate(request, meta.node_id, &addr)?;
+        }
+    }
     Ok(meta)
+}
+
+/// With mutual TLS: the client certificate of `request` must name the host of `addr`, the
+/// address `node` (its `lc-from`) is known at. Refused (`PERMISSION_DENIED`, logged) otherwise.
+pub fn check_certificate<T>(request: &Request<T>, node: u64, addr: &str) -> Result<(), Status> {
+    let host = super::tls::host_of(addr);
+    let verdict = match request.peer_certs() {
+        None => Err("no client certificate".to_owned()),
+        Some(certs) => match certs.first() {
+            None => Err("no client certificate".to_owned()),
+            Some(cert) => super::tls::certificate_names(cert.as_ref(), host),
+        },
+    };
+    verdict.map_err(|reason| {
+        tracing::warn!(peer = node, %addr, %reason, "refusing a peer message whose certificate is not the sender's");
+        Refusal::Certificate { peer: node, reason: format!("{reason}; node {node} is at {addr}") }.into()
+    })
 }
 
 /// Step 2: the sender must be a member (`PERMISSION_DENIED`, logged, when not).
