@@ -19,7 +19,7 @@ use lightchain::rpc::pb::cluster_client::ClusterClient;
 use lightchain::rpc::pb::raft_client::RaftClient;
 use lightchain::rpc::pb::{
     ForwardRequest, HelloRequest, JoinRequest, LimitsRequest, MemberOp, MemberRequest, RaftMessage,
-    ReadIndexRequest, SnapshotChunk, StatusRequest,
+    ReadIndexRequest, SnapshotChunk, StatusRequest, TokenOp, TokenRequest,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
@@ -165,6 +165,9 @@ async fn call_every_rpc(
     // A read of the limits (0 changes nothing), so an admitted call leaves the chain as it was.
     let read_limits = LimitsRequest { max_state_size: 0 };
     out.push(("Admin.Limits", code(admin.limits(who.request(read_limits)).await.map(drop))));
+    // Where a token rotation stands (changes nothing).
+    let token_status = TokenRequest { op: TokenOp::Status as i32, token: String::new() };
+    out.push(("Admin.Token", code(admin.token(who.request(token_status)).await.map(drop))));
     out.into_iter().map(|(n, (c, m))| (n, c, m)).collect()
 }
 
@@ -268,6 +271,7 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
                 let operator = rpc == "Admin.Status"
                     || rpc == "Admin.Member"
                     || rpc == "Admin.Limits"
+                    || rpc == "Admin.Token"
                     || (rpc == "Cluster.Hello" && who.cluster.is_empty());
                 let allowed: &[Code] =
                     if operator && who.token.as_deref() == Some(&token) { &[Code::Ok] } else { codes };

@@ -189,12 +189,12 @@ mod tests {
     use crate::consensus::typ::Vote;
     use crate::rpc::pb::raft_client::RaftClient;
     use crate::rpc::pb::raft_server::RaftServer;
-    use crate::store::identity::ClusterToken;
+    use crate::store::identity::{ClusterToken, Tokens};
 
     /// Node `id` of cluster "c"; it lets node 1 in while `member` holds.
     struct Guard {
         id: u64,
-        token: ClusterToken,
+        token: Tokens,
         member: AtomicBool,
     }
 
@@ -202,7 +202,7 @@ mod tests {
         fn local(&self) -> PeerMeta {
             PeerMeta { cluster_id: "c".into(), node_id: self.id, incarnation: 1 }
         }
-        fn token(&self) -> &ClusterToken {
+        fn tokens(&self) -> &Tokens {
             &self.token
         }
         fn authorize(&self, node: u64) -> Result<(), String> {
@@ -247,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sender_that_leaves_the_membership_is_refused_on_the_stream_it_opened_before() {
-        let token = ClusterToken::generate();
+        let token = Tokens::new(ClusterToken::generate());
         let receiver = Arc::new(Guard { id: 2, token: token.clone(), member: AtomicBool::new(true) });
         let staging = tempfile::tempdir().unwrap();
         let service =

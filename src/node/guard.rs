@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::consensus::typ::MetricsRx;
 use crate::rpc::peer::{PeerGuard, PeerMeta};
-use crate::store::identity::{ClusterToken, Identity, KnownPeers};
+use crate::store::identity::{Identity, KnownPeers, Tokens};
 use crate::store::DataDir;
 
 /// The node's [`PeerGuard`].
@@ -22,8 +22,8 @@ pub struct NodeGuard {
     known: Mutex<KnownPeers>,
     /// Where `known` is saved.
     data: DataDir,
-    /// The cluster's shared secret.
-    token: ClusterToken,
+    /// The cluster's shared secret (two during a rotation).
+    token: Tokens,
     /// Node ids of the configured peers (`--peer`) and their addresses, admitted while no
     /// membership is known.
     configured: BTreeMap<u64, String>,
@@ -44,7 +44,7 @@ impl NodeGuard {
     pub fn new(
         identity: Arc<Mutex<Identity>>,
         data: &DataDir,
-        token: ClusterToken,
+        token: Tokens,
         configured: BTreeMap<u64, String>,
     ) -> crate::store::Result<NodeGuard> {
         Ok(NodeGuard {
@@ -115,7 +115,7 @@ impl PeerGuard for NodeGuard {
         }
     }
 
-    fn token(&self) -> &ClusterToken {
+    fn tokens(&self) -> &Tokens {
         &self.token
     }
 
@@ -237,7 +237,13 @@ mod tests {
         let data = DataDir::create(tmp.path()).unwrap();
         let identity = Arc::new(Mutex::new(Identity::generate(1)));
         let configured = [1, 2, 3].map(|i| (i, format!("127.0.0.{i}:7070"))).into();
-        let guard = NodeGuard::new(identity, &data, ClusterToken::generate(), configured).unwrap();
+        let guard = NodeGuard::new(
+            identity,
+            &data,
+            Tokens::new(crate::store::identity::ClusterToken::generate()),
+            configured,
+        )
+        .unwrap();
         guard.authorize(2).unwrap();
         guard.authorize(3).unwrap();
         assert!(guard.authorize(4).is_err(), "not a configured peer");

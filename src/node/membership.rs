@@ -240,9 +240,15 @@ impl Node {
             Ok(()) => {}
             Err(MemberError::NotLeader { addr, .. }) => {
                 let timeout = self.config.commit_timeout + Duration::from_secs(5);
-                let json = crate::rpc::admin::member_call(&addr, timeout, Some(self.guard.token()), op, id)
-                    .await
-                    .map_err(MemberError::Forwarded)?;
+                let json = crate::rpc::admin::member_call(
+                    &addr,
+                    timeout,
+                    Some(&self.guard.tokens().current()),
+                    op,
+                    id,
+                )
+                .await
+                .map_err(MemberError::Forwarded)?;
                 return serde_json::from_str(&json).map_err(|e| MemberError::Forwarded(e.to_string()));
             }
             Err(e) => return Err(e),

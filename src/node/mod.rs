@@ -28,6 +28,7 @@ mod read_index;
 mod readiness;
 mod services;
 mod status;
+pub mod token;
 
 use openraft::async_runtime::WatchReceiver as _;
 use std::net::SocketAddr;
@@ -255,8 +256,9 @@ impl Node {
             }
         });
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
+        let tokens = crate::store::identity::Tokens::load(data, token)?;
         let guard = Arc::new(
-            guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), members.clone())?
+            guard::NodeGuard::new(shared_identity.clone(), data, tokens.clone(), members.clone())?
                 .bind_certificates(config.peer_tls.is_some()),
         );
         let (shutdown, _) = watch::channel(false);
@@ -265,7 +267,7 @@ impl Node {
         let server = crate::rpc::serve(
             listener,
             Arc::new(cell.clone()),
-            token,
+            tokens,
             cell.routes(data.tmp()),
             config.peer_tls.clone(),
             async move {
@@ -881,6 +883,32 @@ impl crate::rpc::admin::AdminHandler for Node {
             ) => Err(tonic::Status::failed_precondition(e.to_string())),
             Err(MemberError::Forwarded(e)) => Err(tonic::Status::unavailable(e)),
         }
+    }
+
+    async fn token(
+        &self,
+        op: crate::rpc::pb::TokenOp,
+        token: crate::store::identity::ClusterToken,
+    ) -> Result<String, tonic::Status> {
+        use crate::rpc::pb::TokenOp;
+        let tokens = crate::rpc::peer::PeerGuard::tokens(self.guard.as_ref());
+        if op == TokenOp::Rotate {
+            let members = self.rotate_token(&token).await.map_err(|e| match e {
+                token::RotateFailure::Aborted { .. } => tonic::Status::failed_precondition(e.to_string()),
+                token::RotateFailure::Incomplete { .. } => tonic::Status::unavailable(e.to_string()),
+            })?;
+            return Ok(
+                serde_json::json!({ "rotation": tokens.rotation_name(), "members": members }).to_string()
+            );
+        }
+        self.token_step(op, &token).map_err(|e| {
+            tracing::warn!(?op, error = %e, "refusing a token rotation step");
+            tonic::Status::failed_precondition(e.to_string())
+        })?;
+        if op != TokenOp::Status {
+            tracing::info!(?op, rotation = tokens.rotation_name(), "took a token rotation step");
+        }
+        Ok(serde_json::json!({ "rotation": tokens.rotation_name() }).to_string())
     }
 
     async fn limits(&self, max_state_size: u64) -> Result<String, tonic::Status> {

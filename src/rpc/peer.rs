@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::tls::{self, PeerTls};
-use crate::store::identity::ClusterToken;
+use crate::store::identity::{ClusterToken, Tokens};
 
 /// Largest gRPC message either side accepts (a batch of entries of up to 1 MiB states).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -90,8 +90,8 @@ impl PeerMeta {
 pub trait PeerGuard: Send + Sync + 'static {
     /// This node's metadata.
     fn local(&self) -> PeerMeta;
-    /// The cluster token.
-    fn token(&self) -> &ClusterToken;
+    /// The cluster tokens: the one sent, and those accepted (two during a rotation).
+    fn tokens(&self) -> &Tokens;
     /// Whether `node` may talk to this node at all: a member, or during bootstrap a
     /// configured peer. `Err` says why not.
     fn authorize(&self, node: u64) -> Result<(), String>;
@@ -202,13 +202,13 @@ pub fn attach_token(md: &mut MetadataMap, token: &ClusterToken) {
 }
 
 /// Checks the token of an incoming message: `UNAUTHENTICATED` when missing or wrong.
-pub fn check_token(md: &MetadataMap, token: &ClusterToken) -> Result<(), Status> {
-    token_refusal(md, token).map_err(Status::from)
+pub fn check_token(md: &MetadataMap, tokens: &Tokens) -> Result<(), Status> {
+    token_refusal(md, tokens).map_err(Status::from)
 }
 
-fn token_refusal(md: &MetadataMap, token: &ClusterToken) -> Result<(), Refusal> {
+fn token_refusal(md: &MetadataMap, tokens: &Tokens) -> Result<(), Refusal> {
     match md.get(TOKEN).and_then(|v| v.to_str().ok()) {
-        Some(offered) if token.matches(offered) => Ok(()),
+        Some(offered) if tokens.accepts(offered) => Ok(()),
         Some(_) => Err(Refusal::WrongToken),
         None => Err(Refusal::NoToken),
     }
@@ -217,7 +217,7 @@ fn token_refusal(md: &MetadataMap, token: &ClusterToken) -> Result<(), Refusal> 
 /// Wraps `message` as a request carrying the token and this node's metadata.
 fn stamped<T>(message: T, guard: &dyn PeerGuard) -> Request<T> {
     let mut request = Request::new(message);
-    attach_token(request.metadata_mut(), guard.token());
+    attach_token(request.metadata_mut(), &guard.tokens().current());
     guard.local().attach(request.metadata_mut());
     request
 }
@@ -246,7 +246,7 @@ pub fn stream_request_to<T>(message: T, guard: &dyn PeerGuard, target: u64) -> R
 /// cluster, which reads and records nothing).
 pub fn authenticate_token_holder<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
-    token_refusal(md, guard.token()).inspect_err(|e| {
+    token_refusal(md, guard.tokens()).inspect_err(|e| {
         tracing::warn!(reason = %e, "refusing an unauthenticated request from a new node");
     })?;
     let meta = PeerMeta::read(md).map_err(Refusal::BadMetadata)?;
@@ -276,7 +276,7 @@ pub fn request_to<T>(message: T, guard: &dyn PeerGuard, timeout: Duration, targe
 /// against the membership.
 pub fn authenticate_request<T>(request: &Request<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, Status> {
     let md = request.metadata();
-    token_refusal(md, guard.token()).inspect_err(|e| {
+    token_refusal(md, guard.tokens()).inspect_err(|e| {
         tracing::warn!(reason = %e, "refusing an unauthenticated peer message");
     })?;
     let meta = PeerMeta::read(md).map_err(Refusal::BadMetadata)?;
@@ -376,7 +376,7 @@ pub fn check_sender(sender: &PeerMeta, named: Option<u64>, what: &'static str) -
 /// Wraps `message` as an answer carrying the token and this node's metadata.
 pub fn response<T>(message: T, guard: &dyn PeerGuard) -> Response<T> {
     let mut response = Response::new(message);
-    attach_token(response.metadata_mut(), guard.token());
+    attach_token(response.metadata_mut(), &guard.tokens().current());
     guard.local().attach(response.metadata_mut());
     response
 }
@@ -389,7 +389,7 @@ pub fn admit_response<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Resul
 
 /// Who answered, once the answer's token is checked (and nothing else: the caller decides).
 pub fn responder<T>(response: &Response<T>, guard: &dyn PeerGuard) -> Result<PeerMeta, String> {
-    check_token(response.metadata(), guard.token())
+    check_token(response.metadata(), guard.tokens())
         .map_err(|e| format!("answer refused: {}", e.message()))?;
     PeerMeta::read(response.metadata())
 }
@@ -462,13 +462,13 @@ mod tests {
     }
 
     /// A guard for node 2 that lets every sender in.
-    struct Open(ClusterToken);
+    struct Open(Tokens);
 
     impl PeerGuard for Open {
         fn local(&self) -> PeerMeta {
             PeerMeta { cluster_id: "c".into(), node_id: 2, incarnation: 1 }
         }
-        fn token(&self) -> &ClusterToken {
+        fn tokens(&self) -> &Tokens {
             &self.0
         }
         fn authorize(&self, _node: u64) -> Result<(), String> {
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_message_for_another_node_id_is_refused_and_so_is_its_answer() {
-        let guard = Open(ClusterToken::generate());
+        let guard = Open(Tokens::new(ClusterToken::generate()));
         let to_me = request_to((), &guard, Duration::from_secs(1), 2);
         authenticate_request(&to_me, &guard).unwrap();
         let to_other = request_to((), &guard, Duration::from_secs(1), 7);
@@ -504,12 +504,13 @@ mod tests {
     #[test]
     fn tokens_and_senders_are_checked_with_the_right_codes() {
         let token = ClusterToken::generate();
+        let tokens = Tokens::new(token.clone());
         let mut md = MetadataMap::new();
-        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(check_token(&md, &tokens).unwrap_err().code(), tonic::Code::Unauthenticated);
         attach_token(&mut md, &ClusterToken::generate());
-        assert_eq!(check_token(&md, &token).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(check_token(&md, &tokens).unwrap_err().code(), tonic::Code::Unauthenticated);
         attach_token(&mut md, &token);
-        check_token(&md, &token).unwrap();
+        check_token(&md, &tokens).unwrap();
         let sender = PeerMeta { cluster_id: "c".into(), node_id: 3, incarnation: 1 };
         check_sender(&sender, Some(3), "vote").unwrap();
         assert_eq!(check_sender(&sender, Some(4), "vote").unwrap_err().code(), tonic::Code::PermissionDenied);
