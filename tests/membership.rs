@@ -418,3 +418,32 @@ fn a_joiner_at_a_live_members_address_evicts_nobody() {
     put(&c.path(victim, "after"), b"2\n");
     assert_eq!(read_string(&c.path(leader, "after")), "2\n");
 }
+
+/// `member remove` of the leader itself: its later heartbeats come from a node that is no voter any more and
+/// are refused (issue 20 §3: vote and append only from voters), yet the change commits and the two remaining
+/// voters elect a leader and serve writes; the removed node says it was removed.
+#[test]
+fn removing_the_leader_leaves_a_working_cluster() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    let asked = a_follower(&c, &c.all());
+    let list = member_json(&c, asked, &["remove", &c.ids[leader].to_string()]);
+    assert!(!ids_with_role(&list, "voter").contains(&c.ids[leader]), "{list}");
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = c.wait_leader(&live);
+    assert_ne!(new_leader, leader);
+    c.wait_membership(new_leader, 2, 0);
+    put(&c.path(asked, "after"), b"2\n");
+    let other = live.iter().copied().find(|i| *i != asked).unwrap();
+    assert_eq!(read_string(&c.path(other, "after")), "2\n");
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    while c.status(leader)["removed"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed leader never said so: {}",
+            c.status(leader)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
