@@ -4,6 +4,11 @@
 //!
 //! A node that joins (`--join`) knows no member before the leader first replicates to it: until
 //! it learns a membership it admits any holder of the token ([`NodeGuard::open_for_join`]).
+//!
+//! Only a voter of the membership may ask for votes or lead (`authorize_voter`); a node whose
+//! membership lags accepts a leader it lists as a learner only when the other members vouch for
+//! it ([`vouched`]). With mutual TLS the guard gives the address a sender's certificate must name
+//! (`address_of`).
 
 use openraft::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};

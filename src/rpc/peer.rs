@@ -5,16 +5,23 @@
 //! metadata ([`PeerMeta`]). An incoming request passes, in this order and *before* anything
 //! reaches openraft or the forwarding path ([`admit_request`]):
 //!
-//! 1. **the token**, compared in constant time: missing or wrong → `UNAUTHENTICATED`;
-//! 2. **the sender**: it must name itself (valid `lc-from`/`lc-incarnation`) and be a member of
+//! 1. **the token**, compared in constant time: missing or wrong → `UNAUTHENTICATED` (two
+//!    tokens are accepted while `lightchain token rotate` runs, see `store::identity::Tokens`);
+//! 2. **the target and the sender**: a member's message names the node it is for (`lc-to`,
+//!    required) and its sender (valid `lc-from`/`lc-incarnation`), which must be a member of
 //!    the cluster — or, while this node knows no membership yet (bootstrap), one of its
-//!    configured peers ([`PeerGuard::authorize`]): otherwise → `PERMISSION_DENIED`;
+//!    configured peers ([`PeerGuard::authorize`]) — and, with mutual TLS, present a certificate
+//!    naming the host of the address it is a member at ([`check_certificate`]): otherwise →
+//!    `PERMISSION_DENIED`;
 //! 3. **its life**: a message from another cluster, or from a member that comes back with a new
 //!    incarnation (its data directory was wiped, so its vote record is gone), is refused with
 //!    `FAILED_PRECONDITION` — such a node must never vote under its old identity.
 //!
 //! The services then check that the ids inside the payload are the sender's own (a vote's
-//! candidate, the leader of append-entries and of a snapshot). An answer is accepted only if it
+//! candidate, the leader of append-entries and of a snapshot), and that a node asking for votes
+//! or leading is a voter ([`check_voter`]). A node that does not know whom it asks (a joiner's
+//! `Join`, a `Hello` from discovery or start-up checks) passes step 1 only
+//! ([`authenticate_token_holder`]). Every refusal is a [`Refusal`], logged with the peer. An answer is accepted only if it
 //! carries the token too, so a node never acts on a stranger's reply. The admin service asks
 //! for the token alone ([`check_token`]): the operator's CLI is not a member.
 //!
