@@ -447,3 +447,48 @@ fn removing_the_leader_leaves_a_working_cluster() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A member whose membership lags still follows a leader it knows only as a learner (issue 20 §3: vote and
+/// append only from voters — but not at the price of a member that can never catch up). Learner `m` is down
+/// while learner `n` is promoted and becomes the leader; when `m` comes back its membership still lists `n`
+/// as a learner, so `n`'s entries are refused until the other members' answers vouch for `n` as a voter;
+/// then `m` catches up and serves reads.
+#[test]
+fn a_lagging_member_follows_a_promoted_leader_the_others_vouch_for() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let n = c.add_joiner(&[leader], &[]);
+    let m = c.add_joiner(&[leader], &[]);
+    c.wait_membership(leader, 3, 2);
+    put(&c.path(leader, "before"), b"1\n");
+    c.wait_converged(&c.all());
+    c.kill9(m);
+    let list = member_json(&c, leader, &["promote", &c.ids[n].to_string()]);
+    assert!(ids_with_role(&list, "voter").contains(&c.ids[n]), "{list}");
+    // Make `n` the leader: depose the others until it wins an election (4 voters, one down at a time).
+    let live: Vec<usize> = vec![0, 1, 2, n];
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = c.wait_leader(&live);
+        if l == n {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never became the leader", c.ids[n]);
+        c.kill9(l);
+        let others: Vec<usize> = live.iter().copied().filter(|i| *i != l).collect();
+        c.wait_leader(&others);
+        c.restart(l);
+    }
+    put(&c.path(n, "while-m-was-away"), b"2\n");
+    c.restart(m);
+    let all: Vec<usize> = vec![0, 1, 2, n, m];
+    c.wait_converged(&all);
+    assert_eq!(read_string(&c.path(m, "while-m-was-away")), "2\n");
+    assert_eq!(c.wait_leader(&all), n);
+    let log = c.node(m).log();
+    assert!(
+        log.contains("is a voter by the other members' answers"),
+        "m should have followed n on the others' word:\n{}",
+        c.node(m).log_tail(40)
+    );
+}
