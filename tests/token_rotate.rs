@@ -170,3 +170,56 @@ fn token_rotate_under_load_refuses_the_old_token_afterwards() {
     put(&c.path(follower, "from-restarted"), b"x\n");
     assert_eq!(read_string(&c.path(leader, "from-restarted")), "x\n");
 }
+
+/// A rotation that cannot reach every member is aborted on all of them: nothing changed, the old token
+/// still works and the new one is refused; once the member is back, the same command completes.
+#[test]
+fn token_rotate_with_a_member_down_changes_nothing_then_completes() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let down = (0..3).find(|i| *i != leader).unwrap();
+    c.kill9(down);
+    let old = ClusterToken::read_file(&c.token_file).unwrap();
+    let new = ClusterToken::generate();
+    let new_file = c.node(leader).data().parent().unwrap().join("new-token");
+    std::fs::write(&new_file, format!("{}\n", new.expose())).unwrap();
+    let rotate = |c: &Cluster| {
+        c.cli(&[
+            "token",
+            "rotate",
+            "--new-token-file",
+            new_file.to_str().unwrap(),
+            "--addr",
+            &c.addrs[leader],
+            "--cluster-token-file",
+            c.token_file.to_str().unwrap(),
+        ])
+    };
+    let run = rotate(&c);
+    assert_eq!(run.0.code(), Some(1), "a rotation with a member down: {run:?}");
+    assert!(run.2.contains("aborted") && run.2.contains("nothing changed"), "{}", run.2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for i in (0..3).filter(|i| *i != down) {
+        let with_old = codes(&rt, &c.addrs[i], &old);
+        assert_eq!(
+            with_old[0].1,
+            tonic::Code::Ok,
+            "member {i}: the old token after an aborted rotation: {with_old:?}"
+        );
+        let with_new = codes(&rt, &c.addrs[i], &new);
+        assert!(
+            with_new.iter().all(|(_, code)| *code == tonic::Code::Unauthenticated),
+            "member {i}: the new token after an aborted rotation: {with_new:?}"
+        );
+        assert_eq!(ClusterToken::read_file(&c.node(i).data().join("cluster-token")).unwrap(), old);
+    }
+    c.restart(down);
+    let run = rotate(&c);
+    assert!(run.0.success(), "the rotation once every member is up: {run:?}");
+    for i in 0..3 {
+        assert_eq!(codes(&rt, &c.addrs[i], &old)[0].1, tonic::Code::Unauthenticated, "member {i}");
+        assert_eq!(codes(&rt, &c.addrs[i], &new)[0].1, tonic::Code::Ok, "member {i}");
+    }
+    put(&c.path(down, "after"), b"1\n");
+    assert_eq!(read_string(&c.path(leader, "after")), "1\n");
+}

@@ -39,6 +39,8 @@ pub struct NodeGuard {
     /// The member poll's latest answers, once the node runs: they vouch for a leader this
     /// node's (lagging) membership does not list as a voter yet.
     views: OnceLock<super::members::Views>,
+    /// The last node the other members vouched for (so that is logged once, not per message).
+    vouched_for: std::sync::atomic::AtomicU64,
     /// Set on a joining node: while it knows no membership, any holder of the token is admitted
     /// (it cannot know the leader's id before the leader replicates to it).
     joining: std::sync::atomic::AtomicBool,
@@ -61,6 +63,7 @@ impl NodeGuard {
             certificates: false,
             metrics: OnceLock::new(),
             views: OnceLock::new(),
+            vouched_for: std::sync::atomic::AtomicU64::new(0),
             joining: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -165,7 +168,9 @@ impl PeerGuard for NodeGuard {
         let me = self.identity.lock().unwrap().node_id;
         if let Some(views) = self.views.get() {
             if vouched(node, me, &members, &views.lock().unwrap(), VOUCH_FRESH) {
-                tracing::info!(peer = node, "a node this node's membership lists as a learner is a voter by the other members' answers (this node lags)");
+                if self.vouched_for.swap(node, std::sync::atomic::Ordering::Relaxed) != node {
+                    tracing::info!(peer = node, "a node this node's membership lists as a learner is a voter by the other members' answers (this node lags)");
+                }
                 return Ok(());
             }
         }
