@@ -373,3 +373,122 @@ fn a_restarted_member_says_ready_only_once_it_has_caught_up_with_what_it_missed(
     assert_caught_up(&c.nodes[slow], &reasons);
     assert_eq!(c.status(slow)["role"], "follower");
 }
+
+/// Issue 20 §3: a join never evicts a live member. A node that joins with `--advertise` naming a live
+/// follower's address (a wrong flag, or any holder of the token) is not admitted — it is told to run
+/// `lightchain member remove` — and the follower stays a voter well past the eviction grace period. (A
+/// member that is really gone is still replaced: `a_wiped_node_is_replaced_and_member_remove_takes_a_voter_out`.)
+#[test]
+fn a_joiner_at_a_live_members_address_evicts_nobody() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let victim = a_follower(&c, &c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    let mut joiner = Node::prepare(c.join_opts(&[leader], &["--advertise", &c.addrs[victim]]));
+    joiner.spawn();
+    let started = std::time::Instant::now();
+    // Well past the grace period (5 s) while the victim keeps answering.
+    let deadline = started + Duration::from_secs(12);
+    while std::time::Instant::now() < deadline {
+        let members = c.status(leader)["members"].as_array().cloned().unwrap_or_default();
+        let ids: HashSet<u64> = members.iter().filter_map(|m| m["id"].as_u64()).collect();
+        assert!(
+            ids.contains(&c.ids[victim]),
+            "the live member at the joiner's address was evicted: {members:?}"
+        );
+        assert_eq!(ids.len(), 3, "the joiner was admitted at a live member's address: {members:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = joiner.log();
+    assert!(
+        log.contains("a join never evicts a live member")
+            && log.contains(&format!("member remove {}", c.ids[victim])),
+        "the joiner should say why and what to do:\n{}",
+        joiner.log_tail(30)
+    );
+    assert!(
+        c.node(leader).log().contains("refusing a join at a live member's address"),
+        "{}",
+        c.node(leader).log_tail(30)
+    );
+    drop(joiner);
+    // The victim is still a voter that serves writes.
+    let list = member_json(&c, leader, &["list"]);
+    assert!(ids_with_role(&list, "voter").contains(&c.ids[victim]), "{list}");
+    put(&c.path(victim, "after"), b"2\n");
+    assert_eq!(read_string(&c.path(leader, "after")), "2\n");
+}
+
+/// `member remove` of the leader itself: its later heartbeats come from a node that is no voter any more and
+/// are refused (issue 20 §3: vote and append only from voters), yet the change commits and the two remaining
+/// voters elect a leader and serve writes; the removed node says it was removed.
+#[test]
+fn removing_the_leader_leaves_a_working_cluster() {
+    let c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    put(&c.path(leader, "before"), b"1\n");
+    let asked = a_follower(&c, &c.all());
+    let list = member_json(&c, asked, &["remove", &c.ids[leader].to_string()]);
+    assert!(!ids_with_role(&list, "voter").contains(&c.ids[leader]), "{list}");
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = c.wait_leader(&live);
+    assert_ne!(new_leader, leader);
+    c.wait_membership(new_leader, 2, 0);
+    put(&c.path(asked, "after"), b"2\n");
+    let other = live.iter().copied().find(|i| *i != asked).unwrap();
+    assert_eq!(read_string(&c.path(other, "after")), "2\n");
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    while c.status(leader)["removed"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed leader never said so: {}",
+            c.status(leader)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A member whose membership lags still follows a leader it knows only as a learner (issue 20 §3: vote and
+/// append only from voters — but not at the price of a member that can never catch up). Learner `m` is down
+/// while learner `n` is promoted and becomes the leader; when `m` comes back its membership still lists `n`
+/// as a learner, so `n`'s entries are refused until the other members' answers vouch for `n` as a voter;
+/// then `m` catches up and serves reads.
+#[test]
+fn a_lagging_member_follows_a_promoted_leader_the_others_vouch_for() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    let n = c.add_joiner(&[leader], &[]);
+    let m = c.add_joiner(&[leader], &[]);
+    c.wait_membership(leader, 3, 2);
+    put(&c.path(leader, "before"), b"1\n");
+    c.wait_converged(&c.all());
+    c.kill9(m);
+    let list = member_json(&c, leader, &["promote", &c.ids[n].to_string()]);
+    assert!(ids_with_role(&list, "voter").contains(&c.ids[n]), "{list}");
+    // Make `n` the leader: depose the others until it wins an election (4 voters, one down at a time).
+    let live: Vec<usize> = vec![0, 1, 2, n];
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = c.wait_leader(&live);
+        if l == n {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never became the leader", c.ids[n]);
+        c.kill9(l);
+        let others: Vec<usize> = live.iter().copied().filter(|i| *i != l).collect();
+        c.wait_leader(&others);
+        c.restart(l);
+    }
+    put(&c.path(n, "while-m-was-away"), b"2\n");
+    c.restart(m);
+    let all: Vec<usize> = vec![0, 1, 2, n, m];
+    c.wait_converged(&all);
+    assert_eq!(read_string(&c.path(m, "while-m-was-away")), "2\n");
+    assert_eq!(c.wait_leader(&all), n);
+    let log = c.node(m).log();
+    assert!(
+        log.contains("is a voter by the other members' answers"),
+        "m should have followed n on the others' word:\n{}",
+        c.node(m).log_tail(40)
+    );
+}

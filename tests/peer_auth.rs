@@ -19,7 +19,7 @@ use lightchain::rpc::pb::cluster_client::ClusterClient;
 use lightchain::rpc::pb::raft_client::RaftClient;
 use lightchain::rpc::pb::{
     ForwardRequest, HelloRequest, JoinRequest, LimitsRequest, MemberOp, MemberRequest, RaftMessage,
-    ReadIndexRequest, SnapshotChunk, StatusRequest,
+    ReadIndexRequest, SnapshotChunk, StatusRequest, TokenOp, TokenRequest,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
@@ -35,6 +35,8 @@ struct Credentials {
     incarnation: u64,
     /// `lc-cluster`.
     cluster: String,
+    /// `lc-to`, the node the message is for (a member's messages always name it).
+    to: Option<u64>,
 }
 
 impl Credentials {
@@ -47,6 +49,9 @@ impl Credentials {
         if !self.cluster.is_empty() {
             md.insert("lc-cluster", self.cluster.parse().unwrap());
         }
+        if let Some(to) = self.to {
+            md.insert("lc-to", to.to_string().parse().unwrap());
+        }
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
@@ -57,20 +62,22 @@ impl Credentials {
     }
 }
 
-/// Each RPC of the protocol, with the code it answered (`Ok` as `Code::Ok`).
+/// Each RPC of the protocol, with the code it answered (`Ok` as `Code::Ok`) and the refusal's message.
 /// With `raft_only`, only the `Raft` service (for a member's own credentials, which may forward).
 async fn call_every_rpc(
     addr: &str,
     who: &Credentials,
     claimed_leader: u64,
     raft_only: bool,
-) -> Vec<(&'static str, Code)> {
+) -> Vec<(&'static str, Code, String)> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    let code = |r: Result<(), tonic::Status>| {
+        r.err().map_or((Code::Ok, String::new()), |s| (s.code(), s.message().to_owned()))
+    };
     let vote = Vote::new(FORGED_TERM, claimed_leader);
     let mut out = Vec::new();
 
@@ -121,7 +128,7 @@ async fn call_every_rpc(
     let stream = tokio_stream::iter(vec![chunk]);
     out.push(("Raft.InstallSnapshot", code(raft.install_snapshot(who.request(stream)).await.map(drop))));
     if raft_only {
-        return out;
+        return out.into_iter().map(|(n, (c, m))| (n, c, m)).collect();
     }
 
     let mut cluster = ClusterClient::new(channel.clone());
@@ -158,7 +165,10 @@ async fn call_every_rpc(
     // A read of the limits (0 changes nothing), so an admitted call leaves the chain as it was.
     let read_limits = LimitsRequest { max_state_size: 0 };
     out.push(("Admin.Limits", code(admin.limits(who.request(read_limits)).await.map(drop))));
-    out
+    // Where a token rotation stands (changes nothing).
+    let token_status = TokenRequest { op: TokenOp::Status as i32, token: String::new() };
+    out.push(("Admin.Token", code(admin.token(who.request(token_status)).await.map(drop))));
+    out.into_iter().map(|(n, (c, m))| (n, c, m)).collect()
 }
 
 /// Every RPC name in `proto/lightchain.proto`, so a new RPC cannot be left out of this test unnoticed.
@@ -210,6 +220,7 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
             .as_u64()
             .unwrap(),
         cluster: cluster_id.clone(),
+        to: None,
     };
     let unknown_id = 4_242_424_242;
     let stranger = |token: Option<String>| Credentials {
@@ -217,6 +228,7 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
         from: unknown_id,
         incarnation: 7,
         cluster: String::new(),
+        to: None,
     };
     let cases: Vec<(&str, Credentials, u64, Vec<Code>)> = vec![
         ("no token", stranger(None), unknown_id, vec![Code::Unauthenticated]),
@@ -246,10 +258,12 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
     for target in [leader, follower] {
         let addr = c.addrs[target].clone();
         for (what, who, claimed, codes) in &cases {
+            // Addressed to the member asked, so each is refused for who it is, not for a missing `lc-to`.
+            let who = &Credentials { to: Some(c.ids[target]), ..who.clone() };
             let answers = rt.block_on(call_every_rpc(&addr, who, *claimed, false));
-            let names: Vec<String> = answers.iter().map(|(n, _)| n.to_string()).collect();
+            let names: Vec<String> = answers.iter().map(|(n, _, _)| n.to_string()).collect();
             assert_eq!(names, expected_rpcs, "the test must call every RPC of the protocol");
-            for (rpc, code) in answers {
+            for (rpc, code, message) in answers {
                 // The operator's status, member list and limits need the token only (the CLI is not a member);
                 // so does a `Hello` from a node without a cluster (one discovering its cluster, or
                 // replacing a member that lost its data): it reads no more than the status, and
@@ -257,26 +271,35 @@ fn strangers_are_refused_on_every_rpc_and_change_nothing() {
                 let operator = rpc == "Admin.Status"
                     || rpc == "Admin.Member"
                     || rpc == "Admin.Limits"
+                    || rpc == "Admin.Token"
                     || (rpc == "Cluster.Hello" && who.cluster.is_empty());
                 let allowed: &[Code] =
                     if operator && who.token.as_deref() == Some(&token) { &[Code::Ok] } else { codes };
                 assert!(
                     allowed.contains(&code),
-                    "member {target}, {what}: {rpc} answered {code:?}, expected {allowed:?}"
+                    "member {target}, {what}: {rpc} answered {code:?} ({message}), expected {allowed:?}"
+                );
+                assert!(
+                    !message.contains("lc-to"),
+                    "member {target}, {what}: {rpc} refused for lc-to: {message}"
                 );
             }
         }
         // A member's own credentials, speaking for another member: a vote for, or entries and a snapshot
         // from, a leader that is not the sender.
-        let impostor = member(other);
+        let impostor = Credentials { to: Some(c.ids[target]), ..member(other) };
         let named = c.ids[if target == leader { follower } else { leader }];
         let answers = rt.block_on(call_every_rpc(&addr, &impostor, named, true));
         assert_eq!(answers.len(), 4);
-        for (rpc, code) in answers {
+        for (rpc, code, message) in answers {
             assert_eq!(
                 code,
                 Code::PermissionDenied,
                 "member {target}: {rpc} naming another node answered {code:?}"
+            );
+            assert!(
+                message.contains("naming node"),
+                "member {target}: {rpc} refused for another reason: {message}"
             );
         }
     }
@@ -345,4 +368,90 @@ fn a_second_process_on_one_data_directory_is_refused_and_a_lone_node_makes_its_o
     // The first one still serves.
     put(&n.path("still-here"), b"yes\n");
     assert_eq!(read_string(&n.path("still-here")), "yes\n");
+}
+
+/// A member's credentials as the test reads them from its data directory (`lc-to` unset).
+fn credentials(c: &Cluster, i: usize) -> Credentials {
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.node(i).data().join("identity.json")).unwrap()).unwrap();
+    Credentials {
+        token: Some(std::fs::read_to_string(&c.token_file).unwrap().trim().to_string()),
+        from: c.ids[i],
+        incarnation: identity["incarnation"].as_u64().unwrap(),
+        cluster: identity["cluster_id"].as_str().unwrap().to_string(),
+        to: None,
+    }
+}
+
+/// Asserts that every answer is `PERMISSION_DENIED` with a message containing `reason`.
+fn assert_refused(answers: &[(&'static str, Code, String)], reason: &str, what: &str) {
+    assert!(!answers.is_empty());
+    for (rpc, code, message) in answers {
+        assert_eq!(*code, Code::PermissionDenied, "{what}: {rpc} answered {code:?} ({message})");
+        assert!(
+            message.contains(reason),
+            "{what}: {rpc} refused for another reason than {reason:?}: {message}"
+        );
+    }
+}
+
+/// Issue 20 §3: identity is proven, not claimed. A learner that claims leadership (its own id, token,
+/// incarnation and cluster, a vote and entries naming itself with a far higher term), a member's message
+/// that names no target (`lc-to`), and a member removed with `lightchain member remove` are refused on every
+/// consensus RPC, and nobody takes the forged term.
+#[test]
+fn a_learner_claiming_leadership_a_message_without_lc_to_and_a_removed_member_are_refused() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let leader = c.wait_leader(&c.all());
+    // Three voters already: a joiner stays a learner.
+    let learner = c.add_joiner(&[leader], &[]);
+    let leader = c.wait_leader(&[0, 1, 2]);
+    c.wait_membership(leader, 3, 1);
+    put(&c.path(leader, "settled"), b"yes\n");
+    c.wait_converged(&c.all());
+    let before = heads(&c);
+    let voters: Vec<usize> = (0..3).collect();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for &target in &voters {
+        let addr = c.addrs[target].clone();
+        // The learner, addressed properly, speaking for itself: it is a member, but no voter.
+        let claimant = Credentials { to: Some(c.ids[target]), ..credentials(&c, learner) };
+        let answers = rt.block_on(call_every_rpc(&addr, &claimant, c.ids[learner], true));
+        assert_refused(&answers, "not a voter", &format!("member {target}, the learner claiming leadership"));
+        // A voter speaking for itself but naming no target: refused before anything else.
+        let sender = if target == follower { leader } else { follower };
+        let untargeted = credentials(&c, sender);
+        let answers = rt.block_on(call_every_rpc(&addr, &untargeted, c.ids[sender], false));
+        let peer_rpcs: Vec<_> = answers
+            .into_iter()
+            .filter(|(rpc, _, _)| {
+                rpc.starts_with("Raft.") || *rpc == "Cluster.Forward" || *rpc == "Cluster.ReadIndex"
+            })
+            .collect();
+        assert_eq!(peer_rpcs.len(), 6);
+        assert_refused(&peer_rpcs, "lc-to", &format!("member {target}, a voter's message without lc-to"));
+    }
+    assert_eq!(heads(&c), before, "a refused message changed the chain");
+    for i in c.all() {
+        let term = c.status(i)["term"].as_u64().unwrap();
+        assert!(term < FORGED_TERM, "member {i} adopted the forged term ({term})");
+        assert!(!c.path(i, "forged").exists(), "member {i} has the forged state");
+    }
+
+    // The learner is removed; its credentials now get nothing anywhere.
+    let run = c.cli(&["member", "remove", &c.ids[learner].to_string(), "--addr", &c.addrs[leader]]);
+    assert!(run.0.success(), "member remove: {run:?}");
+    c.wait_membership(leader, 3, 0);
+    for &target in &voters {
+        c.wait_membership(target, 3, 0);
+        let removed = Credentials { to: Some(c.ids[target]), ..credentials(&c, learner) };
+        let answers = rt.block_on(call_every_rpc(&c.addrs[target], &removed, c.ids[learner], true));
+        assert_refused(&answers, "not a member", &format!("member {target}, the removed member"));
+    }
+    for i in voters {
+        let term = c.status(i)["term"].as_u64().unwrap();
+        assert!(term < FORGED_TERM, "member {i} adopted the forged term ({term})");
+    }
+    let _ = &mut c;
 }

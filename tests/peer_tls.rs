@@ -82,12 +82,19 @@ impl Pki {
 
     /// A certificate for client and server use naming 127.0.0.1 (IP SAN), signed by `ca`.
     fn leaf(&self, name: &str, ca: &str) {
+        self.leaf_naming(name, ca, "IP:127.0.0.1,DNS:localhost");
+    }
+
+    /// A certificate for client and server use with the subject alternative names `san`, signed by `ca`.
+    fn leaf_naming(&self, name: &str, ca: &str, san: &str) {
         let (cert, key, csr, ext) =
             (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
         std::fs::write(
             self.path(&ext),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
         )
         .unwrap();
         let subject = format!("/CN={name}");
@@ -297,4 +304,132 @@ fn the_tls_flags_go_together_and_bad_files_stop_the_start() {
     let (run, _, err) = n.run_cli(&["status", "--addr", "127.0.0.1:1", "--peer-tls-key", &key]);
     assert_eq!(run.code(), Some(2));
     assert!(err.contains("--peer-tls-cert, --peer-tls-ca missing"), "{err}");
+}
+
+/// A peer message with hand-made metadata: the token, `lc-from`/`lc-incarnation`/`lc-cluster` of the node
+/// it claims to come from, and `lc-to`.
+fn claimed<T>(
+    message: T,
+    token: &ClusterToken,
+    from: &serde_json::Value,
+    from_id: u64,
+    to: u64,
+) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    lightchain::rpc::peer::attach_token(r.metadata_mut(), token);
+    let md = r.metadata_mut();
+    md.insert("lc-from", from_id.to_string().parse().unwrap());
+    md.insert("lc-incarnation", from["incarnation"].as_u64().unwrap().to_string().parse().unwrap());
+    md.insert("lc-cluster", from["cluster_id"].as_str().unwrap().parse().unwrap());
+    md.insert("lc-to", to.to_string().parse().unwrap());
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+/// Issue 20 §3: with mutual TLS a member's certificate names its own address only, and a message is
+/// admitted only when the certificate names the address of the node its `lc-from` claims. Each member has
+/// its own loopback address (`127.X.Y.i`) and a certificate naming it alone. Member `g`'s certificate,
+/// presenting member `f`'s id, incarnation and the token, is refused on a vote and append-entries naming
+/// `f` (which `f` itself could send), while `f`'s own certificate is let in with the same metadata; and a
+/// joiner whose certificate names another address than the one it advertises (a member's) is refused.
+#[test]
+fn a_certificate_speaks_only_for_the_node_at_the_address_it_names() {
+    use lightchain::consensus::typ::{CommittedLeaderId, LogId, Vote};
+    use lightchain::rpc::pb::cluster_client::ClusterClient;
+    use lightchain::rpc::pb::raft_client::RaftClient;
+    use lightchain::rpc::pb::{RaftMessage, ReadIndexRequest};
+    const FORGED_TERM: u64 = 1_000_000;
+
+    let (ips, port) = free_loopback_ips_and_port(4);
+    let addrs: Vec<String> = ips[..3].iter().map(|ip| format!("{ip}:{port}")).collect();
+    let dir = tempfile::tempdir().expect("pki temp dir");
+    let pki = Pki { dir };
+    pki.ca("ca");
+    for (i, ip) in ips.iter().enumerate() {
+        pki.leaf_naming(&format!("node{i}"), "ca", &format!("IP:{ip}"));
+    }
+    let opts = ClusterOpts {
+        member_env: (0..3).flat_map(|i| member_env(&pki, i)).collect(),
+        addrs: Some(addrs.clone()),
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start(3, opts);
+    let leader = c.wait_leader(&c.all());
+    let f = (leader + 1) % 3;
+    let g = (leader + 2) % 3;
+    put(&c.path(f, "settled"), b"yes\n");
+    let before = c.wait_converged(&c.all());
+    let token = ClusterToken::read_file(&c.token_file).unwrap();
+    let identity = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(c.node(i).data().join("identity.json")).unwrap()).unwrap()
+    };
+    let f_identity = identity(f);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let channel = |cert: usize| {
+        let endpoint =
+            lightchain::rpc::tls::endpoint(&c.addrs[leader], Some(&pki.tls(&format!("node{cert}"), "ca")))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5));
+        rt.block_on(endpoint.connect())
+            .unwrap_or_else(|e| panic!("connect with node{cert}'s certificate: {e}"))
+    };
+    let to = c.ids[leader];
+    let read_index = |cert: usize| {
+        let request = claimed(ReadIndexRequest {}, &token, &f_identity, c.ids[f], to);
+        rt.block_on(ClusterClient::new(channel(cert)).read_index(request)).map(drop)
+    };
+    // The control: f's own certificate with f's metadata is let in.
+    read_index(f).expect("f's certificate speaks for f");
+    // g's certificate with f's metadata: refused, for the certificate.
+    let refused = read_index(g).expect_err("g's certificate spoke for f");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("certificate"), "{}", refused.message());
+    // A vote and append-entries f could send (it is a voter), with g's certificate: refused, nobody moves.
+    let vote = Vote::new(FORGED_TERM, c.ids[f]);
+    let vote_req = openraft::raft::VoteRequest::<lightchain::consensus::TypeConfig>::new(vote, None);
+    let payload = serde_json::to_vec(&vote_req).unwrap();
+    let request = claimed(RaftMessage { payload, ..Default::default() }, &token, &f_identity, c.ids[f], to);
+    let refused = rt.block_on(RaftClient::new(channel(g)).vote(request)).expect_err("a vote for f by g");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("certificate"), "{}", refused.message());
+    let append = openraft::raft::AppendEntriesRequest::<lightchain::consensus::TypeConfig> {
+        vote,
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: Some(LogId::new(
+            CommittedLeaderId { term: FORGED_TERM, node_id: c.ids[f] },
+            1_000_000,
+        )),
+    };
+    let payload = serde_json::to_vec(&append).unwrap();
+    let request = claimed(RaftMessage { payload, ..Default::default() }, &token, &f_identity, c.ids[f], to);
+    let refused = rt
+        .block_on(RaftClient::new(channel(g)).append_entries(request))
+        .expect_err("entries from f sent by g");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("certificate"), "{}", refused.message());
+
+    // A joiner whose certificate names its own address (ips[3]) but that advertises f's.
+    let p = |f: &str| pki.path(f).display().to_string();
+    let mut joiner = Node::prepare(Opts {
+        env: vec![
+            ("LIGHTCHAIN_PEER_TLS_CERT".into(), p("node3.pem")),
+            ("LIGHTCHAIN_PEER_TLS_KEY".into(), p("node3.key")),
+            ("LIGHTCHAIN_PEER_TLS_CA".into(), p("ca.pem")),
+        ],
+        ..c.join_opts(&[leader], &["--advertise", &c.addrs[f]])
+    });
+    joiner.set_listen(&format!("{}:0", ips[3]));
+    joiner.spawn();
+    let status =
+        joiner.wait_exit(Duration::from_secs(60)).expect("a joiner with another's address must stop");
+    assert!(!status.success());
+    assert!(joiner.log().contains("certificate does not prove"), "{}", joiner.log_tail(20));
+
+    for i in c.all() {
+        let term = c.status(i)["term"].as_u64().unwrap();
+        assert!(term < FORGED_TERM, "member {i} adopted the forged term ({term})");
+        assert_eq!(c.status(i)["members"].as_array().unwrap().len(), 3, "member {i}: the membership changed");
+    }
+    assert_eq!(c.head(leader), before, "a refused message changed the chain");
 }

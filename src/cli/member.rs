@@ -97,3 +97,49 @@ pub(super) fn limits(
         }
     }
 }
+
+/// `lightchain token rotate|status`: prints the JSON answer. Exit codes: 0 done; 1 refused or
+/// incomplete (the message says what to do); 2 the node could not be asked.
+pub(super) fn token(
+    action: super::TokenAction,
+    addr: &str,
+    data: &Path,
+    token_file: Option<&Path>,
+) -> ExitCode {
+    let token = match super::status::find_token(data, token_file) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("lightchain token: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (op, new) = match action {
+        super::TokenAction::Status => (crate::rpc::pb::TokenOp::Status, String::new()),
+        super::TokenAction::Rotate { new_token_file } => {
+            match crate::store::identity::ClusterToken::read_file(&new_token_file) {
+                Ok(new) if token.as_ref() == Some(&new) => {
+                    eprintln!("lightchain token rotate: the new token is the current one");
+                    return ExitCode::from(1);
+                }
+                Ok(new) => (crate::rpc::pb::TokenOp::Rotate, new.expose().to_owned()),
+                Err(e) => {
+                    eprintln!("lightchain token rotate: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let call = crate::rpc::admin::token_call(addr, Duration::from_secs(120), token.as_ref(), op, &new);
+    match runtime.block_on(call) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("lightchain token: {message}");
+            let reached = !message.starts_with("cannot reach") && !message.starts_with("bad address");
+            ExitCode::from(if reached { 1 } else { 2 })
+        }
+    }
+}

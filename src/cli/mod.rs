@@ -88,6 +88,21 @@ enum Command {
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
         cluster_token_file: Option<PathBuf>,
     },
+    /// Replace the cluster token on every member without downtime, or show where a rotation stands.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+        /// A member's gRPC address (it coordinates a rotation).
+        #[arg(long, env = "LIGHTCHAIN_ADDR", default_value = "127.0.0.1:7070", global = true)]
+        addr: String,
+        /// The node's data directory, where the cluster token is read from.
+        #[arg(long, env = "LIGHTCHAIN_DATA", global = true)]
+        data: Option<PathBuf>,
+        /// The cluster token file (instead of the data directory's token).
+        #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
+        cluster_token_file: Option<PathBuf>,
+    },
     /// Print the history of the chain, or of one state.
     Log {
         /// Only transactions that touch this state (a path relative to the mount).
@@ -105,6 +120,21 @@ enum Command {
         #[arg(long, env = "LIGHTCHAIN_DATA")]
         data: Option<PathBuf>,
     },
+}
+
+/// `lightchain token` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenAction {
+    /// Every member accepts the new token, then sends it, then refuses the old one. Make the new
+    /// token with `(umask 077; openssl rand -hex 32 > FILE)`; afterwards give FILE to new members
+    /// (and update `--cluster-token-file` / the Kubernetes Secret).
+    Rotate {
+        /// The new token.
+        #[arg(long)]
+        new_token_file: PathBuf,
+    },
+    /// Where a rotation stands on the node asked (steady, staged or switched).
+    Status,
 }
 
 /// `lightchain member` actions.
@@ -318,6 +348,9 @@ pub fn main() -> ExitCode {
         }
         Command::Limits { max_state_size, addr, data, cluster_token_file } => {
             member::limits(max_state_size, &addr, &data_dir(data), cluster_token_file.as_deref())
+        }
+        Command::Token { action, addr, data, cluster_token_file } => {
+            member::token(action, &addr, &data_dir(data), cluster_token_file.as_deref())
         }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),

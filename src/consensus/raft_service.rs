@@ -2,7 +2,9 @@
 //!
 //! Every request's metadata is admitted first (see `rpc::peer`: token, member, incarnation),
 //! then the payload must speak for its sender only: a vote's candidate, and the leader of
-//! append-entries and of a snapshot, must be the sending node. Only then are append entries and
+//! append-entries and of a snapshot, must be the sending node, and that node must be a voter of
+//! this node's membership (a learner or a removed member claiming leadership is refused with
+//! `PERMISSION_DENIED`, see `PeerGuard::authorize_voter`). Only then are append entries and
 //! vote handed to openraft. AppendEntries also arrive on a long-lived stream
 //! (`AppendStream`), admitted when it opens and each message again (the sender may have left
 //! the membership since). A streamed snapshot (at most `MAX_SNAPSHOT_BYTES` of blocks) is staged under `tmp/` as a chain
@@ -58,6 +60,7 @@ impl RaftService {
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
         peer::check_sender(sender, Some(header.vote.leader_id.node_id), "snapshot")?;
+        peer::check_voter(sender, self.guard.as_ref(), "snapshot")?;
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
         let mut file = std::fs::File::create(dir.join(format!("{:020}.jsonl", 0)))
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -81,9 +84,15 @@ impl RaftService {
 }
 
 /// One AppendEntries from `sender` (admitted), into openraft: the encoded answer.
-async fn append(raft: &OnceLock<Raft>, sender: &PeerMeta, message: &RaftMessage) -> Result<Vec<u8>, Status> {
+async fn append(
+    raft: &OnceLock<Raft>,
+    guard: &dyn PeerGuard,
+    sender: &PeerMeta,
+    message: &RaftMessage,
+) -> Result<Vec<u8>, Status> {
     let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(message)?;
     peer::check_sender(sender, Some(rpc.vote.leader_id.node_id), "append-entries")?;
+    peer::check_voter(sender, guard, "append-entries")?;
     let raft = raft.get().ok_or_else(|| Status::unavailable("consensus is starting"))?;
     tracing::debug!("append_entries received");
     let r = raft.append_entries(rpc).await;
@@ -104,7 +113,7 @@ fn decode<T: serde::de::DeserializeOwned>(message: &RaftMessage) -> Result<T, St
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
-        let answer = append(&self.raft, &sender, request.get_ref()).await?;
+        let answer = append(&self.raft, self.guard.as_ref(), &sender, request.get_ref()).await?;
         Ok(self.reply(answer))
     }
 
@@ -123,7 +132,7 @@ impl RaftRpc for RaftService {
             // the stream; the sender opens a new one, admitted afresh).
             while let Ok(Some(message)) = requests.message().await {
                 let answer = match peer::readmit(&sender, guard.as_ref()) {
-                    Ok(()) => append(&raft, &sender, &message).await,
+                    Ok(()) => append(&raft, guard.as_ref(), &sender, &message).await,
                     Err(refused) => Err(refused),
                 };
                 let refused = answer.is_err();
@@ -140,6 +149,7 @@ impl RaftRpc for RaftService {
         let sender = peer::admit_request(&request, self.guard.as_ref())?;
         let rpc: openraft::raft::VoteRequest<super::TypeConfig> = decode(request.get_ref())?;
         peer::check_sender(&sender, Some(rpc.vote.leader_id.node_id), "vote request")?;
+        peer::check_voter(&sender, self.guard.as_ref(), "vote request")?;
         Ok(self.reply(json(&self.raft()?.vote(rpc).await)))
     }
 
@@ -179,12 +189,12 @@ mod tests {
     use crate::consensus::typ::Vote;
     use crate::rpc::pb::raft_client::RaftClient;
     use crate::rpc::pb::raft_server::RaftServer;
-    use crate::store::identity::ClusterToken;
+    use crate::store::identity::{ClusterToken, Tokens};
 
     /// Node `id` of cluster "c"; it lets node 1 in while `member` holds.
     struct Guard {
         id: u64,
-        token: ClusterToken,
+        token: Tokens,
         member: AtomicBool,
     }
 
@@ -192,7 +202,7 @@ mod tests {
         fn local(&self) -> PeerMeta {
             PeerMeta { cluster_id: "c".into(), node_id: self.id, incarnation: 1 }
         }
-        fn token(&self) -> &ClusterToken {
+        fn tokens(&self) -> &Tokens {
             &self.token
         }
         fn authorize(&self, node: u64) -> Result<(), String> {
@@ -237,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sender_that_leaves_the_membership_is_refused_on_the_stream_it_opened_before() {
-        let token = ClusterToken::generate();
+        let token = Tokens::new(ClusterToken::generate());
         let receiver = Arc::new(Guard { id: 2, token: token.clone(), member: AtomicBool::new(true) });
         let staging = tempfile::tempdir().unwrap();
         let service =

@@ -161,7 +161,7 @@ async fn commit(ctx: &Context, timestamp_ms: u64, mut batch: Vec<Proposal>) {
                 if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
                     if leader != ctx.self_id {
                         let forwarded = tokio::select! {
-                            forwarded = forward(ctx, &node.addr, &txs) => forwarded,
+                            forwarded = forward(ctx, leader, &node.addr, &txs) => forwarded,
                             () = all_gave_up(&mut batch) => return,
                         };
                         match forwarded {
@@ -200,7 +200,12 @@ async fn all_gave_up(batch: &mut [Proposal]) {
 }
 
 /// Proposes `txs` on the leader at `addr`, then waits until this node applied the entry.
-async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<Applied>, String> {
+async fn forward(
+    ctx: &Context,
+    leader: u64,
+    addr: &str,
+    txs: &[Transaction],
+) -> Result<Vec<Applied>, String> {
     let channel = ctx.channels.get(addr)?;
     let mut client = ClusterClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -208,7 +213,7 @@ async fn forward(ctx: &Context, addr: &str, txs: &[Transaction]) -> Result<Vec<A
     // Binary, so 1 MiB states travel as their bytes (see `consensus::codec`).
     let body =
         ForwardRequest { txs: crate::consensus::codec::to_binary(&txs), encoding: Encoding::Binary as i32 };
-    let request = peer::request(body, ctx.guard.as_ref(), ctx.commit_timeout);
+    let request = peer::request_to(body, ctx.guard.as_ref(), ctx.commit_timeout, leader);
     let response = client.forward(request).await.map_err(|s| s.message().to_owned())?;
     peer::admit_response(&response, ctx.guard.as_ref())?;
     let reply = response.into_inner();

@@ -87,6 +87,13 @@ pub fn resolve_token(
     let stored = ClusterToken::load(data)?;
     if let Some(file) = token_file {
         let given = ClusterToken::read_file(file)?;
+        if let Some(current) =
+            stored.as_ref().filter(|_| crate::store::identity::Tokens::is_retired(data, &given))
+        {
+            // `lightchain token rotate` replaced it while this node ran: the file is stale.
+            tracing::warn!(file = %file.display(), "the cluster token file holds a token retired by `lightchain token rotate`; using the data directory's current token (update the file, e.g. the Kubernetes Secret)");
+            return Ok(current.clone());
+        }
         if stored.as_ref() != Some(&given) {
             if stored.is_some() {
                 tracing::warn!(file = %file.display(), "the cluster token file differs from the data directory's token; using the file's");

@@ -106,6 +106,11 @@ impl Cluster for ClusterService {
             return Err(Status::permission_denied("a join request's metadata and body name different lives"));
         }
         let addr = super::bootstrap::normalize(&body.addr);
+        if sender.node_id == body.node_id && peer::PeerGuard::binds_certificates(guard) {
+            // The joiner itself: with mutual TLS its certificate must name the address it claims,
+            // so it cannot take another member's place (a forwarding member checked it already).
+            peer::check_certificate(&request, body.node_id, &addr)?;
+        }
         if body.node_id != crate::store::identity::node_id_for_joiner(&addr, body.incarnation) {
             tracing::warn!(node = body.node_id, %addr, "refusing a join under an id not derived from the joiner's address and incarnation");
             return Err(Status::permission_denied(format!(
@@ -115,9 +120,9 @@ impl Cluster for ClusterService {
         }
         match node.admit_joiner(&addr, body.node_id).await {
             Ok(reply) => Ok(peer::response(reply, guard)),
-            Err(super::membership::MemberError::NotLeader { addr: leader, .. }) => {
+            Err(super::membership::MemberError::NotLeader { id: leader_id, addr: leader }) => {
                 let channel = node.channels.get(&leader).map_err(Status::unavailable)?;
-                let forwarded = peer::request(body, guard, std::time::Duration::from_secs(25));
+                let forwarded = peer::request_to(body, guard, std::time::Duration::from_secs(25), leader_id);
                 let response =
                     crate::rpc::pb::cluster_client::ClusterClient::new(channel).join(forwarded).await?;
                 peer::admit_response(&response, guard).map_err(Status::unavailable)?;
@@ -133,8 +138,10 @@ impl Cluster for ClusterService {
         // answer, but remember nothing, so a refused attempt leaves no trace.
         // Either way the caller must hold the token; a member must be one (a new node is not
         // yet: it may be discovering its cluster, or replace a member that lost its data).
+        // A member names this node (`lc-to`, as every member's message does); a node that
+        // does not know whom it asks (discovery, start-up checks) is answered as a new node.
         let meta = peer::authenticate_token_holder(&request, self.cell.guard.as_ref())?;
-        if !meta.cluster_id.is_empty() {
+        if !meta.cluster_id.is_empty() && peer::names_target(&request) {
             peer::admit_request(&request, self.cell.guard.as_ref())?;
         }
         let from = Some(meta.node_id);

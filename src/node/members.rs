@@ -42,6 +42,8 @@ pub struct MemberView {
     pub ready: bool,
     /// When it answered.
     pub at: Instant,
+    /// The voters of its current membership, as it answered.
+    pub voters: BTreeSet<u64>,
     /// The latest comparison of its chain with this node's at a common height (kept when an
     /// answer allows none: a comparison stays true).
     pub probe: Option<Probe>,
@@ -107,13 +109,13 @@ async fn own_hash_at(shared: &Arc<Shared>, height: u64) -> Option<BlockHash> {
 }
 
 /// Asks one member how far it is and what it holds at `mine` (this node's head).
-async fn ask(p: &Poller, addr: &str, mine: Option<(u64, BlockHash)>) -> Asked {
+async fn ask(p: &Poller, id: u64, addr: &str, mine: Option<(u64, BlockHash)>) -> Asked {
     let Ok(channel) = p.channels.get(addr) else { return Asked::Nothing };
     let hello = HelloRequest {
         head_height: mine.map(|(h, _)| h),
         head_hash: mine.map_or_else(Vec::new, |(_, hash)| hash.0.to_vec()),
     };
-    let request = peer::request(hello, p.guard.as_ref(), Duration::from_millis(800));
+    let request = peer::request_to(hello, p.guard.as_ref(), Duration::from_millis(800), id);
     match ClusterClient::new(channel).hello(request).await {
         Err(s) if s.code() == tonic::Code::PermissionDenied && s.message().contains("is not a member") => {
             Asked::NotAMember(s.message().to_owned())
@@ -150,6 +152,7 @@ async fn view(
         head_height: reply.head_height,
         head_hash,
         ready: reply.ready,
+        voters: reply.voters.iter().copied().collect(),
         at: Instant::now(),
         probe,
     })
@@ -204,7 +207,7 @@ pub async fn poll(p: Poller, mut stop: watch::Receiver<bool>) {
         let mut refusal = None;
         let mine = p.shared.replica.read().unwrap().head.map(|h| (h.height, h.hash));
         for (id, addr) in others {
-            let mut view = match ask(&p, &addr, mine).await {
+            let mut view = match ask(&p, id, &addr, mine).await {
                 Asked::View(view) => view,
                 Asked::NotAMember(why) => {
                     refusal = Some(format!("member {id} at {addr} says: {why}"));

@@ -4,7 +4,10 @@
 //!   directory asks any member (`Cluster.Join`, with the token); a follower forwards to the
 //!   leader. The leader ([`Node::admit_joiner`]) first removes every other member at the
 //!   joiner's address — a node that lost its data and came back under a new id (ids of joiners
-//!   are derived from address *and* incarnation, so a removed id is never reused) — then adds
+//!   are derived from address *and* incarnation, so a removed id is never reused) — but only a
+//!   member that has not answered the member poll for [`EVICT_AFTER`]: a live member is never
+//!   evicted by a join (a wrong `--advertise`, or any token holder); the joiner is told so and
+//!   retries, so a wiped node that restarts at once is admitted a few seconds later — then adds
 //!   the joiner as a learner and answers once that membership is committed. The joiner catches
 //!   up by ordinary replication (log entries, or a snapshot with the chain segments it lacks).
 //!   `add_learner` is not blocking: catching up a long chain may outlast any RPC deadline and
@@ -77,6 +80,38 @@ pub enum MemberError {
     /// The leader a change was forwarded to refused it.
     #[error("the leader refused: {0}")]
     Forwarded(String),
+    /// A joiner claims the address of a member that is alive (it answered the leader's member
+    /// poll within [`EVICT_AFTER`]): a join never evicts a live member.
+    #[error(
+        "node {old} is a member at {addr} and answered {}: a join never evicts a live member. \
+         If the joining node's --advertise is wrong, fix it; if node {old} really lost its data, stop it \
+         (it is replaced once it has been silent for {}s), or take it out now with \
+         `lightchain member remove {old}`",
+        heard.map_or_else(|| "recently (this leader started moments ago)".to_owned(), |d| format!("{:.1}s ago", d.as_secs_f64())),
+        EVICT_AFTER.as_secs()
+    )]
+    LiveMemberAtAddress {
+        /// The member at that address.
+        old: u64,
+        /// The address.
+        addr: String,
+        /// How long ago it last answered (`None`: this leader has not polled long enough to know).
+        heard: Option<Duration>,
+    },
+}
+
+/// A member at a joiner's address that answered the leader's member poll within this long is alive:
+/// the joiner is not admitted (it retries) instead of evicting it.
+pub const EVICT_AFTER: Duration = Duration::from_secs(5);
+
+/// Why the member `old` must not be evicted now: it answered `heard` ago (`None`: never, as far as a
+/// poller running for `polling` knows), or `None` when it is silent for [`EVICT_AFTER`].
+fn alive(heard: Option<Duration>, polling: Duration) -> Option<Option<Duration>> {
+    match heard {
+        Some(ago) if ago < EVICT_AFTER => Some(Some(ago)),
+        None if polling < EVICT_AFTER => Some(None),
+        _ => None,
+    }
 }
 
 /// Members as `lightchain member list` shows them.
@@ -169,8 +204,19 @@ impl Node {
             nodes.iter().filter(|(n, a)| **n != id && **a == addr).map(|(n, _)| *n).collect();
         for old in &stale {
             if *old == self.id() {
-                return Err(MemberError::Consensus(format!("the leader itself is at {addr}")));
+                return Err(MemberError::LiveMemberAtAddress {
+                    old: *old,
+                    addr,
+                    heard: Some(Duration::ZERO),
+                });
             }
+            let heard = self.views.lock().unwrap().get(old).map(|v| v.at.elapsed());
+            if let Some(heard) = alive(heard, self.started.elapsed()) {
+                tracing::warn!(old, new = id, %addr, ?heard, "refusing a join at a live member's address (it retries; the member is evicted only once silent)");
+                return Err(MemberError::LiveMemberAtAddress { old: *old, addr, heard });
+            }
+        }
+        for old in &stale {
             tracing::warn!(old, new = id, %addr, "a new node joins at a member's address: that member lost its data; removing its old identity");
             let change = if voters.contains(old) {
                 ChangeMembers::RemoveVoters([*old].into())
@@ -194,9 +240,15 @@ impl Node {
             Ok(()) => {}
             Err(MemberError::NotLeader { addr, .. }) => {
                 let timeout = self.config.commit_timeout + Duration::from_secs(5);
-                let json = crate::rpc::admin::member_call(&addr, timeout, Some(self.guard.token()), op, id)
-                    .await
-                    .map_err(MemberError::Forwarded)?;
+                let json = crate::rpc::admin::member_call(
+                    &addr,
+                    timeout,
+                    Some(&self.guard.tokens().current()),
+                    op,
+                    id,
+                )
+                .await
+                .map_err(MemberError::Forwarded)?;
                 return serde_json::from_str(&json).map_err(|e| MemberError::Forwarded(e.to_string()));
             }
             Err(e) => return Err(e),
@@ -466,7 +518,13 @@ pub async fn join(
         match ask_join(channels, guard, addr, &me).await {
             Ok(reply) => return Ok(reply),
             Err(Attempt::Refused(reason)) => return Err(JoinError::Refused { addr: addr.clone(), reason }),
-            Err(Attempt::Retry(why)) => last = format!("{addr}: {why}"),
+            Err(Attempt::Retry(why)) => {
+                let reason = format!("{addr}: {why}");
+                if reason != last {
+                    tracing::warn!(reason = %reason, "the cluster did not let this node join yet; retrying");
+                }
+                last = reason;
+            }
         }
         if Instant::now() > deadline {
             return Err(JoinError::Timeout { addrs: addrs.to_vec(), timeout: JOIN_TIMEOUT, last });
@@ -486,6 +544,15 @@ mod tests {
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {
         ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_member_heard_from_within_the_grace_period_is_never_evicted() {
+        let s = Duration::from_secs;
+        assert_eq!(alive(Some(s(1)), s(60)), Some(Some(s(1))), "answered a second ago");
+        assert_eq!(alive(None, s(1)), Some(None), "the leader polled too briefly to know");
+        assert_eq!(alive(Some(EVICT_AFTER), s(60)), None, "silent for the grace period");
+        assert_eq!(alive(None, s(60)), None, "never answered a poller running for a minute");
     }
 
     #[test]

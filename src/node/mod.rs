@@ -30,6 +30,7 @@ mod read_index;
 mod readiness;
 mod services;
 mod status;
+pub mod token;
 
 use openraft::async_runtime::WatchReceiver as _;
 use std::net::SocketAddr;
@@ -202,6 +203,8 @@ pub struct Node {
     proposals: mpsc::UnboundedSender<batcher::Proposal>,
     reads: Arc<read_index::ReadIndexQueue>,
     views: members::Views,
+    /// When this node started (its member poll knows nothing of the others before a few rounds).
+    started: std::time::Instant,
     /// Set once this node finds its chain diverged from the cluster's: it then stops serving.
     diverged: Arc<OnceLock<divergence::Divergence>>,
     /// Set once this node finds it was removed from the membership (why, for logs and status).
@@ -255,16 +258,18 @@ impl Node {
             }
         });
         let shared_identity = Arc::new(Mutex::new(identity.clone()));
-        let configured = members.keys().copied().collect();
-        let guard =
-            Arc::new(guard::NodeGuard::new(shared_identity.clone(), data, token.clone(), configured)?);
+        let tokens = crate::store::identity::Tokens::load(data, token)?;
+        let guard = Arc::new(
+            guard::NodeGuard::new(shared_identity.clone(), data, tokens.clone(), members.clone())?
+                .bind_certificates(config.peer_tls.is_some()),
+        );
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone(), advertised.clone());
         let mut stop = shutdown.subscribe();
         let server = crate::rpc::serve(
             listener,
             Arc::new(cell.clone()),
-            token,
+            tokens,
             cell.routes(data.tmp()),
             config.peer_tls.clone(),
             async move {
@@ -418,6 +423,8 @@ impl Node {
             }
         }
 
+        let views = members::Views::default();
+        guard.watch_views(views.clone());
         let (proposals, queue) = mpsc::unbounded_channel();
         // Request ids of this process: a new incarnation for every start, seqs from 1, so
         // they never repeat or go backwards, whatever the clock does (`chain::dedup`).
@@ -432,7 +439,8 @@ impl Node {
             requests,
             proposals,
             reads: Arc::default(),
-            views: Arc::default(),
+            views,
+            started: std::time::Instant::now(),
             diverged: Arc::default(),
             removed: Arc::default(),
             leaderless_since: Arc::default(),
@@ -655,7 +663,7 @@ impl Node {
             };
             let attempt = match leader {
                 Some((l, _)) if l == self.id() => self.leader_read_index().await,
-                Some((_, addr)) => self.remote_read_index(&addr).await,
+                Some((l, addr)) => self.remote_read_index(l, &addr).await,
                 None => Err(Error::NotLeader),
             };
             match attempt {
@@ -670,13 +678,14 @@ impl Node {
         }
     }
 
-    async fn remote_read_index(&self, addr: &str) -> Result<u64, Error> {
+    async fn remote_read_index(&self, leader: u64, addr: &str) -> Result<u64, Error> {
         use crate::rpc::pb::cluster_client::ClusterClient;
         let channel = self.channels.get(addr).map_err(|_| Error::NotLeader)?;
-        let request = crate::rpc::peer::request(
+        let request = crate::rpc::peer::request_to(
             crate::rpc::pb::ReadIndexRequest {},
             self.guard.as_ref(),
             self.config.commit_timeout,
+            leader,
         );
         let response = ClusterClient::new(channel).read_index(request).await.map_err(|_| Error::NotLeader)?;
         crate::rpc::peer::admit_response(&response, self.guard.as_ref()).map_err(|_| Error::NotLeader)?;
@@ -869,10 +878,39 @@ impl crate::rpc::admin::AdminHandler for Node {
                 Err(tonic::Status::unavailable(e.to_string()))
             }
             Err(
-                e @ (MemberError::NoSuchMember(_) | MemberError::AlreadyVoter(_) | MemberError::LastVoter(_)),
+                e @ (MemberError::NoSuchMember(_)
+                | MemberError::AlreadyVoter(_)
+                | MemberError::LastVoter(_)
+                | MemberError::LiveMemberAtAddress { .. }),
             ) => Err(tonic::Status::failed_precondition(e.to_string())),
             Err(MemberError::Forwarded(e)) => Err(tonic::Status::unavailable(e)),
         }
+    }
+
+    async fn token(
+        &self,
+        op: crate::rpc::pb::TokenOp,
+        token: crate::store::identity::ClusterToken,
+    ) -> Result<String, tonic::Status> {
+        use crate::rpc::pb::TokenOp;
+        let tokens = crate::rpc::peer::PeerGuard::tokens(self.guard.as_ref());
+        if op == TokenOp::Rotate {
+            let members = self.rotate_token(&token).await.map_err(|e| match e {
+                token::RotateFailure::Aborted { .. } => tonic::Status::failed_precondition(e.to_string()),
+                token::RotateFailure::Incomplete { .. } => tonic::Status::unavailable(e.to_string()),
+            })?;
+            return Ok(
+                serde_json::json!({ "rotation": tokens.rotation_name(), "members": members }).to_string()
+            );
+        }
+        self.token_step(op, &token).map_err(|e| {
+            tracing::warn!(?op, error = %e, "refusing a token rotation step");
+            tonic::Status::failed_precondition(e.to_string())
+        })?;
+        if op != TokenOp::Status {
+            tracing::info!(?op, rotation = tokens.rotation_name(), "took a token rotation step");
+        }
+        Ok(serde_json::json!({ "rotation": tokens.rotation_name() }).to_string())
     }
 
     async fn limits(&self, max_state_size: u64) -> Result<String, tonic::Status> {

@@ -68,6 +68,15 @@ impl AdminHandler for NodeCell {
         AdminHandler::member(node.as_ref(), op, id).await
     }
 
+    async fn token(
+        &self,
+        op: crate::rpc::pb::TokenOp,
+        token: crate::store::identity::ClusterToken,
+    ) -> Result<String, tonic::Status> {
+        let node = self.node.get().ok_or_else(|| tonic::Status::unavailable("the node is starting"))?;
+        AdminHandler::token(node.as_ref(), op, token).await
+    }
+
     async fn limits(&self, max_state_size: u64) -> Result<String, tonic::Status> {
         let node = self.node.get().ok_or_else(|| tonic::Status::unavailable("the node is starting"))?;
         AdminHandler::limits(node.as_ref(), max_state_size).await

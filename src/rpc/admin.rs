@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb;
-use crate::store::identity::ClusterToken;
+use crate::store::identity::{ClusterToken, Tokens};
 
 /// What the admin service asks of the node it serves.
 #[tonic::async_trait]
@@ -20,19 +20,22 @@ pub trait AdminHandler: Send + Sync + 'static {
     async fn member(&self, op: pb::MemberOp, id: u64) -> Result<String, Status>;
     /// The cluster's limits as JSON, after setting `max_state_size` if it is not 0.
     async fn limits(&self, max_state_size: u64) -> Result<String, Status>;
+    /// A token rotation step on this node, or (`Rotate`) a whole rotation across the members;
+    /// JSON of where it stands (never a token).
+    async fn token(&self, op: pb::TokenOp, token: ClusterToken) -> Result<String, Status>;
 }
 
 /// Serves `Admin`.
 pub struct AdminService {
     /// The node.
     handler: Arc<dyn AdminHandler>,
-    /// The token a caller must present.
-    token: ClusterToken,
+    /// The tokens a caller may present (the node's, which a rotation changes).
+    token: Tokens,
 }
 
 impl AdminService {
     /// A service answering from `handler` to holders of `token`.
-    pub fn new(handler: Arc<dyn AdminHandler>, token: ClusterToken) -> Self {
+    pub fn new(handler: Arc<dyn AdminHandler>, token: Tokens) -> Self {
         AdminService { handler, token }
     }
 }
@@ -51,6 +54,19 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|_| Status::invalid_argument("unknown member operation"))?;
         let json = self.handler.member(op, body.id).await?;
         Ok(Response::new(pb::MemberReply { json }))
+    }
+
+    async fn token(&self, request: Request<pb::TokenRequest>) -> Result<Response<pb::TokenReply>, Status> {
+        super::peer::check_token(request.metadata(), &self.token)?;
+        let body = request.into_inner();
+        let op = pb::TokenOp::try_from(body.op)
+            .map_err(|_| Status::invalid_argument("unknown token operation"))?;
+        let token = match op {
+            pb::TokenOp::Status => self.token.current(),
+            _ => ClusterToken::parse(&body.token).map_err(Status::invalid_argument)?,
+        };
+        let json = self.handler.token(op, token).await?;
+        Ok(Response::new(pb::TokenReply { json }))
     }
 
     async fn limits(&self, request: Request<pb::LimitsRequest>) -> Result<Response<pb::LimitsReply>, Status> {
@@ -79,6 +95,31 @@ pub async fn limits_call(
         super::peer::attach_token(request.metadata_mut(), token);
     }
     let reply = client.limits(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
+    Ok(reply.into_inner().json)
+}
+
+/// Asks the node at `addr` for a token operation (`op`, with the new `new_token`), presenting
+/// `token`; where it stands afterwards (JSON).
+pub async fn token_call(
+    addr: &str,
+    timeout: std::time::Duration,
+    token: Option<&ClusterToken>,
+    op: pb::TokenOp,
+    new_token: &str,
+) -> Result<String, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(timeout);
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut request = Request::new(pb::TokenRequest { op: op as i32, token: new_token.to_owned() });
+    if let Some(token) = token {
+        super::peer::attach_token(request.metadata_mut(), token);
+    }
+    let reply = pb::admin_client::AdminClient::new(channel)
+        .token(request)
+        .await
+        .map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }
 

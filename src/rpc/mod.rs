@@ -39,7 +39,7 @@ pub mod pb {
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<dyn AdminHandler>,
-    token: crate::store::identity::ClusterToken,
+    token: crate::store::identity::Tokens,
     peers: tonic::service::Routes,
     tls: Option<tls::PeerTls>,
     shutdown: impl Future<Output = ()>,

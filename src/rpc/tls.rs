@@ -131,6 +131,24 @@ pub fn endpoint(addr: &str, tls: Option<&PeerTls>) -> Result<Endpoint, String> {
     }
 }
 
+/// The host of `addr` (`HOST:PORT`, `[V6]:PORT`), as a certificate must name it.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Checks that the certificate `der` (DER, as the TLS handshake delivered it; its chain was
+/// verified there) is valid for `host`: a DNS SAN matching the name, or an IP SAN for an
+/// address. The common name is not looked at, as in every TLS client since RFC 6125.
+pub fn certificate_names(der: &[u8], host: &str) -> Result<(), String> {
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|e| format!("{host:?} is no DNS name or IP address: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|e| format!("the certificate names no subject alternative name for {host} ({e})"))
+}
+
 /// Reads `path` and checks that it holds a PEM block whose label ends in `label`.
 fn read_pem(path: &Path, what: &'static str, label: &'static str) -> Result<Vec<u8>, TlsError> {
     let bytes =
@@ -187,6 +205,14 @@ mod tests {
             PeerTls::load(&file, &file, &file),
             Err(TlsError::NotPem { label: "CERTIFICATE", .. })
         ));
+    }
+
+    #[test]
+    fn the_host_of_an_address() {
+        assert_eq!(host_of("127.0.0.1:7070"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7070"), "::1");
+        assert_eq!(host_of("node-1.example:7070"), "node-1.example");
+        assert!(certificate_names(b"not der", "127.0.0.1").is_err());
     }
 
     #[test]

@@ -147,9 +147,232 @@ impl ClusterToken {
     }
 }
 
+/// Where a token rotation stands on this node (`lightchain token rotate`, see [`Tokens`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// One token, sent and accepted.
+    Steady,
+    /// A new token is accepted too (`DATA/cluster-token.next`); the current one is still sent.
+    Staged(ClusterToken),
+    /// The new token is sent (and is `DATA/cluster-token`); the previous one is still accepted
+    /// (`DATA/cluster-token.previous`) until every member sends the new one.
+    Switched(ClusterToken),
+}
+
+/// Why a rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The step does not follow from where this node stands (e.g. retiring a token that was never
+    /// switched to).
+    #[error("token rotation out of order: {0}")]
+    OutOfOrder(&'static str),
+    /// The new token could not be stored.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// The tokens a node sends and accepts, shared by the peer guard and the admin service.
+///
+/// `lightchain token rotate` changes them on every member without downtime, in three steps each
+/// member takes when the coordinator asks: **stage** (accept the new token too), **switch**
+/// (send the new one, accept the old one too) and **retire** (accept the new one only; the old
+/// one's digest is kept in `DATA/cluster-token.retired`, so a restart with a stale
+/// `--cluster-token-file` does not bring it back). Each step is durable before it answers, and
+/// a restart resumes where the node stood.
+#[derive(Clone)]
+pub struct Tokens {
+    /// The token sent, and where a rotation stands.
+    state: std::sync::Arc<std::sync::RwLock<(ClusterToken, Rotation)>>,
+    /// Where the steps are recorded (`None`: in memory only, for tests).
+    dir: Option<DataDir>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({:?})", self.rotation_name())
+    }
+}
+
+impl Tokens {
+    /// One token, in memory only.
+    pub fn new(current: ClusterToken) -> Tokens {
+        Tokens { state: std::sync::Arc::new(std::sync::RwLock::new((current, Rotation::Steady))), dir: None }
+    }
+
+    /// `current` (the data directory's token), and a rotation the directory records.
+    pub fn load(dir: &DataDir, current: ClusterToken) -> Result<Tokens> {
+        let read = |name: &str| -> Result<Option<ClusterToken>> {
+            let path = dir.root.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => ClusterToken::parse(&text)
+                    .map(Some)
+                    .map_err(|detail| Error::Corrupt { path: path.clone(), detail }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).ctx("read", &path),
+            }
+        };
+        let rotation = match (read(NEXT)?, read(PREVIOUS)?) {
+            (_, Some(previous)) => Rotation::Switched(previous),
+            (Some(next), None) => Rotation::Staged(next),
+            (None, None) => Rotation::Steady,
+        };
+        let tokens = Tokens {
+            state: std::sync::Arc::new(std::sync::RwLock::new((current, rotation))),
+            dir: Some(dir.clone()),
+        };
+        Ok(tokens)
+    }
+
+    /// The token to send.
+    pub fn current(&self) -> ClusterToken {
+        self.state.read().unwrap().0.clone()
+    }
+
+    /// Whether `offered` is a token this node accepts now (each candidate is compared in
+    /// constant time, and both are compared during a rotation).
+    pub fn accepts(&self, offered: &str) -> bool {
+        let state = self.state.read().unwrap();
+        let other = match &state.1 {
+            Rotation::Steady => false,
+            Rotation::Staged(t) | Rotation::Switched(t) => t.matches(offered),
+        };
+        state.0.matches(offered) | other
+    }
+
+    /// `steady`, `staged` or `switched`.
+    pub fn rotation_name(&self) -> &'static str {
+        match self.state.read().unwrap().1 {
+            Rotation::Steady => "steady",
+            Rotation::Staged(_) => "staged",
+            Rotation::Switched(_) => "switched",
+        }
+    }
+
+    /// Step 1: accept `new` too. Done already (this node sends `new`): nothing to do.
+    pub fn stage(&self, new: &ClusterToken) -> std::result::Result<(), RotateError> {
+        let mut state = self.state.write().unwrap();
+        if state.0 == *new {
+            return Ok(());
+        }
+        if let Some(dir) = &self.dir {
+            super::write_durable_private(&dir.root.join(NEXT), format!("{}\n", new.expose()).as_bytes())?;
+        }
+        state.1 = Rotation::Staged(new.clone());
+        Ok(())
+    }
+
+    /// Undoes [`Tokens::stage`] of `new` (a rotation that could not reach every member).
+    pub fn abort(&self, new: &ClusterToken) -> std::result::Result<(), RotateError> {
+        let mut state = self.state.write().unwrap();
+        if state.1 == Rotation::Staged(new.clone()) {
+            if let Some(dir) = &self.dir {
+                remove(&dir.root.join(NEXT))?;
+            }
+            state.1 = Rotation::Steady;
+        }
+        Ok(())
+    }
+
+    /// Step 2: send `new`, accept the old token too. `new` must be staged (or sent already).
+    pub fn switch(&self, new: &ClusterToken) -> std::result::Result<(), RotateError> {
+        let mut state = self.state.write().unwrap();
+        if state.0 == *new {
+            return Ok(());
+        }
+        if state.1 != Rotation::Staged(new.clone()) {
+            return Err(RotateError::OutOfOrder("switching to a token that was not staged on this node"));
+        }
+        let old = state.0.clone();
+        if let Some(dir) = &self.dir {
+            super::write_durable_private(&dir.root.join(PREVIOUS), format!("{}\n", old.expose()).as_bytes())?;
+            new.save(dir)?;
+            remove(&dir.root.join(NEXT))?;
+        }
+        *state = (new.clone(), Rotation::Switched(old));
+        Ok(())
+    }
+
+    /// Step 3: accept `new` only; the old token is retired for good.
+    pub fn retire(&self, new: &ClusterToken) -> std::result::Result<(), RotateError> {
+        let mut state = self.state.write().unwrap();
+        if state.0 != *new {
+            return Err(RotateError::OutOfOrder("retiring the token before switching to the new one"));
+        }
+        if let Rotation::Switched(old) = &state.1 {
+            if let Some(dir) = &self.dir {
+                let path = dir.root.join(RETIRED);
+                let mut retired = std::fs::read_to_string(&path).unwrap_or_default();
+                retired.push_str(&format!("{}\n", crate::chain::Digest::of(old.expose().as_bytes())));
+                super::write_durable_private(&path, retired.as_bytes())?;
+                remove(&dir.root.join(PREVIOUS))?;
+            }
+        }
+        state.1 = Rotation::Steady;
+        Ok(())
+    }
+
+    /// Whether `token` was retired by a rotation this data directory took part in.
+    pub fn is_retired(dir: &DataDir, token: &ClusterToken) -> bool {
+        let digest = crate::chain::Digest::of(token.expose().as_bytes()).to_string();
+        std::fs::read_to_string(dir.root.join(RETIRED))
+            .is_ok_and(|text| text.lines().any(|l| l.trim() == digest))
+    }
+}
+
+/// The token a rotation stages (`DATA/cluster-token.next`).
+const NEXT: &str = "cluster-token.next";
+/// The token a rotation switched from, accepted until it is retired (`DATA/cluster-token.previous`).
+const PREVIOUS: &str = "cluster-token.previous";
+/// Digests of retired tokens, one per line (`DATA/cluster-token.retired`).
+const RETIRED: &str = "cluster-token.retired";
+
+fn remove(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_accepts_both_tokens_until_it_retires_the_old_one_and_survives_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let (old, new) = (ClusterToken::generate(), ClusterToken::generate());
+        old.save(&dir).unwrap();
+        let tokens = Tokens::load(&dir, old.clone()).unwrap();
+        assert!(tokens.accepts(old.expose()) && !tokens.accepts(new.expose()));
+        assert!(matches!(tokens.switch(&new), Err(RotateError::OutOfOrder(_))), "switch before stage");
+        tokens.stage(&new).unwrap();
+        assert!(tokens.accepts(old.expose()) && tokens.accepts(new.expose()));
+        assert_eq!(tokens.current(), old);
+        assert!(matches!(tokens.retire(&new), Err(RotateError::OutOfOrder(_))), "retire before switch");
+        tokens.switch(&new).unwrap();
+        assert_eq!(tokens.current(), new);
+        assert_eq!(ClusterToken::load(&dir).unwrap(), Some(new.clone()));
+        // A restart in the middle resumes there.
+        let again = Tokens::load(&dir, new.clone()).unwrap();
+        assert_eq!(again.rotation_name(), "switched");
+        assert!(again.accepts(old.expose()) && again.accepts(new.expose()));
+        tokens.retire(&new).unwrap();
+        assert!(!tokens.accepts(old.expose()) && tokens.accepts(new.expose()));
+        assert!(Tokens::is_retired(&dir, &old) && !Tokens::is_retired(&dir, &new));
+        assert_eq!(Tokens::load(&dir, new.clone()).unwrap().rotation_name(), "steady");
+        // Every step again is a no-op.
+        tokens.stage(&new).unwrap();
+        tokens.switch(&new).unwrap();
+        tokens.retire(&new).unwrap();
+        assert!(!tokens.accepts(old.expose()));
+        // An aborted stage leaves the old token alone.
+        let third = ClusterToken::generate();
+        tokens.stage(&third).unwrap();
+        tokens.abort(&third).unwrap();
+        assert!(!tokens.accepts(third.expose()) && tokens.accepts(new.expose()));
+        assert_eq!(Tokens::load(&dir, new).unwrap().rotation_name(), "steady");
+    }
 
     #[test]
     fn tokens_are_private_parsed_and_compared_whole() {

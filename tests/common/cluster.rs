@@ -45,6 +45,9 @@ pub struct ClusterOpts {
     pub watchdog: Option<Duration>,
     /// Environment variables for single members: (member index, name, value).
     pub member_env: Vec<(usize, String, String)>,
+    /// The members' addresses, when the test must know them before the start (certificates naming
+    /// each member's own loopback address); free `127.0.0.1` ports otherwise.
+    pub addrs: Option<Vec<String>>,
 }
 
 impl Default for ClusterOpts {
@@ -56,6 +59,7 @@ impl Default for ClusterOpts {
             supplementary_group_base: None,
             watchdog: None,
             member_env: Vec::new(),
+            addrs: None,
         }
     }
 }
@@ -126,7 +130,7 @@ impl Cluster {
         let token: String = (0..4).map(|_| format!("{:016x}", rand_u64())).collect();
         fs::write(&token_file, format!("{token}\n")).expect("write the cluster token file");
         for attempt in 1..=START_ATTEMPTS {
-            let addrs = free_addrs(size);
+            let addrs = opts.addrs.clone().unwrap_or_else(|| free_addrs(size));
             let peers = addrs.join(",");
             let mut nodes: Vec<Node> = addrs
                 .iter()
