@@ -326,10 +326,12 @@ const PREVIOUS: &str = "cluster-token.previous";
 /// Digests of retired tokens, one per line (`DATA/cluster-token.retired`).
 const RETIRED: &str = "cluster-token.retired";
 
+/// Removes a rotation's file durably (a retired token must not come back after a power cut).
 fn remove(path: &std::path::Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
-        _ => Ok(()),
+    match super::disk::remove(path) {
+        Ok(()) => super::disk::sync_dir(path.parent().expect("a file has a directory")),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
