@@ -80,7 +80,12 @@ fn overwrite_after_an_atomic_save_elsewhere(read_consistency: Option<&str>) {
         let over = format!("overwritten {round} on the lagging member\n");
         match write_with_flags(&r.lagging("app/conf"), libc::O_WRONLY | libc::O_TRUNC, over.as_bytes()) {
             Ok(()) => {
-                let now = read_string(&r.prompt("app/conf"));
+                // A linearizable read anywhere sees it; in local mode only the writer's own
+                // member must (the other may not have applied the block yet: stale, not lost).
+                let now = match read_consistency {
+                    None => read_string(&r.prompt("app/conf")),
+                    Some(_) => read_string(&r.lagging("app/conf")),
+                };
                 if now != over {
                     lost.push(format!("round {round}: close returned 0, but conf holds {now:?}"));
                 }

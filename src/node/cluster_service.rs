@@ -33,6 +33,25 @@ use crate::rpc::pb::{
 };
 use crate::rpc::peer;
 
+/// The peer port's services (`Raft`, `Cluster`) over `cell`; snapshots are staged under
+/// `staging`.
+pub fn peer_routes(cell: &NodeCell, staging: std::path::PathBuf) -> tonic::service::Routes {
+    use crate::rpc::pb::cluster_server::ClusterServer;
+    use crate::rpc::pb::raft_server::RaftServer;
+    use crate::rpc::peer::MAX_MESSAGE_BYTES;
+    let raft = RaftServer::new(crate::consensus::raft_service::RaftService::new(
+        cell.raft.clone(),
+        cell.guard.clone(),
+        staging,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(ClusterService::new(cell.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::service::Routes::new(raft).add_service(cluster)
+}
+
 /// Serves `Cluster`.
 pub struct ClusterService {
     cell: NodeCell,

@@ -270,7 +270,7 @@ impl Node {
             listener,
             Arc::new(cell.clone()),
             tokens,
-            cell.routes(data.tmp()),
+            cluster_service::peer_routes(&cell, data.tmp()),
             config.peer_tls.clone(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;

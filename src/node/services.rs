@@ -6,17 +6,12 @@
 //! a genesis was applied), the admin status says `"ready": false`, and everything else is
 //! `UNAVAILABLE`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use super::guard::NodeGuard;
 use super::Node;
-use crate::consensus::raft_service::RaftService;
 use crate::consensus::typ::Raft;
 use crate::rpc::admin::AdminHandler;
-use crate::rpc::pb::cluster_server::ClusterServer;
-use crate::rpc::pb::raft_server::RaftServer;
-use crate::rpc::peer::MAX_MESSAGE_BYTES;
 
 /// Where the services find the node once it runs.
 #[derive(Clone)]
@@ -37,17 +32,6 @@ impl NodeCell {
     /// Empty cells around `guard`, for a node advertising `advertise`.
     pub fn new(guard: Arc<NodeGuard>, advertise: String) -> NodeCell {
         NodeCell { node: Arc::default(), raft: Arc::default(), guard, advertise, bootstrap: Arc::default() }
-    }
-
-    /// The peer services (`Raft`, `Cluster`); snapshots are staged under `staging`.
-    pub fn routes(&self, staging: PathBuf) -> tonic::service::Routes {
-        let raft = RaftServer::new(RaftService::new(self.raft.clone(), self.guard.clone(), staging))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let cluster = ClusterServer::new(super::cluster_service::ClusterService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tonic::service::Routes::new(raft).add_service(cluster)
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::{mpsc, Mutex};
 use tokio::sync::watch;
 
 use super::disk::{self, Open};
+use super::chain_segments::{segment_name, segments};
 use super::hash_index::HashIndex;
 use super::pace::Pace;
 use super::{Error, IoContext, Result};
@@ -42,29 +43,6 @@ pub struct ChainFile {
     head: Option<Head>,
     /// Heights and hashes of the blocks appended (shared with whoever compares chains).
     hashes: Arc<HashIndex>,
-}
-
-fn segment_name(first: Height) -> String {
-    format!("{first:020}.jsonl")
-}
-
-/// The segment files of `dir`, in height order, with their first heights.
-pub fn segments(dir: &Path) -> Result<Vec<(Height, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
-        let path = entry.ctx("list", dir)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(stem) = name.strip_suffix(".jsonl") else {
-            continue;
-        };
-        if let Ok(first) = stem.parse::<Height>() {
-            out.push((first, path));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// One line of a segment, decoded.

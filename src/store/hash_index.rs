@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::chain_file::segments;
+use super::chain_segments::segments;
 use super::{Error, IoContext, Result};
 use crate::chain::{BlockHash, Height};
 

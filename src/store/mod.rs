@@ -20,6 +20,7 @@
 //! See `docs/architecture/store.md`.
 
 pub mod chain_file;
+pub mod chain_segments;
 #[cfg(test)]
 pub mod crashsim;
 pub mod disk;
