@@ -186,6 +186,15 @@ fn manifests_say_what_the_schema_cannot() {
         "the startupProbe waits for .lightchain/status to say ready: {probe}"
     );
 
+    let peer_port =
+        side["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "peer").expect("a peer port")
+            ["containerPort"]
+            .clone();
+    assert_eq!(
+        side["readinessProbe"]["grpc"]["port"], peer_port,
+        "the readinessProbe asks the gRPC health service on the peer port"
+    );
+
     let apps = spec["containers"].as_array().expect("containers");
     assert!(!apps.is_empty());
     for app in apps {

@@ -135,6 +135,10 @@ struct ClientLog {
     counts: Counts,
     /// Errors the contract does not allow here (anything but `EIO` and a dead mount), with their context.
     anomalies: Vec<String>,
+    /// Reads that failed with `ESTALE` (key, invoke, complete, context): allowed only while an atomic save
+    /// replaced that state twice around the open (SEMANTICS: the kernel retries an `ESTALE` open once),
+    /// which the checker decides from the whole history.
+    stale_reads: Vec<(String, Duration, Duration, String)>,
 }
 
 /// The errnos a call may fail with under these faults: no quorum or a commit timeout (`EIO`), and the mount
@@ -399,6 +403,17 @@ fn run_client(ctx: ClientCtx) -> ClientLog {
                         client: ctx.id,
                         note: note.clone(),
                     });
+                }
+                Err(e) if err_no(&e) == libc::ESTALE => {
+                    log.counts.reads_failed += 1;
+                    *log.counts.errors.entry(libc::ESTALE).or_default() += 1;
+                    let context = format!(
+                        "client {} ({note}) at {:.3} s: read {key}: {}",
+                        ctx.id,
+                        ctx.origin.elapsed().as_secs_f64(),
+                        errno_name(libc::ESTALE)
+                    );
+                    log.stale_reads.push((key, invoke, complete, context));
                 }
                 Err(e) => {
                     log.counts.reads_failed += 1;
@@ -1261,10 +1276,23 @@ fn under_kills_pauses_and_partitions_the_history_is_linearizable_and_the_members
     timeline.note(origin, "clients stopped".into());
     let mut counts = Counts::default();
     let mut anomalies = Vec::new();
+    let mut stale_reads = Vec::new();
     for log in logs.lock().unwrap().drain(..) {
         counts.add(&log.counts);
         anomalies.extend(log.anomalies);
+        stale_reads.extend(log.stale_reads);
         history.extend(log.ops);
+    }
+    for (key, invoke, complete, context) in stale_reads {
+        let saved_meanwhile = history.iter().any(|save| {
+            save.key == key
+                && save.note.contains(ATOMIC_SAVE)
+                && save.invoke < complete
+                && save.complete > invoke
+        });
+        if !saved_meanwhile {
+            anomalies.push(format!("{context} (no atomic save of it ran meanwhile)"));
+        }
     }
     if let Err(statuses) = wait_recovered(&c, RECOVERY_TIMEOUT) {
         liveness.push(format!("no common leader within {RECOVERY_TIMEOUT:?} after healing:\n{statuses}"));

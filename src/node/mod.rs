@@ -22,6 +22,7 @@ pub mod cluster_service;
 mod discovery;
 pub mod divergence;
 mod guard;
+mod health;
 mod members;
 pub mod membership;
 #[cfg(test)]
@@ -266,11 +267,12 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let cell = services::NodeCell::new(guard.clone(), advertised.clone());
         let mut stop = shutdown.subscribe();
+        let (health_reporter, health_service) = health::service().await;
         let server = crate::rpc::serve(
             listener,
             Arc::new(cell.clone()),
             tokens,
-            cluster_service::peer_routes(&cell, data.tmp()),
+            cluster_service::peer_routes(&cell, data.tmp()).add_service(health_service),
             config.peer_tls.clone(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -289,6 +291,7 @@ impl Node {
         }
         let node = started?;
         tokio::spawn(readiness::track(Arc::downgrade(&node), shutdown.subscribe()));
+        tokio::spawn(health::follow(Arc::downgrade(&node), health_reporter, shutdown.subscribe()));
         *node.lock.lock().unwrap() = Some(lock);
         let _ = cell.node.set(node.clone());
         Ok(node)

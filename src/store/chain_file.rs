@@ -19,8 +19,8 @@ use std::sync::{mpsc, Mutex};
 
 use tokio::sync::watch;
 
-use super::disk::{self, Open};
 use super::chain_segments::{segment_name, segments};
+use super::disk::{self, Open};
 use super::hash_index::HashIndex;
 use super::pace::Pace;
 use super::{Error, IoContext, Result};
