@@ -217,6 +217,27 @@ fn a_cluster_with_mutual_tls_forms_replicates_and_refuses_the_wrong_clients() {
     // Without the flags the CLI cannot talk to a TLS node.
     let (run, out, err) = c.cli(&["status", "--addr", &c.addrs[leader]]);
     assert_eq!(run.code(), Some(2), "plaintext status against a TLS node: {out}{err}");
+    // The other commands speak TLS too, and a follower forwards a membership change to the leader
+    // over TLS: promoting a voter is refused *by the leader* ("a voter already", exit 1), where a
+    // forward that could not reach it would be exit 2.
+    let with_tls = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(pki.flags("node0", "ca"));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        c.cli(&all)
+    };
+    let (run, out, err) = with_tls(&["member", "list", "--addr", &c.addrs[follower]]);
+    assert!(run.success() && out.contains("(leader)"), "member list over TLS: {out}{err}");
+    let (run, out, err) = with_tls(&["limits", "--addr", &c.addrs[follower]]);
+    assert!(run.success() && out.contains("max_state_size"), "limits over TLS: {out}{err}");
+    let (run, out, err) = with_tls(&["token", "status", "--addr", &c.addrs[follower]]);
+    assert!(run.success(), "token status over TLS: {out}{err}");
+    let voter = c.ids[leader].to_string();
+    let (run, out, err) = with_tls(&["member", "promote", &voter, "--addr", &c.addrs[follower]]);
+    assert_eq!(run.code(), Some(1), "promote of a voter through a follower over TLS: {out}{err}");
+    assert!(err.contains("a voter already"), "the leader's refusal, forwarded over TLS: {out}{err}");
+    let (run, out, err) = c.cli(&["member", "list", "--addr", &c.addrs[follower]]);
+    assert_eq!(run.code(), Some(2), "plaintext member list against a TLS node: {out}{err}");
 
     let token = ClusterToken::read_file(&c.token_file).unwrap();
     let addr = &c.addrs[leader];

@@ -1,6 +1,8 @@
 //! `lightchain member list|remove ID|promote ID`: the cluster's membership over gRPC (the admin
-//! service), in the etcdctl style; and `lightchain limits`, the cluster-wide limits. The token is found as for `status` (`--cluster-token-file`,
-//! else the data directory's). A change asked of a follower is forwarded to the leader.
+//! service), in the etcdctl style; `lightchain limits`, the cluster-wide limits; and `lightchain
+//! token`, the token's rotation. The token is found as for `status` (`--cluster-token-file`,
+//! else the data directory's), and `--peer-tls-*` give mutual TLS towards a node that requires
+//! it. A change asked of a follower is forwarded to the leader.
 //!
 //! Exit codes: 0 done; 1 the change was refused (no such member, a voter already, the last
 //! voter); 2 the node could not be asked or had no leader.
@@ -9,9 +11,29 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::MemberAction;
+use super::{MemberAction, PeerTlsArgs};
 use crate::node::membership::MemberList;
 use crate::rpc::pb::MemberOp;
+use crate::rpc::tls::PeerTls;
+use crate::store::identity::ClusterToken;
+
+/// The token and the TLS files for command `what`, or the exit code after saying what is wrong.
+fn credentials(
+    what: &str,
+    data: &Path,
+    token_file: Option<&Path>,
+    tls: &PeerTlsArgs,
+) -> Result<(Option<ClusterToken>, Option<PeerTls>), ExitCode> {
+    let token = super::status::find_token(data, token_file).map_err(|message| {
+        eprintln!("lightchain {what}: {message}");
+        ExitCode::from(2)
+    })?;
+    let tls = tls.load().map_err(|e| {
+        eprintln!("lightchain {what}: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((token, tls))
+}
 
 pub(super) fn run(
     action: MemberAction,
@@ -19,13 +41,11 @@ pub(super) fn run(
     json: bool,
     data: &Path,
     token_file: Option<&Path>,
+    tls: &PeerTlsArgs,
 ) -> ExitCode {
-    let token = match super::status::find_token(data, token_file) {
-        Ok(token) => token,
-        Err(message) => {
-            eprintln!("lightchain member: {message}");
-            return ExitCode::from(2);
-        }
+    let (token, tls) = match credentials("member", data, token_file, tls) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let (op, id) = match action {
         MemberAction::List => (MemberOp::List, 0),
@@ -33,7 +53,8 @@ pub(super) fn run(
         MemberAction::Promote { id } => (MemberOp::Promote, id),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let call = crate::rpc::admin::member_call(addr, Duration::from_secs(30), token.as_ref(), op, id);
+    let call =
+        crate::rpc::admin::member_call(addr, Duration::from_secs(30), token.as_ref(), tls.as_ref(), op, id);
     let text = match runtime.block_on(call) {
         Ok(text) => text,
         Err(message) => {
@@ -70,19 +91,18 @@ pub(super) fn limits(
     addr: &str,
     data: &Path,
     token_file: Option<&Path>,
+    tls: &PeerTlsArgs,
 ) -> ExitCode {
-    let token = match super::status::find_token(data, token_file) {
-        Ok(token) => token,
-        Err(message) => {
-            eprintln!("lightchain limits: {message}");
-            return ExitCode::from(2);
-        }
+    let (token, tls) = match credentials("limits", data, token_file, tls) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let call = crate::rpc::admin::limits_call(
         addr,
         Duration::from_secs(30),
         token.as_ref(),
+        tls.as_ref(),
         max_state_size.unwrap_or(0),
     );
     match runtime.block_on(call) {
@@ -105,13 +125,11 @@ pub(super) fn token(
     addr: &str,
     data: &Path,
     token_file: Option<&Path>,
+    tls: &PeerTlsArgs,
 ) -> ExitCode {
-    let token = match super::status::find_token(data, token_file) {
-        Ok(token) => token,
-        Err(message) => {
-            eprintln!("lightchain token: {message}");
-            return ExitCode::from(2);
-        }
+    let (token, tls) = match credentials("token", data, token_file, tls) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let (op, new) = match action {
         super::TokenAction::Status => (crate::rpc::pb::TokenOp::Status, String::new()),
@@ -130,7 +148,8 @@ pub(super) fn token(
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let call = crate::rpc::admin::token_call(addr, Duration::from_secs(120), token.as_ref(), op, &new);
+    let call =
+        crate::rpc::admin::token_call(addr, Duration::from_secs(120), token.as_ref(), tls.as_ref(), op, &new);
     match runtime.block_on(call) {
         Ok(json) => {
             println!("{json}");

@@ -72,6 +72,9 @@ enum Command {
         /// The cluster token file (instead of the data directory's token).
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
         cluster_token_file: Option<PathBuf>,
+        /// Mutual TLS towards a node that requires it (the same files as the node's).
+        #[command(flatten)]
+        tls: PeerTlsArgs,
     },
     /// Show the cluster-wide limits recorded in the chain, or change them (a transaction).
     Limits {
@@ -87,6 +90,9 @@ enum Command {
         /// The cluster token file (instead of the data directory's token).
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE")]
         cluster_token_file: Option<PathBuf>,
+        /// Mutual TLS towards a node that requires it (the same files as the node's).
+        #[command(flatten)]
+        tls: PeerTlsArgs,
     },
     /// Replace the cluster token on every member without downtime, or show where a rotation stands.
     Token {
@@ -102,6 +108,9 @@ enum Command {
         /// The cluster token file (instead of the data directory's token).
         #[arg(long, env = "LIGHTCHAIN_CLUSTER_TOKEN_FILE", global = true)]
         cluster_token_file: Option<PathBuf>,
+        /// Mutual TLS towards a node that requires it (the same files as the node's).
+        #[command(flatten)]
+        tls: PeerTlsArgs,
     },
     /// Print the history of the chain, or of one state.
     Log {
@@ -237,13 +246,13 @@ pub struct PeerTlsArgs {
     /// This node's certificate (PEM, chain allowed); it must name the host of --advertise (or
     /// of --listen) as a subject alternative name. With --peer-tls-key and --peer-tls-ca, the
     /// gRPC port accepts mutual TLS only and every peer connection uses it.
-    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CERT")]
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CERT", global = true)]
     pub peer_tls_cert: Option<PathBuf>,
     /// The private key of --peer-tls-cert (PEM).
-    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_KEY")]
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_KEY", global = true)]
     pub peer_tls_key: Option<PathBuf>,
     /// The CA that signs every member's certificate (PEM); the only root trusted, both ways.
-    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CA")]
+    #[arg(long, env = "LIGHTCHAIN_PEER_TLS_CA", global = true)]
     pub peer_tls_ca: Option<PathBuf>,
 }
 
@@ -343,14 +352,14 @@ pub fn main() -> ExitCode {
         Command::Status { addr, json, data, cluster_token_file, tls } => {
             status::run(&addr, json, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
-        Command::Member { action, addr, json, data, cluster_token_file } => {
-            member::run(action, &addr, json, &data_dir(data), cluster_token_file.as_deref())
+        Command::Member { action, addr, json, data, cluster_token_file, tls } => {
+            member::run(action, &addr, json, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
-        Command::Limits { max_state_size, addr, data, cluster_token_file } => {
-            member::limits(max_state_size, &addr, &data_dir(data), cluster_token_file.as_deref())
+        Command::Limits { max_state_size, addr, data, cluster_token_file, tls } => {
+            member::limits(max_state_size, &addr, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
-        Command::Token { action, addr, data, cluster_token_file } => {
-            member::token(action, &addr, &data_dir(data), cluster_token_file.as_deref())
+        Command::Token { action, addr, data, cluster_token_file, tls } => {
+            member::token(action, &addr, &data_dir(data), cluster_token_file.as_deref(), &tls)
         }
         Command::Log { state, data, json } => history::run(&data_dir(data), state.as_deref(), json),
         Command::Verify { data } => verify::run(&data_dir(data)),

@@ -244,6 +244,7 @@ impl Node {
                     &addr,
                     timeout,
                     Some(&self.guard.tokens().current()),
+                    self.config.peer_tls.as_ref(),
                     op,
                     id,
                 )

@@ -76,72 +76,75 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
+/// An Admin client on the node at `addr` (HOST:PORT), with mutual TLS when `tls` is given
+/// (presenting that certificate, trusting only its CA); requests time out after `timeout`.
+async fn admin_client(
+    addr: &str,
+    timeout: std::time::Duration,
+    tls: Option<&super::tls::PeerTls>,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, String> {
+    let endpoint = super::tls::endpoint(addr, tls)?
+        .connect_timeout(std::time::Duration::from_secs(5).min(timeout))
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {}", super::tls::error_chain(&e)))?;
+    Ok(pb::admin_client::AdminClient::new(channel))
+}
+
+/// `message` carrying `token` if there is one.
+fn with_token<T>(message: T, token: Option<&ClusterToken>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        super::peer::attach_token(request.metadata_mut(), token);
+    }
+    request
+}
+
 /// Asks the node at `addr` for the cluster's limits, setting `max_state_size` first unless it
-/// is 0, presenting `token`; the limits afterwards (JSON).
+/// is 0, presenting `token` (and `tls`, see [`admin_client`]); the limits afterwards (JSON).
 pub async fn limits_call(
     addr: &str,
     timeout: std::time::Duration,
     token: Option<&ClusterToken>,
+    tls: Option<&super::tls::PeerTls>,
     max_state_size: u64,
 ) -> Result<String, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
-    let mut request = Request::new(pb::LimitsRequest { max_state_size });
-    if let Some(token) = token {
-        super::peer::attach_token(request.metadata_mut(), token);
-    }
+    let mut client = admin_client(addr, timeout, tls).await?;
+    let request = with_token(pb::LimitsRequest { max_state_size }, token);
     let reply = client.limits(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }
 
 /// Asks the node at `addr` for a token operation (`op`, with the new `new_token`), presenting
-/// `token`; where it stands afterwards (JSON).
+/// `token` (and `tls`); where it stands afterwards (JSON).
 pub async fn token_call(
     addr: &str,
     timeout: std::time::Duration,
     token: Option<&ClusterToken>,
+    tls: Option<&super::tls::PeerTls>,
     op: pb::TokenOp,
     new_token: &str,
 ) -> Result<String, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    let mut request = Request::new(pb::TokenRequest { op: op as i32, token: new_token.to_owned() });
-    if let Some(token) = token {
-        super::peer::attach_token(request.metadata_mut(), token);
-    }
-    let reply = pb::admin_client::AdminClient::new(channel)
-        .token(request)
-        .await
-        .map_err(|e| format!("{addr}: {}", e.message()))?;
+    let mut client = admin_client(addr, timeout, tls).await?;
+    let request = with_token(pb::TokenRequest { op: op as i32, token: new_token.to_owned() }, token);
+    let reply = client.token(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }
 
-/// Asks the node at `addr` to list, remove or promote a member, presenting `token`; the
-/// members afterwards (JSON).
+/// Asks the node at `addr` to list, remove or promote a member, presenting `token` (and
+/// `tls`); the members afterwards (JSON).
 pub async fn member_call(
     addr: &str,
     timeout: std::time::Duration,
     token: Option<&ClusterToken>,
+    tls: Option<&super::tls::PeerTls>,
     op: pb::MemberOp,
     id: u64,
 ) -> Result<String, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
-    let mut request = Request::new(pb::MemberRequest { op: op as i32, id });
-    if let Some(token) = token {
-        super::peer::attach_token(request.metadata_mut(), token);
-    }
+    let mut client = admin_client(addr, timeout, tls).await?;
+    let request = with_token(pb::MemberRequest { op: op as i32, id }, token);
     let reply = client.member(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }
@@ -154,16 +157,8 @@ pub async fn fetch_status(
     token: Option<&ClusterToken>,
     tls: Option<&super::tls::PeerTls>,
 ) -> Result<String, String> {
-    let endpoint = super::tls::endpoint(addr, tls)?.connect_timeout(timeout).timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {addr}: {}", super::tls::error_chain(&e)))?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
-    let mut request = Request::new(pb::StatusRequest {});
-    if let Some(token) = token {
-        super::peer::attach_token(request.metadata_mut(), token);
-    }
+    let mut client = admin_client(addr, timeout, tls).await?;
+    let request = with_token(pb::StatusRequest {}, token);
     let reply = client.status(request).await.map_err(|e| format!("{addr}: {}", e.message()))?;
     Ok(reply.into_inner().json)
 }
