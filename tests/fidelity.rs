@@ -488,7 +488,13 @@ fn a_full_disk_under_chain_stops_the_node_and_a_restart_recovers_once_space_is_b
     }
     assert!(failed, "200 blocks of 32 KiB fit in a 256 KiB chain/?");
     assert!(n.log().contains("cannot write chain/"), "the failure is logged");
-    n.kill9();
+    // Consensus stopped: the node stops too and exits 1, so that a supervisor restarts it,
+    // instead of answering EIO for as long as it lives.
+    let status = n
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the node kept running after consensus stopped\n{}", n.log_tail(40)));
+    assert!(!status.success(), "a node whose consensus stopped exits with a failure: {status:?}");
+    assert!(n.log().contains("exited so that a supervisor restarts this node"), "{}", n.log_tail(20));
     // Space is back: the node restarts cleanly, the acknowledged writes are there (re-applied
     // from the consensus log where the chain lacked them), and verify passes.
     run("mount", &["-o", "remount,size=64m", chain.to_str().unwrap()]);

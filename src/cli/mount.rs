@@ -8,7 +8,9 @@
 //! milliseconds); mount; log `ready`. Shutdown order (SIGINT/SIGTERM, or the mount going away):
 //! fail every pending commit (`EIO` to the apps waiting in `close`), stop gRPC and consensus,
 //! unmount, and leave the guard (writes keep failing with `EROFS`) unless
-//! `--release-guard-on-stop`; exit 0.
+//! `--release-guard-on-stop`; exit 0. When consensus stops on a fatal error (a failed write to
+//! `raft/` or `chain/`: a full or dead disk) the node stops the same way and exits 1, so that a
+//! supervisor restarts it instead of leaving a process that answers `EIO` forever.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -195,7 +197,7 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         "lightchain ready"
     );
 
-    wait_for_stop(&session).await;
+    let stopped_by = wait_for_stop(&session, &node).await;
     tracing::info!("stopping: failing pending commits, then unmounting");
     limits.abort();
     node.shutdown().await;
@@ -214,25 +216,46 @@ async fn serve(args: MountArgs) -> Result<(), String> {
         );
     }
     tracing::info!("stopped");
-    Ok(())
+    match stopped_by {
+        Stop::Asked => Ok(()),
+        Stop::Consensus(e) => Err(format!(
+            "consensus stopped ({e}): exited so that a supervisor restarts this node; a restart once the \
+             cause is gone (a full or failed disk under the data directory) recovers from what is durable"
+        )),
+    }
 }
 
-/// Waits for SIGINT or SIGTERM, or for the mount to go away (someone ran `umount`).
-async fn wait_for_stop(session: &fuser::BackgroundSession) {
+/// Why the node stops.
+enum Stop {
+    /// A signal, or the mount went away.
+    Asked,
+    /// Consensus stopped on a fatal error (a failed write to `raft/` or `chain/`): serving on
+    /// would answer `EIO` to every call for as long as the process lives, and a supervisor
+    /// would never restart it.
+    Consensus(String),
+}
+
+/// Waits for SIGINT or SIGTERM, for the mount to go away (someone ran `umount`), or for
+/// consensus to stop.
+async fn wait_for_stop(session: &fuser::BackgroundSession, node: &Node) -> Stop {
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
         tracing::error!("cannot install signal handlers");
-        return;
+        return Stop::Asked;
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            _ = term.recv() => return Stop::Asked,
+            _ = int.recv() => return Stop::Asked,
             _ = tick.tick() => {
                 if session.guard.is_finished() {
                     tracing::warn!("the mount went away");
-                    return;
+                    return Stop::Asked;
+                }
+                if let Some(crate::node::NotReady::Stopped(e)) = node.not_ready() {
+                    tracing::error!(error = %e, "consensus stopped on a fatal error: stopping the node");
+                    return Stop::Consensus(e);
                 }
             }
         }
