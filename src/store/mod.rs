@@ -210,7 +210,6 @@ pub fn drop_cached(file: &File, len: u64) {
     }
 }
 
-pub use disk::sync_dir;
 
 #[cfg(test)]
 mod tests {
